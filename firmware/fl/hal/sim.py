@@ -1,0 +1,196 @@
+"""Simulated board for the unix port: the device's directory is its flash, and the outside
+world (contacts, ADC lines, links, signal, clock) is driven through `sim/control.json`.
+
+control.json (written atomically by the host tools or tests; every key optional):
+  {"inputs": {"in1": 0, "in6": 2100},   raw level for digital channels, raw ADC for analogue
+   "battery_mv": 3900, "links": {"wifi": true}, "rssi": -58, "clock_synced": true}
+Outputs (LEDs, buzzer) are mirrored to `sim/outputs.json`. The reset cause comes from
+$FL_RESET_CAUSE; a reset ends the process with a status the supervisor understands
+(3 watchdog, 4 software) so that it can start it again like a board would reboot.
+"""
+import asyncio
+import gc
+import json
+import os
+import sys
+import time
+
+from fl import link, store
+from fl.log import Logger
+
+_log = Logger("sim")
+CONTROL = "sim/control.json"
+OUTPUTS = "sim/outputs.json"
+POLL_MS = 10
+EXIT_STATUS = {"watchdog": 3, "software": 4}
+
+
+def _find_board_json():
+    for path in (os.getenv("FL_BOARD"), "board.json"):
+        if path and store.exists(path):
+            return path
+    # Running from the source tree: firmware/fl/hal/sim.py -> hardware/board.json
+    here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+    return here + "/../../../hardware/board.json"
+
+
+class Board:
+    name = "sim"
+
+    def __init__(self):
+        self._info = None
+        self._control_raw = None
+        self.control = {}
+        self._last_poll = time.ticks_add(time.ticks_ms(), -POLL_MS)
+        self._outputs = {}
+        store.ensure_dir("sim")
+        self.refresh(force=True)
+
+    # --- identity and boot ---
+    def board_info(self):
+        if self._info is None:
+            with open(_find_board_json()) as f:
+                self._info = json.load(f)
+        return self._info
+
+    def unique_id(self):
+        mac = os.getenv("FL_SIM_MAC")
+        if mac:
+            return bytes(int(x, 16) for x in mac.split(":"))
+        # Stable per device directory, locally administered (0x02) like a real MAC.
+        h = 0
+        for c in os.getcwd():
+            h = (h * 131 + ord(c)) & 0xFFFFFFFFFF
+        return bytes([0x02]) + h.to_bytes(5, "big")
+
+    def reset_cause(self):
+        return os.getenv("FL_RESET_CAUSE") or "power_on"
+
+    def reset(self, cause="software"):
+        _log.warn("reset (%s)", cause)
+        sys.exit(EXIT_STATUS.get(cause, 4))
+
+    # --- the outside world ---
+    def refresh(self, force=False):
+        """Re-reads control.json at most every POLL_MS; returns True if it changed."""
+        now = time.ticks_ms()
+        if not force and time.ticks_diff(now, self._last_poll) < POLL_MS:
+            return False
+        self._last_poll = now
+        raw = store.read_bytes(CONTROL)
+        if raw == self._control_raw:
+            return False
+        self._control_raw = raw
+        try:
+            self.control = json.loads(raw) if raw else {}
+        except ValueError:
+            _log.warn("ignoring malformed %s", CONTROL)
+            return False
+        return True
+
+    async def wait_inputs(self, timeout_ms):
+        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
+        while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+            if self.refresh():
+                return
+            await asyncio.sleep_ms(POLL_MS)
+
+    def _input_value(self, channel, default):
+        v = self.control.get("inputs", {}).get(channel)
+        return default if v is None else v
+
+    def digital_input(self, channel):
+        return _DigitalIn(self, channel)
+
+    def analog_input(self, channel):
+        return _AnalogIn(self, channel)
+
+    def battery_mv(self):
+        return self.control.get("battery_mv", 4000)
+
+    def output(self, name, on):
+        on = bool(on)
+        if self._outputs.get(name) != on:
+            self._outputs[name] = on
+            store.write_atomic(OUTPUTS, json.dumps(self._outputs).encode())
+
+    # --- services ---
+    def watchdog(self, timeout_ms):
+        return _Watchdog(self, timeout_ms)
+
+    def clock_synced(self):
+        return self.control.get("clock_synced", True)
+
+    async def sync_clock(self, timeout_ms):
+        return self.clock_synced()
+
+    def paths(self, config):
+        return [_SimPath(self, "wifi")]
+
+    def storage_free(self):
+        st = os.statvfs(".")
+        return st[0] * st[4]
+
+    def free_heap(self):
+        return gc.mem_free()
+
+
+class _DigitalIn:
+    def __init__(self, board, channel):
+        self._board = board
+        self.channel = channel
+
+    def value(self):
+        # Pull-up: an open contact reads 1.
+        return 1 if self._board._input_value(self.channel, 1) else 0
+
+
+class _AnalogIn:
+    def __init__(self, board, channel):
+        self._board = board
+        self.channel = channel
+
+    def read_raw(self):
+        default = self._board.board_info()["eol"]["nominal"]["normal"]
+        return int(self._board._input_value(self.channel, default))
+
+    def read_mv(self):
+        return self.read_raw() * 3300 // 4095
+
+
+class _Watchdog:
+    """Emulates the hardware watchdog: if feeding stops for longer than the timeout, the
+    next check resets the process. It cannot fire while the event loop itself is stuck,
+    which on the unix port only a bug outside asyncio could cause."""
+
+    def __init__(self, board, timeout_ms):
+        self._board = board
+        self._timeout_ms = timeout_ms
+        self._fed = time.ticks_ms()
+
+    def feed(self):
+        self._fed = time.ticks_ms()
+
+    def expired(self):
+        return time.ticks_diff(time.ticks_ms(), self._fed) > self._timeout_ms
+
+    def check(self):
+        if self.expired():
+            self._board.reset("watchdog")
+
+
+class _SimPath(link.Path):
+    def __init__(self, board, name):
+        super().__init__()
+        self._board = board
+        self.name = name
+
+    def is_up(self):
+        self._board.refresh()
+        return bool(self._board.control.get("links", {}).get(self.name, True))
+
+    async def bring_up(self, timeout_ms):
+        return self.is_up()
+
+    def signal_dbm(self):
+        return self._board.control.get("rssi", -60) if self.is_up() else None

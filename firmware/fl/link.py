@@ -1,0 +1,123 @@
+"""Network paths behind one interface, and the manager that picks the path in use.
+
+A path (Wi-Fi now, 4G/PPP later) brings its interface up and opens sockets that belong to
+it. When a path fails, every socket it opened is closed with it: the whole chain goes down
+and is rebuilt, and nothing above waits on a half-dead socket. Fire events never wait on a
+path's recovery: the sender keeps them in the outbox and the manager offers whichever path
+is up.
+"""
+import asyncio
+import time
+
+from fl import netio
+from fl.log import Logger
+
+_log = Logger("link")
+
+
+class PathDown(OSError):
+    pass
+
+
+class Path:
+    """Base for a concrete path (the hardware layer subclasses it).
+
+    Subclasses implement: `async bring_up(timeout_ms) -> bool`, `is_up() -> bool`,
+    `signal_dbm() -> int | None`, and may set `ifname` for socket binding."""
+
+    name = "path"
+    ifname = None
+
+    def __init__(self):
+        self._socks = []
+        self.failures = 0
+        self.down_since = None
+
+    async def bring_up(self, timeout_ms):
+        raise NotImplementedError
+
+    def is_up(self):
+        raise NotImplementedError
+
+    def signal_dbm(self):
+        return None
+
+    async def open(self, addr, timeout_ms, ssl_ctx=None, server_hostname=None):
+        """Opens a stream over this path; the socket is closed if the path goes down."""
+        if not self.is_up():
+            raise PathDown(113, "%s is down" % self.name)  # EHOSTUNREACH
+        stream, raw = await netio.open_stream(addr, timeout_ms, ssl_ctx, server_hostname, self.ifname)
+        self._socks.append(raw)
+        return stream, raw
+
+    def forget(self, raw):
+        if raw in self._socks:
+            self._socks.remove(raw)
+
+    def close_all(self):
+        for s in self._socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        self._socks.clear()
+
+
+class LinkManager:
+    """Keeps the paths up and says which one to use; notifies listeners when it changes.
+
+    `current()` is the first path (in configured priority) that is up, or None."""
+
+    def __init__(self, paths, check_ms=250, bring_up_timeout_ms=20000, health=None):
+        self.paths = paths
+        self._check_ms = check_ms
+        self._bring_up_timeout_ms = bring_up_timeout_ms
+        self._health = health
+        self.changed = asyncio.Event()
+        self.progress = 0
+
+    def current(self):
+        for p in self.paths:
+            if p.is_up():
+                return p
+        return None
+
+    def describe(self):
+        p = self.current()
+        return {"path": p.name if p else None, "signal_dbm": p.signal_dbm() if p else None}
+
+    async def run(self):
+        """One supervising task per path, so a slow bring-up on one never delays another."""
+        await asyncio.gather(*[self._supervise(p) for p in self.paths])
+
+    async def _supervise(self, p):
+        was_up = False
+        retry_ms = 0
+        while True:
+            self.progress += 1
+            up = p.is_up()
+            if was_up and not up:
+                _log.warn("%s went down: closing its sockets", p.name)
+                p.close_all()
+                p.down_since = time.ticks_ms()
+                p.failures += 1
+                if self._health:
+                    self._health.count("link_%s_down" % p.name)
+                self.changed.set()
+            elif up and not was_up:
+                _log.info("%s is up", p.name)
+                p.down_since = None
+                retry_ms = 0
+                self.changed.set()
+            was_up = up
+            if not up and retry_ms <= 0:
+                try:
+                    ok = await p.bring_up(self._bring_up_timeout_ms)
+                except OSError as e:
+                    _log.warn("%s bring-up failed: %s", p.name, e)
+                    ok = False
+                if not ok:
+                    retry_ms = 5000
+                continue
+            await asyncio.sleep_ms(self._check_ms)
+            retry_ms -= self._check_ms
