@@ -27,6 +27,9 @@ class Path:
 
     name = "path"
     ifname = None
+    # Path faults are reported only after this long down (peers: LAN 90 s, cellular 180 s),
+    # so a router reboot does not flood the centre; alarms never wait on it.
+    fault_delay_ms = 90000
 
     def __init__(self):
         self._socks = []
@@ -93,6 +96,8 @@ class LinkManager:
     async def _supervise(self, p):
         was_up = False
         retry_ms = 0
+        # A path that is down at boot counts as down from boot.
+        p.down_since = None if p.is_up() else time.ticks_ms()
         while True:
             self.progress += 1
             up = p.is_up()
@@ -110,6 +115,11 @@ class LinkManager:
                 retry_ms = 0
                 self.changed.set()
             was_up = up
+            if not up and p.down_since is not None and self._health is not None \
+                    and time.ticks_diff(time.ticks_ms(), p.down_since) >= p.fault_delay_ms:
+                self._health.set_fault("path_" + p.name, True, "%s down" % p.name)
+            elif up and self._health is not None:
+                self._health.set_fault("path_" + p.name, False)
             if not up and retry_ms <= 0:
                 try:
                     ok = await p.bring_up(self._bring_up_timeout_ms)

@@ -1,0 +1,148 @@
+"""Builds the transmitter from its parts and runs it: input → event → outbox → link → broker.
+
+Boot order matters: the outbox and sequence numbers come first so that nothing that
+happens afterwards can be lost; inputs are watched before any network exists; a bad
+config only narrows what runs, never the watching of inputs.
+"""
+import asyncio
+import json
+
+from fl import VERSION, config, log
+from fl.clock import Clock
+from fl.events import Sequencer
+from fl.health import Health
+from fl.heartbeat import Heartbeat
+from fl.inputs import Inputs, event_for
+from fl.link import LinkManager
+from fl.mqtt import MQTTClient
+from fl.outbox import Outbox
+from fl.recorder import Recorder
+from fl.sender import AckWatch, Sender
+from fl.store import read_bytes
+from fl.watchdog import Watchdog
+
+_log = log.Logger("app")
+TOPIC_ROOT = "firelink/"
+# Health faults → Contact ID codes for the events that report them.
+FAULT_CODES = {"config": "307", "storage": "307", "centre_ack": "354", "mqtt_auth": "350", "mqtt_tls": "350",
+               "path_wifi": "351", "path_cellular": "352"}
+
+
+class App:
+    def __init__(self, board):
+        self.board = board
+        self.health = Health()
+        self.reset_cause = board.reset_cause()
+        mac = board.unique_id()
+        info = board.board_info()
+        self.config, problems = config.load(info, default_device_id="fl-" + "".join("%02x" % b for b in mac))
+        cfg = self.config
+        log.level = {"debug": log.DEBUG, "info": log.INFO, "warn": log.WARN, "error": log.ERROR}[cfg["log_level"]]
+        self.device_id = cfg["device_id"]
+        self.prefix = TOPIC_ROOT + self.device_id + "/"
+        self.clock = Clock(board)
+
+        # Nothing may be recorded before these two exist.
+        self.outbox = Outbox(capacity=cfg["outbox_capacity"])
+        self.recorder = Recorder(self.outbox, Sequencer(), self.clock, self.health)
+        if self.outbox.storage_fault:
+            self.health.set_fault("storage", True, self.outbox.storage_fault)
+        self.health.listen(self._on_fault)
+        _log.info("FireLink %s on %s as %s, reset cause %s, %d events waiting", VERSION, board.name,
+                  self.device_id, self.reset_cause, len(self.outbox))
+        self.recorder.record("305", "new", 0, "", "status", detail=self.reset_cause)
+        for p in problems:
+            _log.error("%s", p)
+        if problems:
+            self.health.set_fault("config", True, "; ".join(problems)[:200])
+
+        self.inputs = Inputs(board, cfg["inputs"], info["eol"], self._on_input,
+                             battery_low_mv=info["battery"]["low_mv"])
+        self.links = LinkManager(board.paths(cfg), health=self.health)
+        self.ack_watch = AckWatch(cfg["centre_ack_timeout_s"], self.health)
+        self.mqtt = self._make_mqtt(cfg)
+        self.sender = Sender(self.outbox, self.mqtt, self.prefix + "event", self.recorder.queued, self.health)
+        self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
+                                   self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
+        self.watchdog = Watchdog(board)
+
+    def _status(self, state):
+        ts, _ = self.clock.now()
+        return json.dumps({"state": state, "fw": VERSION, "reset": self.reset_cause, "ts": ts}).encode()
+
+    def _make_mqtt(self, cfg):
+        b = cfg["broker"]
+        secrets = cfg["_secrets"]
+        ssl_params = None
+        if b["tls"]:
+            ssl_params = {"ca_der": read_bytes(secrets.get("tls_ca") or "ca.der"),
+                          "cert_der": read_bytes(secrets.get("tls_cert") or "device.der"),
+                          "key_der": read_bytes(secrets.get("tls_key") or "device.key.der"),
+                          "server_hostname": b["server_hostname"] or b["host"]}
+        return MQTTClient(
+            self.links, self.device_id, b["host"], b["port"],
+            username=secrets.get("mqtt_username") or self.device_id, password=secrets.get("mqtt_password"),
+            keepalive_s=b["keepalive_s"], ping_interval_s=b["ping_interval_s"],
+            connect_timeout_ms=b["connect_timeout_ms"], puback_timeout_ms=b["puback_timeout_ms"],
+            ssl_params=ssl_params, will=(self.prefix + "status", self._status("offline"), True, 1),
+            birth=(self.prefix + "status", self._status("online")),
+            subscriptions=[(self.prefix + "ack", 1), (self.prefix + "cmd", 1)],
+            on_message=self._on_message, backoff_max_s=b["backoff_max_s"], health=self.health)
+
+    # --- what flows in ---
+    def _on_input(self, spec, old, new):
+        _log.info("input %s: %s -> %s", spec["name"], old, new)
+        for code, q, cls in event_for(spec["kind"], old, new):
+            event = self.recorder.record(code, q, spec["zone"], spec["name"], cls)
+            if cls == "fire" and q == "new":
+                self.ack_watch.expect(event.id)
+
+    def _on_fault(self, name, active, detail):
+        code = FAULT_CODES.get(name)
+        if code:
+            self.recorder.record(code, "new" if active else "restore", 0, name, "fault", detail=detail or None)
+
+    def _on_message(self, topic, payload):
+        if topic == self.prefix + "ack":
+            self.ack_watch.on_ack(payload)
+        elif topic == self.prefix + "cmd":
+            _log.warn("remote commands are not supported by this firmware yet; ignoring %d bytes", len(payload))
+        else:
+            _log.warn("ignoring message on unexpected topic %s", topic)
+
+    # --- running ---
+    async def run(self):
+        await self.inputs.start()
+        _log.info("inputs: %s", self.inputs.states())
+        for name, obj, allowance_ms in (("inputs", self.inputs, 5000), ("sender", self.sender, 30000),
+                                        ("heartbeat", self.heartbeat, 30000), ("links", self.links, 60000),
+                                        ("mqtt", self.mqtt, 60000), ("ack_watch", self.ack_watch, 5000)):
+            self.watchdog.watch(name, obj, allowance_ms)
+        tasks = [asyncio.create_task(t.run()) for t in (self.inputs, self.links, self.mqtt, self.sender,
+                                                         self.ack_watch, self.heartbeat, self.watchdog)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def shutdown(self, timeout_ms=2000):
+        """Clean stop: says `offline` itself so the centre does not wait for the will."""
+        try:
+            await asyncio.wait_for_ms(self.mqtt.disconnect(self._status("offline")), timeout_ms)
+        except (asyncio.TimeoutError, OSError) as e:
+            _log.warn("clean shutdown incomplete: %s", e)
+
+
+def main():
+    from fl import hal
+
+    board = hal.load()
+    app = App(board)
+    try:
+        asyncio.run(app.run())
+    except KeyboardInterrupt:
+        _log.info("stopping (Ctrl-C)")
+        asyncio.run(app.shutdown())
+    finally:
+        asyncio.new_event_loop()

@@ -1,0 +1,73 @@
+"""Periodic heartbeat: the device's health in one small JSON message.
+
+It proves the device and its path are alive to the centre's supervision, and carries what
+a technician needs without a site visit: uptime, firmware, reset cause, every input's state,
+link and signal, mains and battery, outbox depth, fault counters and free heap.
+"""
+import asyncio
+import json
+import time
+
+from fl import VERSION
+from fl.log import Logger
+
+_log = Logger("heartbeat")
+
+
+class Heartbeat:
+    def __init__(self, board, clock, health, inputs, links, outbox, mqtt, topic, interval_s, reset_cause):
+        self._board = board
+        self._clock = clock
+        self._health = health
+        self._inputs = inputs
+        self._links = links
+        self._outbox = outbox
+        self._mqtt = mqtt
+        self._topic = topic
+        self._interval_ms = interval_s * 1000
+        self._reset_cause = reset_cause
+        self._boot = time.ticks_ms()
+        self.progress = 0
+        self.sent = 0
+        self.bytes_sent = 0
+
+    def payload(self):
+        ts, synced = self._clock.now()
+        fire, fault, status = self._outbox.depth_by_priority()
+        states = self._inputs.states()
+        mains = "lost" if any(s == "active" for n, s in self._mains_states(states)) else "ok"
+        return json.dumps({
+            "ts": ts,
+            "tsync": synced,
+            "uptime_s": time.ticks_diff(time.ticks_ms(), self._boot) // 1000,
+            "fw": VERSION,
+            "reset": self._reset_cause,
+            "inputs": states,
+            "link": self._links.describe(),
+            "mains": mains,
+            "battery_mv": self._board.battery_mv(),
+            "outbox": {"depth": fire + fault + status, "fire": fire, "fault": fault, "status": status,
+                       "capacity": self._outbox.capacity, "fill_pct": self._outbox.fill_percent(),
+                       "dropped": self._outbox.dropped},
+            "faults": self._health.faults,
+            "counters": self._health.counters,
+            "heap_free": self._board.free_heap(),
+        }).encode()
+
+    def _mains_states(self, states):
+        for spec in self._inputs.specs:
+            if spec["kind"] == "mains":
+                yield spec["name"], states.get(spec["name"])
+
+    async def run(self):
+        due = time.ticks_ms()
+        while True:
+            self.progress += 1
+            if time.ticks_diff(time.ticks_ms(), due) >= 0 and self._mqtt.connected:
+                body = self.payload()
+                if await self._mqtt.publish(self._topic, body, qos=1):
+                    self.sent += 1
+                    self.bytes_sent += len(body)
+                    due = time.ticks_add(time.ticks_ms(), self._interval_ms)
+            # Wake every second so the watchdog sees progress and a reconnect sends promptly.
+            await asyncio.sleep_ms(min(1000, self._interval_ms))
