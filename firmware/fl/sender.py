@@ -54,7 +54,7 @@ class AckWatch:
     """Fire events awaiting the centre's `ack`, each with a deadline from when it was recorded."""
 
     def __init__(self, timeout_s, health):
-        self._timeout_ms = timeout_s * 1000
+        self._timeout_ms = int(timeout_s * 1000)
         self._health = health  # the `centre_ack` fault is reported as an event by whoever listens
         self._pending = {}  # event id -> deadline (ticks_ms)
         self._overdue = set()

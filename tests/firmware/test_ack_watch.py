@@ -1,0 +1,50 @@
+# EN 54-21: a fire event with no acknowledgement from the centre in time raises a local fault.
+import asyncio
+
+from fwtest import eq, ok
+
+from fl.health import Health
+from fl.sender import AckWatch
+
+
+async def _run_for(watch, ms):
+    t = asyncio.create_task(watch.run())
+    await asyncio.sleep_ms(ms)
+    t.cancel()
+
+
+async def test_ack_in_time_raises_nothing():
+    health = Health()
+    w = AckWatch(0.3, health)
+    w.expect("00000001-abcd")
+    w.on_ack(b'{"id": "00000001-abcd"}')
+    await _run_for(w, 600)
+    eq(health.faults, {}, "faults")
+    eq(w.pending(), 0, "pending")
+
+
+async def test_missing_ack_raises_fault_once_and_late_ack_restores_it():
+    health = Health()
+    changes = []
+    health.listen(lambda name, active, detail: changes.append((name, active)))
+    w = AckWatch(0.2, health)
+    w.expect("00000001-aaaa")
+    w.expect("00000002-bbbb")
+    await _run_for(w, 900)
+    ok("centre_ack" in health.faults, "centre_ack fault raised")
+    eq(changes, [("centre_ack", True)], "fault changes (one episode, not one per event)")
+    w.on_ack(b'{"id": "00000001-aaaa"}')
+    ok("centre_ack" in health.faults, "still faulty while one event is unacknowledged")
+    w.on_ack(b'{"id": "00000002-bbbb"}')
+    eq(health.faults, {}, "fault restored")
+    eq(changes[-1], ("centre_ack", False), "restore reported")
+
+
+def test_malformed_acks_are_ignored_and_counted():
+    health = Health()
+    w = AckWatch(100, health)
+    w.expect("x")
+    for bad in (b"", b"not json", b"[1,2]", b'{"id": 5}', b'{"nope": "x"}', b"\xff\xfe"):
+        w.on_ack(bad)
+    eq(w.rejected, 6, "rejected")
+    eq(w.pending(), 1, "the real event still awaits its ack")
