@@ -1,0 +1,296 @@
+"""The event record: what happened, when, in which order, and how it reads on the wire.
+
+An event carries a Contact ID code (so any receiving centre can map it without a table of
+ours), a per-device sequence number and an id that stays the same on every retransmission.
+Classes `fire` and `fault` are kept apart on the wire (Decree 105 Art. 25.2.b); `status`
+covers tests, log levels and the like. Fire goes first: priority fire 0 < fault 1 < status 2.
+
+Sequence numbers survive reboots without a flash write per event: `Sequencer` persists a
+reserved high-water mark one block ahead, so after a reset numbering continues from the mark
+and the numbers skipped in between are never issued (gaps are normal; repeats never are).
+"""
+import binascii
+import json
+import os
+import struct
+
+from fl import store
+
+FIRE = "fire"
+FAULT = "fault"
+STATUS = "status"
+CLASSES = (FIRE, FAULT, STATUS)
+PRIORITY = {FIRE: 0, FAULT: 1, STATUS: 2}
+QUALIFIERS = ("new", "restore")
+
+# Contact ID (SIA DC-05) codes a fire-panel transmitter raises; see docs contact-id.md.
+MEANING = {
+    "110": "fire",
+    "111": "smoke",
+    "114": "heat",
+    "115": "manual call point",
+    "137": "tamper",
+    "145": "expansion module tamper",
+    "200": "fire supervisory",
+    "301": "mains (AC) loss",
+    "302": "low battery",
+    "305": "system reset",
+    "306": "programming changed",
+    "307": "self-test failure",
+    "309": "battery test failure",
+    "311": "battery missing",
+    "350": "communication trouble",
+    "351": "path 1 fault",
+    "352": "path 2 fault",
+    "354": "failed to communicate",
+    "373": "fire trouble",
+    "380": "sensor trouble",
+    "383": "sensor tamper",
+    "570": "zone bypass",
+    "571": "fire zone bypass",
+    "601": "manual test",
+    "602": "periodic test",
+    "608": "periodic test, trouble present",
+    "622": "event log 50% full",
+    "623": "event log 90% full",
+    "624": "event log overflow",
+    "625": "time reset",
+    "626": "time inaccurate",
+    "627": "programming mode entered",
+    "628": "programming mode left",
+}
+
+_KEYS = ("id", "seq", "ts", "tsync", "code", "q", "zone", "input", "class")
+
+
+def priority(cls):
+    """Outbox priority of an event class; ValueError for an unknown class."""
+    p = PRIORITY.get(cls)
+    if p is None:
+        raise ValueError("bad class %r: want one of fire, fault, status" % (cls,))
+    return p
+
+
+def valid_code(code):
+    """True for a Contact ID event code: exactly three decimal digits as a str."""
+    return type(code) is str and len(code) == 3 and code.isdigit()
+
+
+def _random16():
+    try:
+        return int.from_bytes(os.urandom(2), "big")
+    except (AttributeError, OSError):
+        import random
+        return random.getrandbits(16)
+
+
+def make_id(seq):
+    """Sequence plus 16 random bits: still unique if the sequence store were ever lost."""
+    return "%08x-%04x" % (seq & 0xFFFFFFFF, _random16())
+
+
+def _check(ev):
+    """Raises ValueError naming the first field that is malformed."""
+    if type(ev.id) is not str or not 0 < len(ev.id) <= 32:
+        raise ValueError("bad id %r: want a str of 1..32 chars" % (ev.id,))
+    if type(ev.seq) is not int or ev.seq < 0:
+        raise ValueError("bad seq %r: want an int >= 0" % (ev.seq,))
+    if type(ev.ts) is not int or ev.ts < 0:
+        raise ValueError("bad ts %r: want an int >= 0 (UTC seconds)" % (ev.ts,))
+    if type(ev.tsync) is not bool:
+        raise ValueError("bad tsync %r: want true or false" % (ev.tsync,))
+    if not valid_code(ev.code):
+        raise ValueError("bad code %r: want 3 digits, e.g. \"110\"" % (ev.code,))
+    if ev.q not in QUALIFIERS:
+        raise ValueError("bad q %r: want \"new\" or \"restore\"" % (ev.q,))
+    if type(ev.zone) is not int or not 0 <= ev.zone <= 999:
+        raise ValueError("bad zone %r: want an int 0..999" % (ev.zone,))
+    if type(ev.input) is not str:
+        raise ValueError("bad input %r: want a str" % (ev.input,))
+    if ev.cls not in CLASSES:
+        raise ValueError("bad class %r: want one of fire, fault, status" % (ev.cls,))
+    if ev.detail is not None and type(ev.detail) is not str:
+        raise ValueError("bad detail %r: want a str" % (ev.detail,))
+
+
+class Event:
+    __slots__ = ("id", "seq", "ts", "tsync", "code", "q", "zone", "input", "cls", "detail")
+
+    def __init__(self, seq, ts, tsync, code, q, zone, input, cls, detail=None, id=None):
+        self.seq = seq
+        self.ts = ts
+        self.tsync = tsync
+        self.code = code
+        self.q = q
+        self.zone = zone
+        self.input = input
+        self.cls = cls
+        self.detail = detail
+        self.id = make_id(seq) if id is None else id
+
+    def check(self):
+        """Raises ValueError if any field is malformed; returns self."""
+        _check(self)
+        return self
+
+    @property
+    def priority(self):
+        return PRIORITY[self.cls]
+
+    def to_json(self):
+        """Compact JSON bytes, keys in a fixed order so the same event gives the same bytes."""
+        d = json.dumps
+        s = '{"id":%s,"seq":%d,"ts":%d,"tsync":%s,"code":%s,"q":%s,"zone":%d,"input":%s,"class":%s' % (
+            d(self.id), self.seq, self.ts, "true" if self.tsync else "false", d(self.code), d(self.q),
+            self.zone, d(self.input), d(self.cls))
+        if self.detail is not None:
+            s += ',"detail":' + d(self.detail)
+        return (s + "}").encode()
+
+    @staticmethod
+    def from_json(b):
+        """Parses and checks one event; ValueError with the reason on anything malformed.
+        Unknown keys are ignored so a newer peer may add fields."""
+        try:
+            o = json.loads(b)
+        except (ValueError, TypeError, UnicodeError) as e:
+            raise ValueError("event is not JSON: %s" % (e,))
+        if type(o) is not dict:
+            raise ValueError("event is not a JSON object")
+        for k in _KEYS:
+            if k not in o:
+                raise ValueError("event lacks key %r" % (k,))
+        ev = Event(o["seq"], o["ts"], o["tsync"], o["code"], o["q"], o["zone"], o["input"],
+                   o["class"], o.get("detail"), o["id"])
+        if "detail" in o and o["detail"] is None:
+            raise ValueError("bad detail None: omit the key instead")
+        _check(ev)
+        return ev
+
+    def __repr__(self):
+        return "Event(%s seq=%d %s %s %s zone=%d %r)" % (
+            self.id, self.seq, self.cls, self.code, self.q, self.zone, self.input)
+
+
+# --- Contact ID ---------------------------------------------------------------------
+
+_Q_DIGIT = {"new": "1", "restore": "3", "1": "1", "3": "3", "6": "6"}
+
+
+def _digit_value(c):
+    v = int(c, 16)
+    return 10 if v == 0 else v
+
+
+def contact_id_message(account_hex4, q, code, partition, zone):
+    """`ACCT 18 QXYZ GG CCC S`: S makes the digit sum a multiple of 15 (0 counts as 10)."""
+    acct = str(account_hex4).upper()
+    if len(acct) != 4 or any(c not in "0123456789ABCDEF" for c in acct):
+        raise ValueError("bad account %r: want 4 hex digits" % (account_hex4,))
+    qd = _Q_DIGIT.get(q)
+    if qd is None:
+        raise ValueError("bad q %r: want new, restore, 1, 3 or 6" % (q,))
+    if not valid_code(code):
+        raise ValueError("bad code %r: want 3 digits" % (code,))
+    if type(partition) is not int or not 0 <= partition <= 99:
+        raise ValueError("bad partition %r: want 0..99" % (partition,))
+    if type(zone) is not int or not 0 <= zone <= 999:
+        raise ValueError("bad zone %r: want 0..999" % (zone,))
+    body = "%s18%s%s%02d%03d" % (acct, qd, code, partition, zone)
+    total = 0
+    for c in body:
+        total += _digit_value(c)
+    s = 15 - total % 15  # 1..15; a value of 10 is sent as digit 0
+    check = "0" if s == 10 else "0123456789ABCDEF"[s]
+    return "%s 18 %s%s %02d %03d %s" % (acct, qd, code, partition, zone, check)
+
+
+# --- sequence numbers ---------------------------------------------------------------
+
+_SEQ_MAGIC = b"FLSQ"
+
+
+def _seq_image(mark):
+    body = struct.pack("<4sI", _SEQ_MAGIC, mark)
+    return body + struct.pack("<I", binascii.crc32(body))
+
+
+def _seq_parse(data):
+    """The mark in a seq file's bytes, or None if they are torn or garbled."""
+    if data is None or len(data) != 12 or data[:4] != _SEQ_MAGIC:
+        return None
+    mark, crc = struct.unpack("<II", data[4:])
+    if binascii.crc32(data[:8]) != crc:
+        return None
+    return mark
+
+
+class Sequencer:
+    """Per-device sequence numbers 1, 2, 3, ... that never repeat across reboots.
+
+    Two copies (`path` and `path + ".bak"`), each replaced atomically and checked by CRC32.
+    Boot continues from the highest valid mark among the copies and any temporary file a
+    power cut left behind: every number issued so far is below the latest mark written, and
+    the latest mark is the highest one that was ever completely written. If no copy is valid,
+    numbering starts at 1 and `recovery` says so ("lost"); the recorder then calls
+    `at_least(n)` with the highest seq the outbox still holds (its newest record survives
+    delivery), and event ids stay unique through their random half regardless.
+    `recovery`: "primary", "backup" (primary missing or corrupt), "fresh" (no file at all,
+    a new device) or "lost" (files present but none valid).
+    """
+
+    def __init__(self, path="seq.dat", block=32):
+        if block < 1:
+            raise ValueError("block must be >= 1")
+        self.path = path
+        self.backup = path + ".bak"
+        self.block = block
+        self.storage_fault = None
+        best = None
+        found = False
+        primary = None
+        for p in (path, path + ".tmp", self.backup, self.backup + ".tmp"):
+            data = store.read_bytes(p)
+            if data is None:
+                continue
+            found = True
+            m = _seq_parse(data)
+            if p == path:
+                primary = m
+            if m is not None and (best is None or m > best):
+                best = m
+        if best is None:
+            self.recovery = "lost" if found else "fresh"
+            best = 1
+        else:
+            self.recovery = "primary" if primary is not None else "backup"
+        self._next = best if best > 0 else 1
+        self._reserved = self._next  # nothing of the new boot is reserved yet
+
+    def at_least(self, n):
+        """The next number issued will be greater than n."""
+        if self._next <= n:
+            self._next = n + 1
+
+    def peek(self):
+        """The number `take()` would return."""
+        return self._next
+
+    def take(self):
+        """The next sequence number; the mark is persisted before a number past it is issued."""
+        if self._next >= self._reserved:
+            mark = self._next + self.block
+            img = _seq_image(mark)
+            try:
+                # Primary first, then backup: a cut between them leaves the higher mark in
+                # the primary and a mark no lower than any issued number in the backup.
+                store.write_atomic(self.path, img)
+                store.write_atomic(self.backup, img)
+                self.storage_fault = None
+            except OSError as e:
+                # Keep numbering in RAM: an alarm is worth more than a gap-free sequence.
+                self.storage_fault = "seq store write failed: %s" % (e,)
+            self._reserved = mark
+        n = self._next
+        self._next = n + 1
+        return n
