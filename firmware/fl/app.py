@@ -92,7 +92,7 @@ class App:
     # --- what flows in ---
     def _on_input(self, spec, old, new):
         _log.info("input %s: %s -> %s", spec["name"], old, new)
-        for code, q, cls in event_for(spec["kind"], old, new):
+        for code, q, cls in event_for(spec["kind"], old, new, self.inputs.prior(spec["name"])):
             event = self.recorder.record(code, q, spec["zone"], spec["name"], cls)
             if cls == "fire" and q == "new":
                 self.ack_watch.expect(event.id)

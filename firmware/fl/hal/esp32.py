@@ -41,6 +41,7 @@ class Board:
         self._irq_handler = self._on_edge
         self._synced = False
         self._outputs = {}
+        self._battery = None
 
     def _on_edge(self, pin):
         self._flag.set()
@@ -77,7 +78,9 @@ class Board:
 
     def battery_mv(self):
         spec = self.board_info()["battery"]
-        return int(_AnalogIn(spec["gpio"]).read_mv() * spec["divider"])
+        if self._battery is None:
+            self._battery = _AnalogIn(spec["gpio"])
+        return int(self._battery.read_mv() * spec["divider"])
 
     async def wait_inputs(self, timeout_ms):
         try:
