@@ -1,0 +1,208 @@
+# Input -> event -> outbox (fl/recorder.py), on real files.
+import asyncio
+import os
+
+from fwtest import eq, ok, raises
+
+from fl.events import Event, Sequencer
+from fl.health import Health
+from fl.outbox import Outbox
+from fl.recorder import Recorder
+
+T0 = 1760000000
+
+
+class FakeClock:
+    def __init__(self, t=T0, synced=True):
+        self.t = t
+        self.synced = synced
+
+    def now(self):
+        return self.t, self.synced
+
+
+def make(capacity=32, outbox=None, clock=None, health=None):
+    ob = outbox if outbox is not None else Outbox(capacity=capacity)
+    return Recorder(ob, Sequencer(), clock or FakeClock(), health or Health()), ob
+
+
+def queued(ob):
+    """Every queued event in send order, from a fresh Outbox on the same files."""
+    fresh = Outbox(ob.path, ob.capacity, ob.slot_size)
+    out = []
+    while True:
+        head = fresh.peek()
+        if head is None:
+            return out
+        out.append(Event.from_json(head[1]))
+        fresh._unindex(fresh._slot_of(head[0]))
+
+
+def summary(evs):
+    return [(e.code, e.q, e.cls) for e in evs]
+
+
+def test_record_builds_event_and_stores_it_before_returning():
+    rec, ob = make()
+    ok(not rec.queued.is_set(), "nothing queued yet")
+    ev = rec.record("110", "new", 3, "in1", "fire")
+    eq((ev.seq, ev.ts, ev.tsync, ev.code, ev.q, ev.zone, ev.input, ev.cls, ev.detail),
+       (1, T0, True, "110", "new", 3, "in1", "fire", None))
+    ok(ev.id.startswith("00000001-"), ev.id)
+    ok(rec.queued.is_set(), "sender woken")
+    got = queued(ob)  # read back from flash by a fresh outbox
+    eq(len(got), 1)
+    eq(got[0].to_json(), ev.to_json(), "stored bytes")
+    eq(ob.peek()[1], ev.to_json())
+
+
+def test_priority_follows_class():
+    rec, ob = make()
+    rec.record("602", "new", 0, "", "status")
+    rec.record("380", "new", 2, "in2", "fault")
+    rec.record("110", "new", 1, "in1", "fire")
+    rec.record("373", "new", 0, "panel", "fault")
+    eq(summary(queued(ob)), [("110", "new", "fire"), ("380", "new", "fault"), ("373", "new", "fault"),
+                             ("602", "new", "status")])
+    eq([e.seq for e in queued(ob)], [3, 2, 4, 1])
+
+
+def test_unsynced_clock_marks_events():
+    rec, _ = make(clock=FakeClock(12345, False))
+    ev = rec.record("301", "new", 0, "mains", "fault")
+    eq((ev.ts, ev.tsync), (12345, False))
+
+
+def test_bad_arguments_raise_and_record_nothing():
+    rec, ob = make()
+    eq(str(raises(ValueError, rec.record, "11", "new", 1, "in1", "fire")), 'bad code \'11\': want 3 digits, e.g. "110"')
+    eq(str(raises(ValueError, rec.record, "110", "on", 1, "in1", "fire")), 'bad q \'on\': want "new" or "restore"')
+    eq(str(raises(ValueError, rec.record, "110", "new", 1, "in1", "alarm")),
+       "bad class 'alarm': want one of fire, fault, status")
+    eq(str(raises(ValueError, rec.record, "110", "new", 1000, "in1", "fire")), "bad zone 1000: want an int 0..999")
+    eq(len(ob), 0)
+    eq(rec.record("110", "new", 1, "in1", "fire").seq, 1, "no number used up by the rejects")
+
+
+def test_long_detail_and_name_are_shortened_to_fit_a_slot():
+    rec, ob = make()
+    ev = rec.record("307", "new", 0, "", "fault", detail="config: " + "x" * 400)
+    ok(len(ev.to_json()) <= ob.max_payload, "fits")
+    ok(len(ev.to_json()) >= ob.max_payload - 2, "uses the room: %d" % len(ev.to_json()))
+    ok(ev.detail.startswith("config: xxx"), ev.detail)
+    eq(queued(ob)[0].detail, ev.detail)
+    ev2 = rec.record("110", "new", 1, "n" * 300, "fire")
+    ok(len(ev2.to_json()) <= ob.max_payload, "fits")
+    ok(ev2.input.startswith("nnn"), "name kept as far as it fits")
+    eq(len(queued(ob)), 2)
+
+
+def test_sequence_continues_after_restart():
+    rec, ob = make()
+    for _ in range(3):
+        rec.record("110", "new", 1, "in1", "fire")
+    rec2, ob2 = make()  # reboot: new objects on the same files
+    eq(rec2.record("110", "restore", 1, "in1", "fire").seq, 33, "past the reserved block")
+    eq(len(ob2), 4)
+
+
+def test_sequence_resumes_past_outbox_when_seq_files_are_lost():
+    rec, ob = make()
+    for _ in range(5):
+        rec.record("380", "new", 2, "in2", "fault")
+    while ob.peek():
+        ob.remove(ob.peek()[0])  # all delivered
+    os.remove("seq.dat")
+    os.remove("seq.dat.bak")
+    h = Health()
+    rec2, _ = make(health=h)
+    eq(rec2.record("380", "restore", 2, "in2", "fault").seq, 6, "after the newest seq the outbox saw")
+    eq(h.counters.get("seq_recovered_lost"), None, "a missing file reads as a fresh device")
+    with open("seq.dat", "wb") as f:
+        f.write(b"garbage")
+    with open("seq.dat.bak", "wb") as f:
+        f.write(b"")
+    rec3, _ = make(health=h)
+    eq(rec3.record("380", "new", 2, "in2", "fault").seq, 7)
+    eq(h.counters.get("seq_recovered_lost"), 1, "lost sequence file counted")
+
+
+def test_outbox_levels_become_status_events():
+    rec, ob = make(capacity=10)
+    for i in range(4):
+        rec.record("380", "new", i, "in%d" % i, "fault")
+    eq(len(ob), 4)
+    rec.record("380", "new", 4, "in4", "fault")  # 5/10: 50 %, then the 622 event itself: 6/10
+    eq(len(ob), 6)
+    evs = queued(ob)
+    lvl = evs[-1]
+    eq((lvl.code, lvl.q, lvl.zone, lvl.input, lvl.cls, lvl.seq), ("622", "new", 0, "", "status", 6))
+    eq(lvl.detail, "outbox 5/10, dropped 0")
+    for i in range(3):
+        rec.record("380", "new", 0, "in0", "fault")  # 7, 8, 9; the 623 event makes 10
+    eq(summary(queued(ob)[-2:]), [("622", "new", "status"), ("623", "new", "status")])
+    eq(len(ob), 10)
+    rec.record("110", "new", 1, "in1", "fire")  # full: the oldest fault gives way, then 624
+    eq(ob.dropped, 2)
+    evs = queued(ob)
+    eq(evs[0].code, "110")
+    eq(summary(evs[-1:]), [("624", "new", "status")])
+    eq(evs[-1].detail, "outbox 10/10, dropped 1")
+    eq(rec.health.counters.get("events_dropped"), 2)
+    # Draining re-arms the levels and reports each restore once.
+    while len(ob) > 3:
+        ob.remove(ob.peek()[0])
+    tail = [e for e in queued(ob) if e.q == "restore"]
+    eq(summary(tail), [("623", "restore", "status"), ("624", "restore", "status"), ("622", "restore", "status")])
+
+
+def test_all_fire_outbox_keeps_fire_and_reports_overflow_once():
+    rec, ob = make(capacity=4)
+    for i in range(6):
+        rec.record("110", "new", i, "in%d" % i, "fire")
+    eq(ob.depth_by_priority(), (6, 0, 0), "no fire dropped")
+    eq(ob.in_ram(), 2)
+    # 622 (at 2/4) gave its slot to 623 (at 4/4), 623 to 624, 624 to the fourth fire.
+    eq(ob.dropped, 3)
+    eq([e.code for e in queued(ob)], ["110"] * 4, "on flash")
+    eq([e.seq for e in queued(ob)], [1, 2, 4, 7], "seq 3, 5, 6 were the level events")
+    eq(rec.health.counters.get("events_dropped"), 3)
+
+
+def test_storage_fault_is_reported_and_nothing_lost():
+    class Broken(Outbox):
+        def _open(self, path, mode):
+            if mode != "rb":
+                raise OSError(28)
+            return open(path, mode)
+
+    h = Health()
+    rec, ob = make(outbox=Broken(capacity=16), health=h)
+    eq(h.faults.get("storage"), "outbox file outbox/0 unusable: no space left (errno 28)")
+    ev = rec.record("110", "new", 1, "in1", "fire")
+    eq(ob.in_ram(), 1)
+    eq(ob.peek()[1], ev.to_json())
+
+
+async def test_sender_wakes_on_record():
+    rec, ob = make()
+    got = []
+
+    async def sender():
+        await asyncio.wait_for_ms(rec.queued.wait(), 1000)
+        rec.queued.clear()
+        got.append(ob.peek()[1])
+
+    task = asyncio.create_task(sender())
+    await asyncio.sleep_ms(10)
+    eq(got, [], "waiting")
+    ev = rec.record("110", "new", 1, "in1", "fire")
+    await task
+    eq(got, [ev.to_json()])
+
+
+def test_queued_set_at_boot_when_events_wait():
+    rec, ob = make()
+    rec.record("110", "new", 1, "in1", "fire")
+    rec2, _ = make()
+    ok(rec2.queued.is_set(), "events from before the reboot wake the sender")
