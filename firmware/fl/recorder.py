@@ -7,10 +7,17 @@ outbox re-arms (622 below 40 %, 623 below 80 %, 624 below 50 %: see fl/outbox.py
 """
 import asyncio
 
-from fl.events import Event, PRIORITY, STATUS, make_id
+from fl.events import Event, PRIORITY, STATUS, make_id, valid_code
 from fl.log import Logger
 
 _log = Logger("recorder")
+
+
+def _int(t):
+    try:
+        return max(int(t), 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 class Recorder:
@@ -41,19 +48,34 @@ class Recorder:
 
     def record(self, code, q, zone, input_name, cls, detail=None):
         """Builds the event, stores it durably, raises any outbox level events; returns it.
-        ValueError for a malformed argument (a programming or configuration error)."""
+        ValueError for a malformed code, q, zone or class (a programming or configuration
+        error), except for class fire: a fire is recorded anyway, as code 110 if its own
+        code is unusable, with the error in its detail."""
         ev = self._record(code, q, zone, input_name, cls, detail)
         self.queued.set()
         return ev
 
     def _record(self, code, q, zone, input_name, cls, detail):
         ts, synced = self.clock.now()
-        ev = Event(0, ts, synced, code, q, zone, input_name, cls, detail, "-").check()
+        ev = Event(0, _int(ts), synced is True, code, q, zone,
+                   input_name if type(input_name) is str else str(input_name), cls,
+                   detail if detail is None or type(detail) is str else str(detail), "-")
+        try:
+            ev.check()
+        except ValueError as e:
+            if cls != "fire":
+                raise
+            _log.error("fire event with bad fields (%s): recorded anyway", e)
+            self.health.count("events_repaired")
+            ev.code = code if valid_code(code) else "110"
+            ev.q = q if q in ("new", "restore") else "new"
+            ev.zone = zone if type(zone) is int and 0 <= zone <= 999 else 0
+            ev.detail = "recorder: %s" % e
         ev.seq = self.sequencer.take()
         ev.id = make_id(ev.seq)
         codes = self.outbox.put(PRIORITY[cls], self._fit(ev))
         if cls == "fire":
-            _log.info("fire %s %s zone %d seq %d", code, q, zone, ev.seq)
+            _log.info("fire %s %s zone %d seq %d", ev.code, ev.q, ev.zone, ev.seq)
         self.health.count("events")
         self._report()
         self._raise_levels(codes)
@@ -72,7 +94,7 @@ class Recorder:
         detail = "outbox %d/%d, dropped %d" % (len(ob), ob.capacity, ob.dropped)
         ts, synced = self.clock.now()
         seq = self.sequencer.take()
-        ev = Event(seq, ts, synced, code, q, 0, "", STATUS, detail)
+        ev = Event(seq, _int(ts), synced is True, code, q, 0, "", STATUS, detail)
         _log.warn("outbox level %s %s: %s", code, q, detail)
         codes = ob.put(PRIORITY[STATUS], self._fit(ev))
         self._report()

@@ -5,7 +5,7 @@ import os
 from fwtest import eq, ok, raises, read
 
 from fl.outbox import Outbox
-from fl.slotfile import MAGIC
+from fl.slotfile import MAGIC, SlotFile
 
 TIMEOUT_S = 120
 FIRE, FAULT, STATUS = 0, 1, 2
@@ -203,7 +203,7 @@ def _setup_for_tearing():
 
 
 def _tear(slot, nbytes_of, image, pristine):
-    path, off = Outbox(capacity=16).location(slot)
+    path, off = SlotFile("outbox", 16).location(slot)  # no I/O; same layout for any capacity
     with open(path, "wb") as f:
         f.write(pristine)
     with open(path, "r+b") as f:
@@ -237,6 +237,29 @@ def test_record_torn_at_every_offset_into_a_never_used_slot():
 def test_record_torn_at_every_offset_into_a_removed_slot_between_live_ones():
     # Slot 2 held a removed record; slots 3..5 after it must still read back.
     _check_torn(2)
+
+
+def test_overwrite_of_dropped_record_torn_at_every_offset():
+    # When full, the new record overwrites the oldest non-fire one in place. Cut short, that
+    # slot holds the dropped record, the new one (if all its header and payload made it) or
+    # nothing; every other record stays intact.
+    ob = Outbox(capacity=4)
+    for prio, p in ((FAULT, b"victim"), (FIRE, b"F1"), (FAULT, b"f2"), (STATUS, b"s3")):
+        ob.put(prio, p)
+    path, off = ob.location(0)
+    pristine = read(path)
+    new = b"newer-" + b"n" * 60
+    image = ob.image(ob._next_order, FAULT, new)
+    whole = 12 + len(new)
+    for k in range(len(image) + 1):
+        _tear(0, k, image, pristine)
+        got = drain(Outbox(capacity=4))
+        if k == 0:
+            eq(got, [b"F1", b"victim", b"f2", b"s3"], "untouched at k=0")
+        elif k >= whole:
+            eq(got, [b"F1", b"f2", new, b"s3"], "header and payload whole at k=%d" % k)
+        else:
+            eq(got, [b"F1", b"f2", b"s3"], "torn at k=%d: both gone, others intact" % k)
 
 
 def test_removal_torn_half_cleared_magic():

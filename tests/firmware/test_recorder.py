@@ -75,13 +75,31 @@ def test_unsynced_clock_marks_events():
 
 def test_bad_arguments_raise_and_record_nothing():
     rec, ob = make()
-    eq(str(raises(ValueError, rec.record, "11", "new", 1, "in1", "fire")), 'bad code \'11\': want 3 digits, e.g. "110"')
-    eq(str(raises(ValueError, rec.record, "110", "on", 1, "in1", "fire")), 'bad q \'on\': want "new" or "restore"')
+    eq(str(raises(ValueError, rec.record, "11", "new", 1, "in1", "fault")), 'bad code \'11\': want 3 digits, e.g. "110"')
+    eq(str(raises(ValueError, rec.record, "373", "on", 1, "in1", "fault")), 'bad q \'on\': want "new" or "restore"')
     eq(str(raises(ValueError, rec.record, "110", "new", 1, "in1", "alarm")),
        "bad class 'alarm': want one of fire, fault, status")
-    eq(str(raises(ValueError, rec.record, "110", "new", 1000, "in1", "fire")), "bad zone 1000: want an int 0..999")
+    eq(str(raises(ValueError, rec.record, "602", "new", 1000, "", "status")), "bad zone 1000: want an int 0..999")
     eq(len(ob), 0)
     eq(rec.record("110", "new", 1, "in1", "fire").seq, 1, "no number used up by the rejects")
+
+
+def test_fire_with_bad_fields_is_still_recorded():
+    rec, ob = make()
+    ev = rec.record("11", "on", 1000, "in1", "fire")
+    eq((ev.seq, ev.code, ev.q, ev.zone, ev.input, ev.cls), (1, "110", "new", 0, "in1", "fire"))
+    eq(ev.detail, 'recorder: bad code \'11\': want 3 digits, e.g. "110"')
+    ev2 = rec.record("111", "restore", 1000, "in1", "fire")
+    eq((ev2.code, ev2.q, ev2.zone, ev2.detail), ("111", "restore", 0, "recorder: bad zone 1000: want an int 0..999"))
+    eq(summary(queued(ob)), [("110", "new", "fire"), ("111", "restore", "fire")])
+    eq(rec.health.counters.get("events_repaired"), 2)
+
+
+def test_odd_clock_and_names_do_not_stop_an_event():
+    rec, ob = make(clock=FakeClock(-5, None))
+    ev = rec.record("110", "new", 1, 7, "fire", detail=42)
+    eq((ev.ts, ev.tsync, ev.input, ev.detail), (0, False, "7", "42"))
+    eq(len(queued(ob)), 1)
 
 
 def test_long_detail_and_name_are_shortened_to_fit_a_slot():
