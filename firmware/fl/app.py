@@ -24,13 +24,16 @@ from fl.watchdog import Watchdog
 _log = log.Logger("app")
 TOPIC_ROOT = "firelink/"
 # Health faults → Contact ID codes for the events that report them.
-FAULT_CODES = {"config": "307", "storage": "307", "centre_ack": "354", "mqtt_auth": "350", "mqtt_tls": "350",
+FAULT_CODES = {"safe_mode": "307", "config": "307", "storage": "307", "sequence": "307", "input_read": "307", "centre_ack": "354", "mqtt_auth": "350", "mqtt_tls": "350",
                "path_wifi": "351", "path_cellular": "352"}
 
 
 class App:
-    def __init__(self, board):
+    def __init__(self, board, safe_mode=False, guard=None, healthy_after_s=60):
         self.board = board
+        self.safe_mode = safe_mode
+        self._guard = guard
+        self._healthy_after_ms = healthy_after_s * 1000
         self.health = Health()
         self.reset_cause = board.reset_cause()
         mac = board.unique_id()
@@ -45,12 +48,14 @@ class App:
         # Nothing may be recorded before these two exist.
         self.outbox = Outbox(capacity=cfg["outbox_capacity"])
         self.recorder = Recorder(self.outbox, Sequencer(), self.clock, self.health)
-        if self.outbox.storage_fault:
-            self.health.set_fault("storage", True, self.outbox.storage_fault)
         self.health.listen(self._on_fault)
         _log.info("FireLink %s on %s as %s, reset cause %s, %d events waiting", VERSION, board.name,
                   self.device_id, self.reset_cause, len(self.outbox))
         self.recorder.record("305", "new", 0, "", "status", detail=self.reset_cause)
+        if safe_mode:
+            failed = guard.failed_boots if guard else 0
+            _log.error("SAFE MODE after %d boots that never got healthy: alarm path only", failed)
+            self.health.set_fault("safe_mode", True, "%d failed boots" % failed)
         for p in problems:
             _log.error("%s", p)
         if problems:
@@ -68,7 +73,8 @@ class App:
 
     def _status(self, state):
         ts, _ = self.clock.now()
-        return json.dumps({"state": state, "fw": VERSION, "reset": self.reset_cause, "ts": ts}).encode()
+        return json.dumps({"state": state, "fw": VERSION, "reset": self.reset_cause, "ts": ts,
+                           "safe_mode": self.safe_mode}).encode()
 
     def _make_mqtt(self, cfg):
         b = cfg["broker"]
@@ -105,6 +111,8 @@ class App:
     def _on_message(self, topic, payload):
         if topic == self.prefix + "ack":
             self.ack_watch.on_ack(payload)
+        elif topic == self.prefix + "cmd" and self.safe_mode:
+            _log.warn("safe mode: remote commands are off; ignoring %d bytes", len(payload))
         elif topic == self.prefix + "cmd":
             _log.warn("remote commands are not supported by this firmware yet; ignoring %d bytes", len(payload))
         else:
@@ -120,11 +128,27 @@ class App:
             self.watchdog.watch(name, obj, allowance_ms)
         tasks = [asyncio.create_task(t.run()) for t in (self.inputs, self.links, self.mqtt, self.sender,
                                                          self.ack_watch, self.heartbeat, self.watchdog)]
+        tasks.append(asyncio.create_task(self._housekeeping()))
         try:
             await asyncio.gather(*tasks)
         finally:
             for t in tasks:
                 t.cancel()
+
+    async def _housekeeping(self):
+        """Slow chores: mark the boot healthy once the alarm path has worked for a while, and
+        keep trying to move RAM-held events back to a flash that refused them."""
+        connected_ms = 0
+        while True:
+            await asyncio.sleep_ms(1000)
+            if self._guard is not None and connected_ms < self._healthy_after_ms:
+                connected_ms = connected_ms + 1000 if self.mqtt.connected else 0
+                if connected_ms >= self._healthy_after_ms:
+                    self._guard.healthy()
+                    _log.info("healthy: boot counter cleared")
+            if self.outbox.storage_fault and self.outbox.retry_storage():
+                _log.info("flash accepts writes again: events moved back from RAM")
+                self.health.set_fault("storage", False)
 
     async def shutdown(self, timeout_ms=2000):
         """Clean stop: says `offline` itself so the centre does not wait for the will."""
@@ -136,9 +160,16 @@ class App:
 
 def main():
     from fl import hal
+    from fl.bootguard import BootGuard
 
     board = hal.load()
-    app = App(board)
+    guard = BootGuard()
+    safe = guard.begin()
+    try:
+        app = App(board, safe_mode=safe, guard=guard)
+    except Exception as e:  # noqa: BLE001 - a bug at start must not leave the panel unwatched
+        _log.error("start failed (%r): retrying in safe mode", e)
+        app = App(board, safe_mode=True, guard=guard)
     try:
         asyncio.run(app.run())
     except KeyboardInterrupt:

@@ -48,7 +48,7 @@ class Heartbeat:
             "battery_mv": self._board.battery_mv(),
             "outbox": {"depth": fire + fault + status, "fire": fire, "fault": fault, "status": status,
                        "capacity": self._outbox.capacity, "fill_pct": self._outbox.fill_percent(),
-                       "dropped": self._outbox.dropped},
+                       "dropped": self._outbox.dropped, "in_ram": self._outbox.in_ram()},
             "faults": self._health.faults,
             "counters": self._health.counters,
             "heap_free": self._board.free_heap(),
