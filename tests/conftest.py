@@ -13,6 +13,12 @@ from firelink.broker import Broker, free_port
 TEST_DEVICE = "fl-test1"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Options live here, at the tests' root: pytest reads options only from start-up conftests.
+    parser.addoption("--dut", default="virtual",
+                     help="HIL device under test: 'virtual' (the firmware under the unix port) or a serial port")
+
+
 @dataclass
 class BrokerFixture:
     """A running mosquitto with one test device and the monitor account."""

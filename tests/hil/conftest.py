@@ -17,20 +17,10 @@ import pytest
 from tests.conftest import BrokerFixture
 from tests.hil.dut import Dut, VirtualDut, make_dut
 
-DEFAULT_DUT = "virtual"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--dut", default=DEFAULT_DUT,
-                     help="device under test: 'virtual' (the firmware under the unix port) or a serial port")
 
 
 def _dut_spec(config: pytest.Config) -> str:
-    # The option exists only when this conftest was loaded at start-up (`pytest tests/hil`).
-    try:
-        return str(config.getoption("--dut"))
-    except ValueError:
-        return DEFAULT_DUT
+    return str(config.getoption("--dut"))  # declared in tests/conftest.py
 
 
 @pytest.fixture
