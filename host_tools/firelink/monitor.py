@@ -292,7 +292,8 @@ class Monitor:
             for name in self._book.dirty:
                 self.store.save_device(self._book.devices[name])
             self._book.dirty.clear()
-        self.stats.batches += bool(batch)
+        if batch:
+            self.stats.batches += 1
         # Committed: now it may be acknowledged and shown.
         for device, event_id in out.acks:
             self._publish_ack(device, event_id)
