@@ -17,6 +17,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     # Options live here, at the tests' root: pytest reads options only from start-up conftests.
     parser.addoption("--dut", default="virtual",
                      help="HIL device under test: 'virtual' (the firmware under the unix port) or a serial port")
+    parser.addoption("--port", default=None, help="serial port of a real ESP32 for tests marked hardware")
+    parser.addoption("--firmware", default=None, help="MicroPython .bin that the hardware tests flash")
 
 
 @dataclass

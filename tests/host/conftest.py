@@ -1,7 +1,7 @@
 """Options and fixtures for the host-tool tests.
 
-`--port` (and `--firmware`) enable the tests marked `hardware`, which flash and deploy a real
-board:  pytest tests/host -m hardware --port /dev/ttyUSB0 --firmware ESP32_GENERIC-….bin
+`--port` (and `--firmware`, both declared in tests/conftest.py) enable the tests marked `hardware`, which flash and deploy a real
+board:  pytest -m hardware --port /dev/ttyUSB0 --firmware ESP32_GENERIC-….bin
 """
 from __future__ import annotations
 
@@ -11,15 +11,6 @@ from typing import Iterator
 import pytest
 
 from tests.host.mp_pty import PtyBoard
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    for name, help_text in (("--port", "serial port of a real ESP32 for tests marked hardware"),
-                            ("--firmware", "MicroPython .bin the hardware tests flash")):
-        try:
-            parser.addoption(name, default=None, help=help_text)
-        except ValueError:  # another suite (tests/hil) declares it too
-            pass
 
 
 @pytest.fixture
