@@ -78,6 +78,17 @@ class LinkManager:
         self._health = health
         self.changed = asyncio.Event()
         self.progress = 0
+        self._listeners = []
+
+    def listen(self, fn):
+        """fn() is called on every change of any path's state. Unlike waiting on `changed`
+        (which someone has to clear), each listener hears every change."""
+        self._listeners.append(fn)
+
+    def _notify(self):
+        self.changed.set()
+        for fn in self._listeners:
+            fn()
 
     def current(self):
         for p in self.paths:
@@ -108,12 +119,12 @@ class LinkManager:
                 p.failures += 1
                 if self._health:
                     self._health.count("link_%s_down" % p.name)
-                self.changed.set()
+                self._notify()
             elif up and not was_up:
                 _log.info("%s is up", p.name)
                 p.down_since = None
                 retry_ms = 0
-                self.changed.set()
+                self._notify()
             was_up = up
             if not up and p.down_since is not None and self._health is not None \
                     and time.ticks_diff(time.ticks_ms(), p.down_since) >= p.fault_delay_ms:

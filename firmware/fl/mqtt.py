@@ -1,0 +1,681 @@
+"""The MQTT 3.1.1 connection to the broker: keeps one session up over the current path.
+
+Bytes live in `fl.mqtt_codec`; this module owns the connection and its clocks:
+- one socket at a time, opened over `links.current()` and dropped when that path goes down
+  or a preferred one comes up;
+- every wait has a deadline: connect (TCP + TLS handshake + CONNACK), each write, each
+  PUBACK/SUBACK, and the broker's silence: a PINGREQ goes out every `ping_interval_s`
+  whatever else flows, and no packet within `ping_timeout_ms` after it means the chain is dead;
+- QoS 1 publishes each wait on their own packet id, several in flight, woken by their PUBACK
+  (no polling); one supervisor task enforces all the deadlines, so a publish allocates no
+  timer. A missing PUBACK drops the connection. Nothing is retried here: the sender keeps
+  each message in its flash outbox and publishes it again with dup=True once reconnected;
+- any failure closes the socket and retries after a capped exponential backoff with jitter;
+  refusals, TLS and authentication problems are logged plainly and raised as health faults;
+- broker bytes that break the spec are logged and ignored while the framing holds, and drop
+  the connection when it does not. The receive loop never dies on EOF or a bad callback.
+
+Buffers are allocated once in the constructor: one for what goes out, one for what comes in.
+"""
+import asyncio
+import os
+import time
+
+from fl import mqtt_codec as codec
+from fl import netio
+from fl.log import Logger
+
+_log = Logger("mqtt")
+_TICK_MS = 5000  # the supervisor and the backoff wake at least this often: `progress` for the watchdog
+_BACKOFF_MIN_MS = 1000
+
+
+class ConnectionLost(Exception):
+    """Internal: the connection is no longer usable; str() says why."""
+
+
+class Refused(Exception):
+    def __init__(self, rc):
+        super().__init__("broker refused connection: %s (code %d)" % (codec.connack_name(rc), rc))
+        self.rc = rc
+
+
+class TLSFailed(Exception):
+    pass
+
+
+def _ms_left(deadline):
+    return max(0, time.ticks_diff(deadline, time.ticks_ms()))
+
+
+def _describe(e):
+    if isinstance(e, asyncio.TimeoutError):
+        return "timed out"
+    s = str(e).strip()
+    return "%s: %s" % (type(e).__name__, s) if s else type(e).__name__
+
+
+async def _wait(ev, timeout_ms):
+    """True if ev was set within timeout_ms."""
+    try:
+        await asyncio.wait_for_ms(ev.wait(), timeout_ms)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+class MQTTClient:
+    def __init__(self, links, client_id, host, port, *, username=None, password=None, keepalive_s=60,
+                 ping_interval_s=None, ping_timeout_ms=None, connect_timeout_ms=10000, puback_timeout_ms=10000,
+                 write_timeout_ms=5000, ssl_params=None, will=None, birth=None, subscriptions=(),
+                 on_message=None, max_packet=2048, backoff_max_s=60, health=None):
+        if not 0 < keepalive_s < 65536:
+            raise ValueError("keepalive_s must be 1..65535 (0 would turn supervision off)")
+        ping_ms = int((ping_interval_s if ping_interval_s is not None else keepalive_s / 4) * 1000)
+        if not 0 < ping_ms <= keepalive_s * 1000:
+            raise ValueError("ping_interval_s must be > 0 and <= keepalive_s")
+        for _, q in subscriptions:
+            if q not in (0, 1):
+                raise ValueError("subscriptions are QoS 0 or 1")
+        if ssl_params is not None and not ssl_params.get("ca_der"):
+            raise ValueError("TLS needs ssl_params['ca_der']: the broker must be verified")
+        self._links = links
+        self._host = host
+        self._port = port
+        self._ping_ms = ping_ms
+        self._ping_timeout_ms = min(ping_timeout_ms or 10000, ping_ms)
+        self._connect_timeout_ms = connect_timeout_ms
+        self._puback_timeout_ms = puback_timeout_ms
+        self._write_timeout_ms = write_timeout_ms
+        self._ssl_params = ssl_params
+        self._ssl_ctx = None
+        self._will = will
+        self._birth = birth
+        self._subs = list(subscriptions)
+        self._on_message = on_message
+        self._max_packet = max_packet
+        self._backoff_max_ms = backoff_max_s * 1000
+        self._health = health
+        w = will or (None, b"", False, 0)
+        self._connect_pkt = codec.connect(client_id, keepalive_s, clean_session=False, username=username,
+                                          password=password, will_topic=w[0], will_payload=w[1],
+                                          will_retain=w[2], will_qos=w[3])
+        self._tx = bytearray(max_packet)
+        self._txmv = memoryview(self._tx)
+        self._rx = bytearray(max_packet + 5)  # the largest accepted packet with its fixed header
+        self._rxmv = memoryview(self._rx)
+        self._rs = self._re = 0  # unread bytes are rx[_rs:_re]
+        # One packet on the socket at a time. A write the socket takes whole needs no lock;
+        # only while one waits in drain() do others queue behind `_drained`.
+        self._draining = False
+        self._drained = asyncio.Event()
+        self._up = asyncio.Event()
+        self._wake = asyncio.Event()  # the supervisor's: link change, drop, stop, an early deadline
+        self._reply = asyncio.Event()  # CONNACK or SUBACK arrived
+        self._link_flag = False
+        self._stream = self._raw = self._path = None
+        self._rx_task = None
+        self._epoch = 0  # which connection; stale drops are ignored
+        self._connected = False
+        self._stopping = False
+        self._supervising = False
+        self._sup_at = 0  # when the supervisor wakes next (ticks_ms)
+        self._pid = 0
+        self._inflight = {}  # packet id -> asyncio.Event, removed and set by its PUBACK
+        self._deadlines = {}  # packet id -> (ticks_ms deadline, timeout_ms), for the supervisor
+        self._events = []  # spare Events, reused
+        self._connack = None
+        self._sub_pid = 0
+        self._suback = None
+        self._rx_count = 0
+        # Counters and state for the heartbeat, the console and the watchdog.
+        self.connects = self.disconnects = self.pings = self.pongs = self.resends = 0
+        self.bad_packets = self.oversized = self.callback_errors = self.attempts = 0
+        self.last_error = ""
+        self.progress = 0
+        if hasattr(links, "listen"):
+            links.listen(self._on_link_change)
+
+    # --- public ---
+    @property
+    def connected(self):
+        """True once CONNACK, SUBACK and the birth message's PUBACK arrived on this connection."""
+        return self._connected
+
+    async def wait_connected(self, timeout_ms):
+        """True as soon as connected; False if timeout_ms passes first."""
+        if self._connected:
+            return True
+        await _wait(self._up, timeout_ms)
+        return self._connected
+
+    def stats(self):
+        return {"connected": self._connected, "connects": self.connects, "disconnects": self.disconnects,
+                "attempts": self.attempts, "pings": self.pings, "pongs": self.pongs, "resends": self.resends,
+                "bad_packets": self.bad_packets, "oversized": self.oversized, "inflight": len(self._inflight),
+                "last_error": self.last_error}
+
+    async def publish(self, topic, payload, qos=1, retain=False, dup=False, timeout_ms=None, _setup=False):
+        """Sends one message. QoS 1: True once its PUBACK arrives; QoS 0: True once written.
+
+        False when not connected, when the write or the PUBACK does not happen within
+        timeout_ms (default puback_timeout_ms; the connection is then dropped as dead), or
+        when the connection drops meanwhile. Raises ValueError for a message that could never
+        be sent (wildcard/empty topic, QoS 2, larger than max_packet).
+
+        (_setup: the birth and offline messages, sent before `connected` or maybe without a
+        supervisor running, keep their own timer; when stopping, a late PUBACK is no reason
+        to drop the connection before its DISCONNECT.)"""
+        if not (self._connected or _setup):
+            return False
+        if timeout_ms is None:
+            timeout_ms = self._puback_timeout_ms
+        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
+        while self._draining:  # the shared buffer below must not change under a pending write
+            await self._drained.wait()
+        s = self._stream
+        if s is None:
+            return False
+        epoch = self._epoch
+        ev = None
+        pid = 0
+        if qos:
+            pid = self._new_pid()
+        n = codec.publish_into(self._tx, topic, payload, qos, retain, dup, pid)  # ValueError: caller's bug
+        if qos:
+            ev = self._events.pop() if self._events else asyncio.Event()
+            ev.clear()
+            self._inflight[pid] = ev  # before the write: the PUBACK may beat us back
+            if not _setup:
+                self._deadlines[pid] = (deadline, timeout_ms)
+                if self._supervising and time.ticks_diff(self._sup_at, deadline) > 0:
+                    self._wake.set()  # sooner than the supervisor planned to look
+        try:
+            s.write(self._txmv[:n])  # usually taken whole: no lock, no await
+            if s.out_buf:
+                await self._drain(min(timeout_ms, self._write_timeout_ms))
+        except Exception as e:
+            self._forget(pid, ev)
+            self._drop("PUBLISH not written: %s" % _describe(e), epoch)
+            return False
+        if dup:
+            self.resends += 1
+        if not qos:
+            return True
+        if _setup:
+            got = await _wait(ev, _ms_left(deadline))
+        else:
+            await ev.wait()  # set by its PUBACK, by a drop, or by the supervisor at the deadline
+            got = True
+        acked = self._inflight.get(pid) is not ev  # the PUBACK handler removes it; a drop leaves it
+        self._forget(pid, ev)
+        if not got and not self._stopping:
+            self._drop("no PUBACK for packet %d within %d ms" % (pid, timeout_ms), epoch)
+        return acked
+
+    async def disconnect(self, offline_payload=None, timeout_ms=None):
+        """Clean stop: publishes offline_payload retained on the will topic (else the birth
+        topic) and waits (up to timeout_ms, default puback_timeout_ms) for its PUBACK, sends
+        DISCONNECT (the broker then discards the will), closes the socket and makes run()
+        return. The offline message goes out before DISCONNECT on the same connection, so the
+        broker stores it even when its PUBACK cannot be awaited (e.g. the event loop that ran
+        the receive task is gone after Ctrl-C)."""
+        self._stopping = True  # run() reconnects no more
+        if self._stream is not None and self._connected:
+            topic = (self._will or self._birth or (None,))[0]
+            if offline_payload is not None and topic:
+                await self.publish(topic, offline_payload, 1, True, timeout_ms=timeout_ms, _setup=True)
+            try:
+                await self._send(codec.DISCONNECT_PACKET)
+            except Exception as e:
+                _log.warn("DISCONNECT not sent: %s", _describe(e))
+        if self._stream is not None:
+            _log.info("disconnected on request")
+            self._close()
+        self._wake.set()
+
+    async def run(self):
+        """Connects, supervises and reconnects until disconnect()."""
+        self._stopping = False
+        failures = 0
+        try:
+            while not self._stopping:
+                self.progress += 1
+                path = self._links.current()
+                if path is None:
+                    self._note_error("no network path is up", quiet_repeat=True)
+                    self._link_flag = False
+                    await self._pause(_TICK_MS, until_link=True)
+                    continue
+                try:
+                    await self._connect(path)
+                    failures = 0
+                    await self._supervise()
+                except Exception as e:
+                    self._failed(e)
+                self._close()
+                if self._stopping:
+                    break
+                delay = self._backoff_ms(failures)
+                failures += 1
+                _log.info("reconnecting in %d ms", delay)
+                await self._pause(delay)
+        finally:
+            self._close()  # also when cancelled: nobody may wait on a connection nobody watches
+
+    # --- connection ---
+    def _tls_context(self):
+        if self._ssl_params is None:
+            return None
+        if self._ssl_ctx is None:
+            import ssl
+
+            p = self._ssl_params
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.load_verify_locations(cadata=p["ca_der"])
+            if p.get("cert_der"):
+                ctx.load_cert_chain(p["cert_der"], p["key_der"])
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            self._ssl_ctx = ctx
+        return self._ssl_ctx
+
+    async def _connect(self, path):
+        self.attempts += 1
+        t0 = time.ticks_ms()
+        deadline = time.ticks_add(t0, self._connect_timeout_ms)
+        tls = self._ssl_params is not None
+        try:
+            ctx = self._tls_context()
+        except (ValueError, OSError) as e:
+            raise TLSFailed("TLS credentials not usable (CA, certificate or key; DER expected): %s" % _describe(e))
+        addr = netio.resolve(self._host, self._port)  # blocking DNS; an IP literal returns at once
+        hostname = self._ssl_params.get("server_hostname") or self._host if tls else None
+        self._link_flag = False
+        stream, raw = await path.open(addr, self._connect_timeout_ms, ctx, hostname)
+        self._epoch += 1
+        self._stream, self._raw, self._path = stream, raw, path
+        self._rs = self._re = self._rx_count = 0
+        self._connack = None
+        self._reply.clear()
+        try:
+            # With TLS the whole handshake runs inside this first write and its drain, before
+            # the receive task touches the socket.
+            stream.write(self._connect_pkt)
+            if stream.out_buf:
+                await asyncio.wait_for_ms(stream.drain(), _ms_left(deadline))
+        except Exception as e:
+            if isinstance(e, asyncio.TimeoutError):
+                raise ConnectionLost("connect timed out after %d ms%s" % (
+                    self._connect_timeout_ms, " in the TLS handshake" if tls else ""))
+            raise self._tls_failure(e) or e
+        self._rx_task = asyncio.create_task(self._rx_loop(self._epoch))
+        if not await _wait(self._reply, _ms_left(deadline)):
+            raise ConnectionLost("no CONNACK within %d ms" % self._connect_timeout_ms)
+        if self._connack is None:
+            raise ConnectionLost(self.last_error or "dropped before CONNACK")
+        session_present, rc = self._connack
+        if rc:
+            raise Refused(rc)
+        if self._subs:
+            await self._subscribe()
+        if self._birth:
+            if not await self.publish(self._birth[0], self._birth[1], 1, True, _setup=True):
+                raise ConnectionLost(self.last_error or "no PUBACK for the birth message")
+        if self._stream is None:
+            raise ConnectionLost(self.last_error or "dropped while connecting")
+        self._connected = True
+        self._up.set()
+        self.connects += 1
+        self._count("mqtt_connects")
+        for name in ("mqtt_auth", "mqtt_refused", "mqtt_tls"):
+            self._fault(name, False)
+        _log.info("connected to %s:%d over %s%s in %d ms (session %s)", self._host, self._port, path.name,
+                  " with TLS" if tls else "", time.ticks_diff(time.ticks_ms(), t0),
+                  "resumed" if session_present else "new")
+
+    async def _subscribe(self):
+        self._sub_pid = pid = self._new_pid()
+        self._suback = None
+        self._reply.clear()
+        await self._send(codec.subscribe(pid, self._subs))
+        got = await _wait(self._reply, self._puback_timeout_ms)
+        self._sub_pid = 0
+        if self._stream is None:
+            raise ConnectionLost(self.last_error or "dropped while subscribing")
+        if not got or self._suback is None:
+            raise ConnectionLost("no SUBACK within %d ms" % self._puback_timeout_ms)
+        refused = [t for (t, _), rc in zip(self._subs, self._suback) if rc == codec.SUBACK_FAILURE]
+        if refused:
+            msg = "broker refused subscription to %s" % ", ".join(refused)
+            _log.error("%s", msg)
+            self._fault("mqtt_subscribe", True, msg)
+        else:
+            self._fault("mqtt_subscribe", False)
+
+    def _tls_failure(self, e):
+        """A TLSFailed naming the problem if e is the TLS layer's (mbedTLS reports certificate
+        trouble as ValueError, other failures as OSError with a negative code), else None."""
+        if self._ssl_params is None or self._connack is not None:
+            return None
+        if isinstance(e, ValueError) and not isinstance(e, codec.MalformedPacket) or \
+                isinstance(e, OSError) and e.args and isinstance(e.args[0], int) and e.args[0] < 0:
+            what = "certificate verification failed" if "certif" in str(e).lower() else "handshake failed"
+            return TLSFailed("TLS %s with %s:%d: %s" % (what, self._host, self._port, str(e).strip()))
+        return None
+
+    def _failed(self, e):
+        if isinstance(e, Refused):
+            msg = str(e)
+            self._fault("mqtt_auth" if e.rc in (4, 5) else "mqtt_refused", True, msg)
+        elif isinstance(e, TLSFailed):
+            msg = str(e)
+            self._fault("mqtt_tls", True, msg)
+        elif isinstance(e, ConnectionLost):
+            msg = str(e)
+        else:
+            msg = "connection to %s:%d failed: %s" % (self._host, self._port, _describe(e))
+        if self._stream is not None:
+            self._drop(msg)
+        elif msg != self.last_error:  # a drop on the way already said it
+            self._note_error(msg)
+
+    async def _supervise(self):
+        """Returns when the connection is gone. Pings at a fixed rhythm whatever else flows:
+        simple, and the broker's answer is the only proof that the whole chain still works.
+        Also the one timer for every publish waiting on its PUBACK."""
+        epoch = self._epoch
+        next_ping = time.ticks_add(time.ticks_ms(), self._ping_ms)
+        ping_at = None
+        ping_rx = 0
+        self._supervising = True
+        try:
+            while True:
+                self.progress += 1
+                self._wake.clear()
+                if self._stream is None or self._epoch != epoch:
+                    return
+                path = self._path
+                if not path.is_up():
+                    self._drop("path %s went down" % path.name)
+                    return
+                if self._links.current() is not path:
+                    self._drop("moving from %s to a preferred path" % path.name)
+                    return
+                now = time.ticks_ms()
+                wake = time.ticks_add(now, _TICK_MS)
+                for pid in self._deadlines:
+                    d, timeout_ms = self._deadlines[pid]
+                    if time.ticks_diff(d, now) <= 0:
+                        self._drop("no PUBACK for packet %d within %d ms" % (pid, timeout_ms))
+                        return
+                    if time.ticks_diff(d, wake) < 0:
+                        wake = d
+                if ping_at is not None:
+                    if self._rx_count != ping_rx:
+                        ping_at = None
+                    elif time.ticks_diff(now, ping_at) >= self._ping_timeout_ms:
+                        self._drop("no PINGRESP within %d ms: broker or path is dead" % self._ping_timeout_ms)
+                        return
+                if time.ticks_diff(now, next_ping) >= 0:
+                    try:
+                        await self._send(codec.PINGREQ_PACKET)
+                    except Exception as e:
+                        self._drop("PINGREQ not sent: %s" % _describe(e))
+                        return
+                    self.pings += 1
+                    if ping_at is None:
+                        ping_at, ping_rx = now, self._rx_count
+                    next_ping = time.ticks_add(next_ping, self._ping_ms)
+                    if time.ticks_diff(next_ping, now) <= 0:
+                        next_ping = time.ticks_add(now, self._ping_ms)
+                    continue  # the send yielded: look at everything again before sleeping
+                if time.ticks_diff(next_ping, wake) < 0:
+                    wake = next_ping
+                if ping_at is not None:
+                    d = time.ticks_add(ping_at, self._ping_timeout_ms)
+                    if time.ticks_diff(d, wake) < 0:
+                        wake = d
+                self._sup_at = wake
+                await _wait(self._wake, max(1, time.ticks_diff(wake, now)))
+        finally:
+            self._supervising = False
+
+    def _drop(self, reason, epoch=None):
+        """Closes the connection `epoch` (default: the current one) because of `reason`."""
+        if self._stream is None or (epoch is not None and epoch != self._epoch):
+            return
+        was = self._connected
+        if self._path is not None and not self._path.is_up():
+            # The link layer closed our socket: say why rather than what the socket saw (EBADF).
+            reason = "path %s went down" % self._path.name
+        self._note_error(reason)
+        self._close()
+        if was:
+            self.disconnects += 1
+            self._count("mqtt_disconnects")
+
+    def _close(self):
+        s, raw, path = self._stream, self._raw, self._path
+        self._stream = self._raw = None
+        self._connected = False
+        self._up.clear()
+        self._rs = self._re = 0
+        for ev in self._inflight.values():
+            ev.set()  # their publish() calls return False now, not at their deadline
+        self._reply.set()
+        t, self._rx_task = self._rx_task, None
+        if t is not None and t is not asyncio.current_task():
+            t.cancel()
+        if s is not None:
+            for sock in (s.s, raw):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            path.forget(raw)
+        self._wake.set()
+
+    # --- sending ---
+    async def _send(self, pkt):
+        """Writes one whole packet; waits (bounded) only when the socket cannot take it at once."""
+        while self._draining:  # bounded: the drain in progress has its own deadline
+            await self._drained.wait()
+        s = self._stream
+        if s is None:
+            raise ConnectionLost("not connected")
+        s.write(pkt)  # asyncio's Stream writes at once and keeps only what the socket did not take
+        if s.out_buf:
+            await self._drain(self._write_timeout_ms)
+
+    async def _drain(self, timeout_ms):
+        """Waits until the stream took everything; meanwhile nothing else is written."""
+        self._draining = True
+        self._drained.clear()
+        try:
+            await asyncio.wait_for_ms(self._stream.drain(), timeout_ms)
+        finally:
+            self._draining = False
+            self._drained.set()
+
+    def _new_pid(self):
+        pid = self._pid
+        while True:
+            pid = pid + 1 if pid < 65535 else 1
+            if pid not in self._inflight and pid != self._sub_pid:
+                self._pid = pid
+                return pid
+
+    def _forget(self, pid, ev):
+        if ev is None:
+            return
+        if self._inflight.get(pid) is ev:
+            del self._inflight[pid]
+        self._deadlines.pop(pid, None)
+        if len(self._events) < 8:
+            self._events.append(ev)
+
+    # --- receiving ---
+    async def _read(self, off):
+        """Reads what is there into rx[off:]; returns the count. EOF is an error."""
+        while True:
+            n = await self._stream.readinto(self._rxmv[off:])
+            if n:
+                return n
+            if n == 0:
+                raise ConnectionLost("broker closed the connection")
+            # None: TLS had only part of a record; wait for the rest
+
+    async def _rx_loop(self, epoch):
+        rx, mv, s = self._rx, self._rxmv, self._stream
+        try:
+            while True:
+                hdr = codec.parse_header(rx, self._rs, self._re)  # MalformedPacket: framing lost
+                if hdr is not None:
+                    first, n, hl = hdr
+                    if n > self._max_packet:
+                        await self._drop_oversized(first, n, hl)
+                        continue
+                    end = self._rs + hl + n
+                    if end <= self._re:
+                        body = mv[self._rs + hl:end]
+                        self._rs = end
+                        self._rx_count += 1
+                        self.progress += 1
+                        pid = self._dispatch(first, body)
+                        if pid:  # after delivery: a crash before it means the broker offers it again
+                            await self._send(codec.puback(pid))
+                        if self._rs == self._re:
+                            self._rs = self._re = 0
+                        continue
+                if self._rs:  # move the partial packet to the front so it can grow to full size
+                    k = self._re - self._rs
+                    mv[0:k] = mv[self._rs:self._re]
+                    self._rs, self._re = 0, k
+                n = await s.readinto(mv[self._re:])
+                if n:
+                    self._re += n
+                elif n == 0:
+                    raise ConnectionLost("broker closed the connection")
+                # None: TLS had only part of a record; wait for the rest
+        except codec.MalformedPacket as e:
+            self.bad_packets += 1
+            self._count("mqtt_bad_packets")
+            self._drop("framing lost, malformed packet from broker: %s" % e, epoch)
+        except Exception as e:
+            tls = self._tls_failure(e)
+            if tls is not None:
+                self._fault("mqtt_tls", True, str(tls))
+                self._drop(str(tls), epoch)
+            else:
+                self._drop(str(e) if isinstance(e, ConnectionLost) else "receive failed: %s" % _describe(e), epoch)
+
+    async def _drop_oversized(self, first, n, hl):
+        """Reads past a packet bigger than max_packet in buffer-sized chunks. A QoS 1 PUBLISH is
+        still acknowledged, or the broker would offer it again on every reconnect."""
+        self.oversized += 1
+        self._count("mqtt_oversized")
+        _log.warn("ignoring oversized packet from broker: type %d, %d bytes (max %d)", first >> 4, n,
+                  self._max_packet)
+        mv = self._rxmv
+        total = hl + n
+        pid = 0
+        if first & 0xF6 == 0x32:  # PUBLISH QoS 1: read on until its topic and packet id are in
+            if self._rs:
+                k = self._re - self._rs
+                mv[0:k] = mv[self._rs:self._re]
+                self._rs, self._re = 0, k
+            want = min(len(mv), total)
+            while self._re < want:
+                self._re += await self._read(self._re)
+            p = hl + 2 + ((mv[hl] << 8) | mv[hl + 1])
+            if p + 2 <= self._re:
+                pid = (mv[p] << 8) | mv[p + 1]
+        skip = total - (self._re - self._rs)
+        if skip <= 0:
+            self._rs += total
+        else:
+            self._rs = self._re = 0
+            while skip:
+                got = await self._read(0)
+                if got > skip:  # the next packet starts here
+                    self._rs, self._re = skip, got
+                    break
+                skip -= got
+        if pid:
+            await self._send(codec.puback(pid))
+
+    def _dispatch(self, first, body):
+        """Handles one packet; returns the packet id to acknowledge (incoming QoS 1), else 0."""
+        t = first >> 4
+        try:
+            if t == codec.PUBACK:
+                ev = self._inflight.pop(codec.decode_puback(first, body), None)
+                if ev is not None:
+                    ev.set()
+            elif t == codec.PUBLISH:
+                topic, payload, qos, retain, dup, pid = codec.decode_publish(first, body)
+                if qos > 1:
+                    raise codec.MalformedPacket("QoS %d PUBLISH on a QoS 1 subscription" % qos)
+                self._deliver(topic, bytes(payload))
+                return pid
+            elif t == codec.PINGRESP:
+                codec.decode_pingresp(first, body)
+                self.pongs += 1
+            elif t == codec.CONNACK and self._rx_count == 1:  # only as the first packet
+                self._connack = codec.decode_connack(first, body)
+                self._reply.set()
+            elif t == codec.SUBACK:
+                pid, codes = codec.decode_suback(first, body)
+                if pid == self._sub_pid and self._sub_pid:
+                    self._suback = codes
+                    self._reply.set()
+            else:
+                raise codec.MalformedPacket("unexpected packet type %d from broker" % t)
+        except codec.MalformedPacket as e:
+            self.bad_packets += 1
+            self._count("mqtt_bad_packets")
+            _log.warn("ignoring malformed packet from broker: %s", e)
+        return 0
+
+    def _deliver(self, topic, payload):
+        if self._on_message is None:
+            return
+        try:
+            self._on_message(topic, payload)
+        except Exception as e:
+            self.callback_errors += 1
+            self._count("mqtt_callback_errors")
+            _log.error("on_message failed for %s (%d bytes): %s", topic, len(payload), _describe(e))
+
+    # --- waiting and bookkeeping ---
+    def _on_link_change(self):
+        self._link_flag = True
+        self._wake.set()
+
+    async def _pause(self, ms, until_link=False):
+        """Sleeps ms; returns early on disconnect(), or on a link change if until_link."""
+        deadline = time.ticks_add(time.ticks_ms(), ms)
+        while not self._stopping and not (until_link and self._link_flag):
+            left = _ms_left(deadline)
+            if left <= 0:
+                return
+            self.progress += 1
+            self._wake.clear()
+            await _wait(self._wake, min(left, _TICK_MS))
+
+    def _backoff_ms(self, failures):
+        base = min(_BACKOFF_MIN_MS << min(failures, 16), self._backoff_max_ms)
+        return base * (750 + os.urandom(1)[0] * 500 // 255) // 1000  # +-25 % jitter
+
+    def _note_error(self, msg, quiet_repeat=False):
+        if not (quiet_repeat and msg == self.last_error):
+            _log.error("%s", msg)
+        self.last_error = msg
+
+    def _count(self, name):
+        if self._health is not None:
+            self._health.count(name)
+
+    def _fault(self, name, active, detail=""):
+        if self._health is not None:
+            self._health.set_fault(name, active, detail)
