@@ -89,6 +89,7 @@ class MQTTClient:
         self._write_timeout_ms = write_timeout_ms
         self._ssl_params = ssl_params
         self._ssl_ctx = None
+        self._addr = None  # the broker's resolved address
         self._will = will
         self._birth = birth
         self._subs = list(subscriptions)
@@ -288,10 +289,17 @@ class MQTTClient:
             ctx = self._tls_context()
         except (ValueError, OSError) as e:
             raise TLSFailed("TLS credentials not usable (CA, certificate or key; DER expected): %s" % _describe(e))
-        addr = netio.resolve(self._host, self._port)  # blocking DNS; an IP literal returns at once
+        if self._addr is None:
+            # getaddrinfo blocks the whole loop (seconds on a board when DNS is slow), so the
+            # answer is kept until a connect to it fails. An IP literal returns at once.
+            self._addr = netio.resolve(self._host, self._port)
         hostname = self._ssl_params.get("server_hostname") or self._host if tls else None
         self._link_flag = False
-        stream, raw = await path.open(addr, self._connect_timeout_ms, ctx, hostname)
+        try:
+            stream, raw = await path.open(self._addr, self._connect_timeout_ms, ctx, hostname)
+        except Exception:
+            self._addr = None
+            raise
         self._epoch += 1
         self._stream, self._raw, self._path = stream, raw, path
         self._rs = self._re = self._rx_count = 0
