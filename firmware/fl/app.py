@@ -24,7 +24,7 @@ from fl.watchdog import Watchdog
 _log = log.Logger("app")
 TOPIC_ROOT = "firelink/"
 # Health faults → Contact ID codes for the events that report them.
-FAULT_CODES = {"safe_mode": "307", "config": "307", "storage": "307", "sequence": "307", "input_read": "307", "centre_ack": "354", "mqtt_auth": "350", "mqtt_tls": "350",
+FAULT_CODES = {"safe_mode": "307", "config": "307", "storage": "307", "sequence": "307", "input_read": "307", "unsendable": "307", "centre_ack": "354", "mqtt_auth": "350", "mqtt_tls": "350",
                "path_wifi": "351", "path_cellular": "352"}
 
 

@@ -31,7 +31,7 @@ class Heartbeat:
         self.sent = 0
         self.bytes_sent = 0
 
-    def payload(self):
+    def payload(self, counters=True):
         ts, synced = self._clock.now()
         fire, fault, status = self._outbox.depth_by_priority()
         states = self._inputs.states()
@@ -50,7 +50,7 @@ class Heartbeat:
                        "capacity": self._outbox.capacity, "fill_pct": self._outbox.fill_percent(),
                        "dropped": self._outbox.dropped, "in_ram": self._outbox.in_ram()},
             "faults": self._health.faults,
-            "counters": self._health.counters,
+            "counters": self._health.counters if counters else {"omitted": len(self._health.counters)},
             "heap_free": self._board.free_heap(),
         }).encode()
 
@@ -65,7 +65,13 @@ class Heartbeat:
             self.progress += 1
             if time.ticks_diff(time.ticks_ms(), due) >= 0 and self._mqtt.connected:
                 body = self.payload()
-                if await self._mqtt.publish(self._topic, body, qos=1):
+                try:
+                    ok = await self._mqtt.publish(self._topic, body, qos=1)
+                except ValueError:
+                    # Too big for one packet: the counters are the only part that can grow.
+                    body = self.payload(counters=False)
+                    ok = await self._mqtt.publish(self._topic, body, qos=1)
+                if ok:
                     self.sent += 1
                     self.bytes_sent += len(body)
                     due = time.ticks_add(time.ticks_ms(), self._interval_ms)

@@ -41,7 +41,16 @@ class Sender:
             self._outbox.mark_sent(handle)
             if sent_before:
                 self.resent += 1
-            ok = await self._mqtt.publish(self._topic, payload, qos=1, dup=sent_before)
+            try:
+                ok = await self._mqtt.publish(self._topic, payload, qos=1, dup=sent_before)
+            except ValueError as e:
+                # Cannot happen for a record the outbox accepted (slots are far below the packet
+                # limit); if it ever does, retrying forever would block every event behind it.
+                _log.error("event can never be sent (%s): removing it and reporting", e)
+                self._health.count("events_unsendable")
+                self._health.set_fault("unsendable", True, str(e)[:80])
+                self._outbox.remove(handle)
+                continue
             if ok:
                 self._outbox.remove(handle)
                 self.sent += 1
