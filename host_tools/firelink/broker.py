@@ -177,6 +177,9 @@ class Broker:
             "connection_messages true",
             "log_timestamp true",
             "max_keepalive 1200",
+            # mosquitto's default of 1000 queued QoS 1 messages per client silently drops the rest:
+            # a device delivering its outbox after an outage would lose events at the monitor.
+            "max_queued_messages 100000",
             f"listener {self.port} {self.bind}",
             f"listener {self.tls_port} {self.bind}",
             f"cafile {pk / 'ca.crt'}",

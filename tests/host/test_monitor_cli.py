@@ -17,10 +17,7 @@ from firelink.monitor_view import LineSink, LiveView
 from tests.host.monitor_fixtures import devices, peers, start_monitor  # noqa: F401 (fixtures)
 from tests.host.mqtt_peer import event_payload, unique, wait_until
 
-# Runs the CLI with the monitor command registered whether or not cli.py lists it yet.
-CLI = ("import sys; from firelink import cli\n"
-       "if 'firelink.monitor_cmd' not in cli.COMMAND_MODULES: cli.COMMAND_MODULES.append('firelink.monitor_cmd')\n"
-       "sys.exit(cli.main(sys.argv[1:]))")
+CLI = "import sys; from firelink import cli; sys.exit(cli.main(sys.argv[1:]))"
 
 EVENT_KEYS = ["type", "at", "device", "id", "seq", "class", "q", "code", "meaning", "zone", "input", "detail", "ts",
               "tsync", "latency_s", "late"]
