@@ -9,9 +9,11 @@ import json
 
 from fl import VERSION, config, log
 from fl.clock import Clock
+from fl.commands import Commands
 from fl.events import Sequencer
 from fl.health import Health
 from fl.heartbeat import Heartbeat
+from fl.indicators import Indicators
 from fl.inputs import Inputs, event_for
 from fl.link import LinkManager
 from fl.mqtt import MQTTClient
@@ -66,9 +68,11 @@ class App:
         self.links = LinkManager(board.paths(cfg), health=self.health)
         self.ack_watch = AckWatch(cfg["centre_ack_timeout_s"], self.health)
         self.mqtt = self._make_mqtt(cfg)
+        self.commands = Commands(self.recorder, self.mqtt, self.prefix + "cmd/result")
         self.sender = Sender(self.outbox, self.mqtt, self.prefix + "event", self.recorder.queued, self.health)
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
+        self.indicators = Indicators(board, self.health, self.mqtt)
         self.watchdog = Watchdog(board)
 
     def _status(self, state):
@@ -114,7 +118,7 @@ class App:
         elif topic == self.prefix + "cmd" and self.safe_mode:
             _log.warn("safe mode: remote commands are off; ignoring %d bytes", len(payload))
         elif topic == self.prefix + "cmd":
-            _log.warn("remote commands are not supported by this firmware yet; ignoring %d bytes", len(payload))
+            self.commands.handle(payload)
         else:
             _log.warn("ignoring message on unexpected topic %s", topic)
 
@@ -124,10 +128,12 @@ class App:
         _log.info("inputs: %s", self.inputs.states())
         for name, obj, allowance_ms in (("inputs", self.inputs, 5000), ("sender", self.sender, 30000),
                                         ("heartbeat", self.heartbeat, 30000), ("links", self.links, 60000),
-                                        ("mqtt", self.mqtt, 60000), ("ack_watch", self.ack_watch, 5000)):
+                                        ("mqtt", self.mqtt, 60000), ("ack_watch", self.ack_watch, 5000),
+                                        ("indicators", self.indicators, 5000)):
             self.watchdog.watch(name, obj, allowance_ms)
         tasks = [asyncio.create_task(t.run()) for t in (self.inputs, self.links, self.mqtt, self.sender,
-                                                         self.ack_watch, self.heartbeat, self.watchdog)]
+                                                         self.ack_watch, self.heartbeat, self.indicators,
+                                                         self.watchdog)]
         tasks.append(asyncio.create_task(self._housekeeping()))
         try:
             await asyncio.gather(*tasks)

@@ -1,0 +1,50 @@
+# Local indications follow the connection and the faults; the buzzer chirps until silenced.
+import asyncio
+import json
+
+from fwtest import eq, ok
+
+from fl.hal.sim import OUTPUTS, Board
+from fl.health import Health
+from fl.indicators import Indicators
+
+
+class Link:
+    connected = True
+
+
+def outputs():
+    with open(OUTPUTS) as f:
+        return json.load(f)
+
+
+async def test_leds_follow_connection_and_faults_and_buzzer_chirps_until_silenced():
+    board = Board()
+    health = Health()
+    chirps = []
+    real_output = board.output
+
+    def output(name, on):
+        if name == "buzzer" and on:
+            chirps.append(1)
+        real_output(name, on)
+
+    board.output = output
+    ind = Indicators(board, health, Link(), chirp_every_ms=1000, chirp_ms=20)
+    task = asyncio.create_task(ind.run())
+    await asyncio.sleep_ms(600)
+    eq(outputs()["led_status"], True, "status LED steady while connected")
+    eq(outputs()["led_fault"], False, "fault LED off")
+    eq(chirps, [], "no chirp without a fault")
+    health.set_fault("mains", True, "lost")
+    await asyncio.sleep_ms(2600)
+    ok(outputs()["led_fault"], "fault LED on")
+    ok(2 <= len(chirps) <= 4, "chirps every second while faulty: %d" % len(chirps))
+    ind.silence()
+    n = len(chirps)
+    await asyncio.sleep_ms(1600)
+    eq(len(chirps), n, "silenced")
+    health.set_fault("battery", True, "low")
+    await asyncio.sleep_ms(1200)
+    ok(len(chirps) > n, "a new fault re-arms the buzzer")
+    task.cancel()
