@@ -6,6 +6,7 @@ config only narrows what runs, never the watching of inputs.
 """
 import asyncio
 import json
+import time
 
 from fl import VERSION, config, log
 from fl.clock import Clock
@@ -25,6 +26,8 @@ from fl.watchdog import Watchdog
 
 _log = log.Logger("app")
 TOPIC_ROOT = "firelink/"
+CLOCK_RESYNC_MS = 6 * 3600 * 1000  # RTC drift stays far inside a receiver's -40/+20 s window
+CLOCK_RETRY_MS = 60 * 1000
 # Health faults → Contact ID codes for the events that report them.
 FAULT_CODES = {"safe_mode": "307", "config": "307", "storage": "307", "sequence": "307", "input_read": "307", "unsendable": "307", "centre_ack": "354", "mqtt_auth": "350", "mqtt_tls": "350",
                "path_wifi": "351", "path_cellular": "352"}
@@ -142,11 +145,16 @@ class App:
                 t.cancel()
 
     async def _housekeeping(self):
-        """Slow chores: mark the boot healthy once the alarm path has worked for a while, and
-        keep trying to move RAM-held events back to a flash that refused them."""
+        """Slow chores: set the clock once a path is up (TLS verification and event times need
+        it) and again every CLOCK_RESYNC_MS; mark the boot healthy once the alarm path has
+        worked for a while; keep trying to move RAM-held events back to a flash that refused them."""
         connected_ms = 0
+        next_sync = time.ticks_ms()
         while True:
             await asyncio.sleep_ms(1000)
+            if time.ticks_diff(time.ticks_ms(), next_sync) >= 0 and self.links.current() is not None:
+                synced = await self.board.sync_clock(5000)
+                next_sync = time.ticks_add(time.ticks_ms(), CLOCK_RESYNC_MS if synced else CLOCK_RETRY_MS)
             if self._guard is not None and connected_ms < self._healthy_after_ms:
                 connected_ms = connected_ms + 1000 if self.mqtt.connected else 0
                 if connected_ms >= self._healthy_after_ms:
