@@ -81,7 +81,7 @@ class App:
     def _status(self, state):
         ts, _ = self.clock.now()
         return json.dumps({"state": state, "fw": VERSION, "reset": self.reset_cause, "ts": ts,
-                           "safe_mode": self.safe_mode}).encode()
+                           "safe_mode": self.safe_mode}, separators=(",", ":")).encode()
 
     def _make_mqtt(self, cfg):
         b = cfg["broker"]

@@ -38,6 +38,7 @@ class Heartbeat:
         fire, fault, status = self._outbox.depth_by_priority()
         states = self._inputs.states()
         mains = "lost" if any(s == "active" for n, s in self._mains_states(states)) else "ok"
+        # Compact separators: 63 B less per heartbeat, ~89 KB a day at 60 s (make bench).
         return json.dumps({
             "ts": ts,
             "tsync": synced,
@@ -55,7 +56,7 @@ class Heartbeat:
             "counters": self._health.counters if counters else {"omitted": len(self._health.counters)},
             "heap_free": self._board.free_heap(),
             "heap_peak": self._heap_high_water(),
-        }).encode()
+        }, separators=(",", ":")).encode()
 
     def _heap_high_water(self):
         """The most heap found in use right after a collection, over this boot's heartbeats

@@ -202,8 +202,10 @@ class Broker:
                               "which installs it when run as root)")
         self.write_config()
         log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
+        # Its own session: a Ctrl-C at our terminal must not kill the broker before the
+        # devices and the monitor have said goodbye through it; stop() ends it.
         self.proc = subprocess.Popen([exe, "-c", str(self.conf_file)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
