@@ -367,6 +367,11 @@ class Device:
                                f"{expected[:12]}…): run again; if it repeats, try a shorter USB cable")
         return tmp
 
+    def discard(self, path: str) -> None:
+        """Removes a staged `<path>.tmp` that will not be committed, closing its write if one was
+        cut short; a missing file is not an error, and a board that no longer answers is left as is."""
+        self._discard(path + ".tmp")
+
     def _discard(self, tmp: str) -> None:
         try:
             self._exec(_CLOSE_PENDING + f"import os\ntry:\n os.remove({tmp!r})\nexcept OSError:\n pass",

@@ -1,0 +1,605 @@
+"""`provision()`: from a flashed board on a USB cable to a commissioned transmitter the centre sees.
+
+Each step is a check in the commissioning report (report.CHECKS) and a step on the reporter:
+
+ 1. settings      every value checked, and the port and the site's CA looked for, before any I/O
+ 2. broker        the broker answers and accepts the monitor account (the board is not touched yet)
+ 3. board         Ctrl-C to the raw REPL (device.py); MicroPython and the FireLink app present; MAC
+                  read through the firmware's own HAL; device id `fl-<mac hex>`
+ 4. configuration credentials generated (password; client certificate from the site CA), config.json
+                  staged and checked by the firmware's own validator (`fl.config.validate`) on the board
+ 5. files         secrets.json and the DER files staged, each hash-checked, then all renamed into place
+                  in one command (config.json last), hashes checked again, and `fl.config.load` run on
+                  the board must report no problem
+ 6. registration  the broker's password file gets the account (its ACL is pattern-based on the user
+                  name: checked), a running mosquitto is told to reload, the inventory gets the row
+ 7. online        the board is rebooted; a live (not retained) `online` status must arrive in time
+ 8. heartbeat     its first heartbeat: input states, link, signal; no active health fault
+ 9. test alarm    `{"cmd": "test"}` on its cmd topic makes the firmware record a 601 event; the event
+                  and the centre's `ack` for it must arrive in time; the round trip is measured
+
+Until step 5 renames the files, the board keeps its previous files byte for byte: any failure, an
+interruption or a lost cable leaves at most `*.tmp` files beside them (removed when the board still
+answers), and the board is rebooted back into its app. The broker and the inventory change only after
+the board holds the new files. A failure raises ProvisionError carrying the result; the report is
+written whenever the board was identified, pass or fail.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from firelink import broker_reload, pki, report
+from firelink.broker import Broker, acl_text
+from firelink.centre_watch import BrokerRefused, CentreError, CentreWatch, TLSFiles
+from firelink.console_tap import ConsoleTap
+from firelink.device import Device, DeviceCommandFailed, DeviceError, DeviceLost, DeviceTimeout
+from firelink.inventory import Inventory, InventoryError, installer_name
+from firelink.ports import PortError, check_port
+from firelink.progress import Reporter
+from firelink.provision_settings import Settings, SettingsError, check
+from firelink.report import FAIL, PASS, CommissioningResult, TestAlarm, utc_iso
+
+MONITOR_USER = "monitor"
+CERT_FILES = ("ca.der", "device.der", "device.key.der")  # the names fl/config.py looks for
+# Renamed into place in this order: config.json last, so the old config rules until the very end.
+COMMIT_ORDER = (*CERT_FILES, "secrets.json", "config.json")
+# Keys of config.json that provisioning owns; any other key of the board's previous config is kept.
+OWNED_KEYS = ("device_id", "site", "broker", "wifi")
+OWNED_BROKER_KEYS = ("host", "port", "tls", "server_hostname")
+
+_VERSION = "import fl\nprint(fl.VERSION)"
+_MAC = "import binascii\nfrom fl.hal import load\nprint(binascii.hexlify(load().unique_id()).decode())"
+_VALIDATE = """
+import json
+from fl import config
+from fl.hal import load
+with open('config.json.tmp') as _f:
+    _raw = json.load(_f)
+_c, _p = config.validate(_raw, load().board_info())
+print(json.dumps({'inputs': _c['inputs'], 'device_id': _c['device_id'], 'max': config.MAX_BYTES, 'problems': _p}))
+"""
+# As the firmware will at boot; only the names of the secrets it kept are printed, never values.
+_LOAD = """
+import json
+from fl import config
+from fl.hal import load
+_c, _p = config.load(load().board_info())
+print(json.dumps({'device_id': _c['device_id'], 'secrets': sorted(_c['_secrets']), 'problems': _p}))
+"""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    broker_s: float = 10.0  # connect and CONNACK; each subscription; each publish
+    online_s: float = 45.0  # reboot -> live `online` (a board joins Wi-Fi, then TLS)
+    heartbeat_s: float = 20.0  # `online` -> first heartbeat
+    command_s: float = 15.0  # test command -> the board's answer and its event
+    ack_s: float = 30.0  # test event -> the centre's ack
+
+
+class ProvisionError(Exception):
+    """Provisioning stopped; the message names the failed check and what to do. `result` holds
+    every check so far (and the report's paths when one was written)."""
+
+    def __init__(self, message: str, result: CommissioningResult, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+        self.problems = problems or [message]  # one line each (several when settings were refused)
+
+
+class _Failed(Exception):
+    """A check failed for a reason found here (not raised by a library)."""
+
+
+def provision(port: str, site: str, wifi_ssid: str, wifi_password: str, broker_url: str, *,
+              broker: Broker, inventory: Inventory, monitor_password: str | None,
+              monitor_user: str = MONITOR_USER, apn: str | None = None, inputs: object = None,
+              installer: str | None = None, reports_dir: Path = report.DEFAULT_DIR,
+              reporter: Reporter | None = None, timeouts: Timeouts = Timeouts(),
+              replace_config: bool = False) -> CommissioningResult:
+    """Provisions and commissions the board on `port`; see the module docstring. Returns the
+    result when every check passed, else raises ProvisionError (KeyboardInterrupt passes through
+    after the board is put back and the report written)."""
+    run = _Run(port, broker, inventory, monitor_user, monitor_password, reporter or Reporter(), timeouts,
+               reports_dir, CommissioningResult(site=site, broker_url=broker_url, wifi_ssid=wifi_ssid,
+                                                installer=installer_name(installer), started_utc=utc_iso(),
+                                                port=port, apn=apn))
+    return run.go(wifi_password, inputs, replace_config)
+
+
+class _Run:
+    """One provisioning attempt: the steps, and what to undo when one fails."""
+
+    def __init__(self, port: str, broker: Broker, inventory: Inventory, monitor_user: str,
+                 monitor_password: str | None, reporter: Reporter, timeouts: Timeouts, reports_dir: Path,
+                 result: CommissioningResult) -> None:
+        self.port = port
+        self.broker = broker
+        self.inventory = inventory
+        self.monitor_user = monitor_user
+        self.monitor_password = monitor_password
+        self.reporter = reporter
+        self.timeouts = timeouts
+        self.reports_dir = reports_dir
+        self.result = result
+        self.started = time.monotonic()
+        self.device: Device | None = None
+        self.staged: list[str] = []
+        self.committed = False
+        self.tap: ConsoleTap | None = None
+        self._online_at = 0.0
+        self._kept: list[str] = []
+
+    # --- the steps ---
+    def go(self, wifi_password: str, inputs: object, replace_config: bool) -> CommissioningResult:
+        r = self.result
+        try:
+            with ExitStack() as stack:
+                with self._check("settings", "check the settings") as c:
+                    settings = self._settings(wifi_password, inputs)
+                    c.detail = f"broker {settings.broker}, Wi-Fi {settings.wifi_ssid!r}" + (
+                        f", APN {settings.apn}" if settings.apn else "")
+                with self._check("broker", f"connect to the broker as {self.monitor_user!r}") as c:
+                    watch = stack.enter_context(self._connect(settings, stack))
+                    c.detail = f"{settings.broker} accepts {self.monitor_user!r}"
+                with self._check("board", f"open the board on {self.port}") as c:
+                    old_config = self._identify()
+                    c.detail = f"{r.device_id}: FireLink {r.firmware} on {r.platform}, MicroPython {r.micropython}"
+                with self._check("configuration", "generate credentials") as c:
+                    password, cred = self._credentials()
+                    config = self._config(settings, old_config, replace_config)
+                    self.reporter.start("check config.json with the firmware's validator")
+                    r.inputs = self._validate(config)
+                    c.detail = f"{len(r.inputs)} inputs; accepted by fl.config on the board"
+                with self._check("files", "write secrets and certificates") as c:
+                    files = self._files(settings, password, cred, config)
+                    self._write(files)
+                    c.detail = f"{len(files)} files in place, sha256 checked; fl.config.load: no problem"
+                with self._check("registration", "register with the broker and the inventory") as c:
+                    c.detail = self._register(password, cred, settings, watch)
+                with self._check("online", "restart the board") as c:
+                    c.detail = self._online(watch)
+                with self._check("heartbeat", "wait for the first heartbeat") as c:
+                    c.detail = self._heartbeat(watch)
+                with self._check("test alarm", "send a test alarm (601) and wait for the centre's ack") as c:
+                    c.detail = self._test_alarm(watch)
+        except BaseException as e:
+            self._after_failure(e)
+            raise self._error(e) from e
+        finally:
+            if self.tap is not None:
+                self.tap.close()
+        self._finish()
+        return r
+
+    @contextmanager
+    def _check(self, name: str, title: str) -> Iterator[report.Check]:
+        c = self.result.check(name)
+        self.reporter.start(title)
+        try:
+            yield c
+        except BaseException as e:
+            c.status = FAIL
+            c.detail = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _message(e)
+            raise
+        c.status = PASS
+        self.reporter.finish(c.detail)
+
+    def _settings(self, wifi_password: str, inputs: object) -> Settings:
+        r = self.result
+        problems: list[str] = []
+        try:
+            settings = check(r.site, r.wifi_ssid, wifi_password, r.broker_url, r.apn, inputs)
+        except SettingsError as e:
+            problems += e.problems
+            settings = None
+        try:
+            check_port(self.port)
+        except PortError as e:
+            problems.append(f"--port: {e}")
+        if pki.load(self.broker.pki_dir, "ca") is None:
+            problems.append(f"--broker-dir: no site CA in {self.broker.pki_dir}: give the site broker's "
+                            f"directory (`firelink broker --dir {self.broker.dir}` creates it on first start)")
+        if not self.monitor_password:
+            problems.append("--monitor-password: needed to watch the board come online as the centre "
+                            "(or set $FL_MONITOR_PASS)")
+        if problems:
+            raise SettingsError(problems)
+        assert settings is not None
+        r.broker_url = str(settings.broker)
+        for w in settings.warnings:
+            self._warn(w)
+        return settings
+
+    def _connect(self, settings: Settings, stack: ExitStack) -> CentreWatch:
+        tls = None
+        if settings.broker.tls:
+            # The TLS listener wants a client certificate from everyone: one for this run only.
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="firelink-provision-")))
+            own = pki.make_client(self.broker.ca(), "firelink-provision")
+            _write_private(tmp / "client.crt", own.cert_pem)
+            _write_private(tmp / "client.key", own.key_pem)
+            tls = TLSFiles(self.broker.pki_dir / "ca.crt", tmp / "client.crt", tmp / "client.key")
+        watch = CentreWatch(settings.broker, self.monitor_user, self.monitor_password, tls,
+                            refused_hint=": check --monitor-password (or $FL_MONITOR_PASS)")
+        watch.connect(self.timeouts.broker_s)
+        return watch
+
+    def _identify(self) -> dict[str, Any] | None:
+        """Opens the board, reads what it is; returns its current config.json if it has one."""
+        r = self.result
+        self.device = device = Device.open(self.port)
+        info = device.info()
+        r.platform, r.micropython = info.platform, info.version_text
+        try:
+            r.firmware = device.run(_VERSION).strip()
+        except DeviceCommandFailed as e:
+            raise _Failed(f"the board runs MicroPython {info.version_text} but not the FireLink app "
+                          f"({e.board_traceback.strip().splitlines()[-1]}): install it with "
+                          f"`firelink flash --port {self.port} --app-only`, then run this again") from None
+        mac = device.run(_MAC).strip()
+        if len(mac) != 12 or any(ch not in "0123456789abcdef" for ch in mac):
+            raise _Failed(f"the board's HAL gave {mac[:40]!r} as its MAC: expected 6 bytes")
+        r.mac = ":".join(mac[i:i + 2] for i in range(0, 12, 2))
+        r.device_id = "fl-" + mac
+        known = self.inventory.find(r.device_id)
+        if known is not None:
+            self.reporter.info(f"{r.device_id} was provisioned on {known.provisioned_at} by {known.provisioned_by} "
+                               f"for {known.site!r} ({known.state}); its credential will be replaced")
+        have = device.list_files(["config.json"])
+        if "config.json" not in have:
+            return None
+        try:
+            old = json.loads(device.read_file("config.json").decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            self._warn("the board's current config.json is not valid JSON: nothing from it is kept")
+            return None
+        if not isinstance(old, dict):
+            return None
+        if isinstance(old.get("device_id"), str) and old["device_id"] != r.device_id:
+            self._warn(f"the board was configured as {old['device_id']!r}; it becomes {r.device_id}. If that "
+                       f"account is no longer used: `firelink devices revoke {old['device_id']}`")
+        return old
+
+    def _credentials(self) -> tuple[str, pki.Credential]:
+        r = self.result
+        assert r.device_id is not None
+        password = secrets.token_urlsafe(24)
+        cred = pki.make_client(self.broker.ca(), r.device_id)
+        r.cert_fingerprint = cred.fingerprint
+        return password, cred
+
+    def _config(self, settings: Settings, old: dict[str, Any] | None, replace: bool) -> dict[str, Any]:
+        r = self.result
+        config: dict[str, Any] = {
+            "_comment": f"written by firelink provision on {r.started_utc} for {r.installer}",
+            "device_id": r.device_id, "site": settings.site,
+            "broker": {"host": settings.broker.host, "port": settings.broker.port, "tls": settings.broker.tls},
+            "wifi": {"ssid": settings.wifi_ssid},
+        }
+        if settings.apn:
+            config["cellular"] = {"apn": settings.apn}
+        if settings.inputs is not None:
+            config["inputs"] = settings.inputs
+        kept = []
+        if old is not None and not replace:
+            for key, value in old.items():
+                if key.startswith("_") or key in OWNED_KEYS or key in config:
+                    continue
+                config[key] = value
+                kept.append(key)
+            old_broker = old.get("broker")
+            if isinstance(old_broker, dict):
+                for key, value in old_broker.items():
+                    if key not in OWNED_BROKER_KEYS:
+                        config["broker"][key] = value
+                        kept.append(f"broker.{key}")
+        self._kept = kept
+        if kept:
+            self.reporter.info(f"kept from the board's previous config.json: {', '.join(kept)} "
+                               "(--replace-config to start afresh)")
+        return config
+
+    def _validate(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        device = self._device()
+        data = _json_bytes(config)
+        self.staged.append("config.json")
+        device.stage_file("config.json", data)
+        out = json.loads(device.run(_VALIDATE).strip().splitlines()[-1])
+        problems = list(out["problems"])
+        if len(data) > int(out["max"]):
+            problems.append(f"config.json: {len(data)} bytes, the firmware reads at most {out['max']}")
+        if out["device_id"] != self.result.device_id:
+            problems.append(f"config.json: device_id became {out['device_id']!r}")
+        if problems:
+            from_old = [k for k in self._kept if any(f"config.json: {k}" in p for p in problems)]
+            hint = f" ({', '.join(from_old)} kept from the board's previous config.json: --replace-config " \
+                "starts afresh)" if from_old else ""
+            raise _Failed("the firmware refuses the new configuration: " + "; ".join(problems) + hint)
+        return list(out["inputs"])
+
+    def _files(self, settings: Settings, password: str, cred: pki.Credential,
+               config: dict[str, Any]) -> dict[str, bytes]:
+        r = self.result
+        secret_doc: dict[str, str] = {"mqtt_username": str(r.device_id), "mqtt_password": password}
+        if settings.wifi_password:
+            secret_doc["wifi_password"] = settings.wifi_password
+        return {"ca.der": self.broker.ca().cert_der, "device.der": cred.cert_der, "device.key.der": cred.key_der,
+                "secrets.json": _json_bytes(secret_doc), "config.json": _json_bytes(config)}
+
+    def _write(self, files: dict[str, bytes]) -> None:
+        device = self._device()
+        todo = [name for name in COMMIT_ORDER if name not in self.staged]
+        self.reporter.start("write secrets and certificates", total=sum(len(files[n]) for n in todo), unit="B")
+        for name in todo:
+            self.staged.append(name)
+            device.stage_file(name, files[name], on_chunk=self.reporter.advance)
+        self.reporter.start("put the files in place")
+        self.result.changed_board = True  # from here on the board may hold some of the new files
+        device.commit(list(COMMIT_ORDER))
+        self.committed = True
+        self.staged = []
+        self.reporter.start("check the files on the board")
+        have = device.list_files(list(COMMIT_ORDER))
+        wrong = [n for n in COMMIT_ORDER if n not in have or have[n].sha256 != hashlib.sha256(files[n]).hexdigest()]
+        if wrong:
+            raise _Failed(f"after renaming, {', '.join(wrong)} differ from what was written: run again")
+        out = json.loads(device.run(_LOAD).strip().splitlines()[-1])
+        if out["problems"]:
+            raise _Failed("the firmware reports problems with the installed files: " + "; ".join(out["problems"]))
+        missing = {"mqtt_username", "mqtt_password", "tls_ca", "tls_cert", "tls_key"} - set(out["secrets"])
+        if missing:
+            raise _Failed(f"the firmware does not pick up {', '.join(sorted(missing))} from the installed files")
+
+    def _register(self, password: str, cred: pki.Credential, settings: Settings, watch: CentreWatch) -> str:
+        r = self.result
+        device_id = str(r.device_id)
+        self.broker.add_account(device_id, password)
+        pki.save(cred, self.broker.pki_dir / "devices", device_id)
+        if device_id not in self.broker.usernames():
+            raise _Failed(f"{device_id} is not in the broker's password file after adding it")
+        missing = _acl_missing(self.broker)
+        if missing:
+            raise _Failed(missing)
+        reloaded = broker_reload.reload(self.broker)
+        for p in reloaded.problems:
+            self._warn(p)
+        if not reloaded.signalled:
+            self._warn(f"no running mosquitto found for {self.broker.dir} on this machine: the board can connect "
+                       "once the broker (re)starts or reloads its password file")
+        else:
+            self._login(watch, device_id, password)
+        self.inventory.record_provisioned(device_id, str(r.mac), r.site, r.inputs, r.firmware,
+                                          str(r.cert_fingerprint), r.installer, r.broker_url)
+        watch.watch(device_id, self.timeouts.broker_s)
+        how = f"the broker accepts it (mosquitto pid {', '.join(map(str, reloaded.signalled))} reloaded)" \
+            if reloaded.signalled else "no running mosquitto to reload"
+        return f"account {device_id} added, ACL covers firelink/{device_id}/#, {how}; inventory updated"
+
+    def _login(self, watch: CentreWatch, device_id: str, password: str) -> None:
+        """Logs in with the new account (own client id: the board's session is left alone) until the
+        reloaded broker accepts it, so the board's first connection after its reboot is not refused."""
+        deadline = time.monotonic() + self.timeouts.broker_s
+        while True:
+            probe = CentreWatch(watch.url, device_id, password, watch.tls)
+            try:
+                probe.connect(max(0.5, deadline - time.monotonic()))
+                probe.close()
+                return
+            except BrokerRefused as e:
+                if time.monotonic() + 0.1 >= deadline:
+                    raise _Failed(f"the broker still refuses the new account after {self.timeouts.broker_s:g} s "
+                                  f"({e}): is --broker-dir the directory this broker runs from?") from None
+                time.sleep(0.1)
+
+    def _online(self, watch: CentreWatch) -> str:
+        r = self.result
+        device = self._device()
+        since = time.monotonic()
+        device.reboot()
+        self.device = None
+        try:
+            self.tap = ConsoleTap(self.port)
+        except (OSError, ValueError) as e:  # a board with native USB re-enumerates after a reset
+            self._warn(f"cannot listen to the board's console after the reboot ({e})")
+        self.reporter.start(f"wait for {r.device_id} to come online (at most {self.timeouts.online_s:g} s)")
+        seen = watch.wait_for(lambda s: s.kind == "status" and not s.retained and s.doc.get("state") == "online",
+                              self.timeouts.online_s, since)
+        if seen is None:
+            raise _Failed(f"no `online` from {r.device_id} within {self.timeouts.online_s:g} s after the reboot"
+                          + self._console_hint())
+        doc = seen.doc
+        r.reset_cause = _str(doc.get("reset"))
+        if doc.get("safe_mode"):
+            raise _Failed("the board came online in SAFE MODE (its last boots failed): see its console")
+        if doc.get("fw") != r.firmware:
+            self._warn(f"the board says firmware {doc.get('fw')!r} in its status, {r.firmware!r} on its REPL")
+        self._online_at = seen.at
+        return f"online {seen.at - since:.1f} s after the reboot (firmware {doc.get('fw')}, reset {r.reset_cause})"
+
+    def _heartbeat(self, watch: CentreWatch) -> str:
+        r = self.result
+        seen = watch.wait_for(lambda s: s.kind == "heartbeat", self.timeouts.heartbeat_s, self._online_at)
+        if seen is None:
+            raise _Failed(f"no heartbeat within {self.timeouts.heartbeat_s:g} s of `online`" + self._console_hint())
+        hb = seen.doc
+        r.input_states = {str(k): str(v) for k, v in _dict(hb.get("inputs")).items()}
+        link = _dict(hb.get("link"))
+        r.link_path = _str(link.get("path"))
+        r.signal_dbm = _int(link.get("signal_dbm"))
+        r.battery_mv = _int(hb.get("battery_mv"))
+        r.mains = _str(hb.get("mains"))
+        r.faults = {str(k): str(v) for k, v in _dict(hb.get("faults")).items()}
+        odd = {n: s for n, s in r.input_states.items() if s != "normal"}
+        if odd:
+            self._warn("inputs not in their normal state: " + ", ".join(f"{n} {s}" for n, s in odd.items())
+                       + " (check the wiring and the panel before leaving the site)")
+        if report.signal_quality(r.link_path, r.signal_dbm) == "poor":
+            self._warn(f"poor signal on {r.link_path}: {r.signal_dbm} dBm")
+        if r.faults:
+            raise _Failed("the board reports faults: " + "; ".join(f"{k} ({v})" if v else k for k, v in r.faults.items()))
+        return (f"{len(r.input_states)} inputs reported ({len(r.input_states) - len(odd)} normal); "
+                f"{report._signal_text(r)}")
+
+    def _test_alarm(self, watch: CentreWatch) -> str:
+        r = self.result
+        device_id = str(r.device_id)
+        ref = "prov-" + secrets.token_hex(4)
+        sent = watch.publish_cmd(device_id, {"cmd": "test", "id": ref}, self.timeouts.broker_s)
+        answer = watch.wait_for(lambda s: s.kind == "cmd_result" and s.doc.get("id") == ref,
+                                self.timeouts.command_s, sent)
+        if answer is None:
+            raise _Failed(f"the board did not answer the test command within {self.timeouts.command_s:g} s: its "
+                          f"firmware (FireLink {r.firmware}) may predate remote commands; update it with "
+                          f"`firelink flash --port {self.port} --app-only`" + self._console_hint())
+        if answer.doc.get("ok") is not True or not isinstance(answer.doc.get("event"), str):
+            raise _Failed(f"the board refused the test command: {answer.doc.get('error') or answer.doc}")
+        event_id = answer.doc["event"]
+        event = watch.wait_for(lambda s: s.kind == "event" and s.doc.get("id") == event_id,
+                               self.timeouts.command_s, sent)
+        if event is None:
+            raise _Failed(f"the board recorded test event {event_id} but it did not reach the broker within "
+                          f"{self.timeouts.command_s:g} s" + self._console_hint())
+        ack = watch.wait_for(lambda s: s.kind == "ack" and s.doc.get("id") == event_id, self.timeouts.ack_s, sent)
+        if ack is None:
+            raise _Failed(f"the centre did not acknowledge test event {event_id} within {self.timeouts.ack_s:g} s: "
+                          "is the monitoring centre (`firelink monitor`) running and connected to this broker?")
+        ts = event.doc.get("ts")
+        r.test_alarm = TestAlarm(
+            event_id=event_id, seq=_int(event.doc.get("seq")), at_utc=utc_iso(event.wall), device_ts=_int(ts),
+            device_clock_synced=event.doc.get("tsync") is True,
+            record_ms=(event.at - sent) * 1000, ack_ms=(ack.at - event.at) * 1000, round_trip_ms=(ack.at - sent) * 1000)
+        return f"event {event_id} acknowledged by the centre; round trip {r.test_alarm.round_trip_ms:.0f} ms"
+
+    # --- endings ---
+    def _finish(self) -> None:
+        r = self.result
+        r.finished_utc = utc_iso()
+        r.seconds = time.monotonic() - self.started
+        self.reporter.start("write the report")
+        path = report.save(r, self.reports_dir)
+        self.inventory.record_result(str(r.device_id), True, "pass", r.installer, report=path)
+        self.reporter.finish(str(path))
+
+    def _after_failure(self, e: BaseException) -> None:
+        """Puts the board back into its app, collects what it said, writes the report."""
+        r = self.result
+        device, self.device = self.device, None
+        if device is not None and isinstance(e, DeviceLost):
+            device.close()
+        elif device is not None:
+            # After a timeout each command could wait its full time again: leave the *.tmp files
+            # (never read; the next run replaces them) and only try the reboot.
+            if not self.committed and not isinstance(e, DeviceTimeout):
+                for name in self.staged:
+                    device.discard(name)
+            device.reboot()  # never raises: the board restarts into its app with the files it has
+        if self.tap is not None:
+            time.sleep(0.3)  # what it printed just now
+            r.console = self.tap.problems()
+        r.finished_utc = utc_iso()
+        r.seconds = time.monotonic() - self.started
+        if r.device_id is None:
+            return
+        try:
+            path = report.save(r, self.reports_dir)
+        except OSError as why:
+            self._warn(f"could not write the report: {why}")
+            path = None
+        try:
+            # The row describes what the board holds: an attempt that changed nothing only goes to the history.
+            self.inventory.record_result(r.device_id, False, r.summary(), r.installer, report=path,
+                                         history_only=not r.changed_board)
+        except InventoryError as why:
+            self._warn(str(why))
+
+    def _error(self, e: BaseException) -> BaseException:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        if not isinstance(e, (_Failed, SettingsError, CentreError, DeviceError, PortError, InventoryError, OSError)):
+            return e  # a bug: keep its traceback (the board was put back all the same)
+        r = self.result
+        failed = r.failed()
+        what = f"{failed.name}: {failed.detail}" if failed else _message(e)
+        if r.changed_board:
+            state = "the board now has the new configuration"
+        elif r.device_id is not None or self.device is not None:
+            state = "nothing was changed on the board (its previous files are intact)"
+        else:
+            state = "the board was not touched"
+        where = f"; report {r.report_md}" if r.report_md else ""
+        return ProvisionError(f"{what} ({state}{where})", r, e.problems if isinstance(e, SettingsError) else None)
+
+    # --- helpers ---
+    def _device(self) -> Device:
+        assert self.device is not None
+        return self.device
+
+    def _warn(self, message: str) -> None:
+        self.result.warnings.append(message)
+        self.reporter.warn(message)
+
+    def _console_hint(self) -> str:
+        if self.tap is None:
+            return ""
+        time.sleep(0.3)
+        lines = self.tap.problems()
+        self.result.console = lines
+        if not lines:
+            return f"; its console showed no error ({len(self.tap.lines())} lines)"
+        return "; the board says: " + " | ".join(lines)
+
+
+def _acl_missing(broker: Broker) -> str | None:
+    """Why the broker's ACL file does not cover a device by its user name, or None if it does."""
+    path = broker.dir / "acl"
+    if not path.exists():
+        return f"no ACL file {path}: start the broker once (`firelink broker --dir {broker.dir}`) so it writes one"
+    have = {line.strip() for line in path.read_text().splitlines()}
+    want = [line for line in acl_text().splitlines() if line.startswith("pattern ")]
+    missing = [line for line in want if line not in have]
+    if missing:
+        return f"the broker's ACL {path} lacks {'; '.join(missing)}: restart the broker to regenerate it"
+    return None
+
+
+def _json_bytes(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _str(v: object) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _int(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _dict(v: object) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, SettingsError):
+        return "; ".join(e.problems)
+    text = str(e)
+    return text or type(e).__name__
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.touch(mode=0o600)
+    path.write_bytes(data)
+
+
+def fingerprint(cert_der: bytes) -> str:
+    """sha256 of a DER certificate, as stored in the inventory."""
+    return hashlib.sha256(cert_der).hexdigest()
+
