@@ -159,7 +159,7 @@ class _Run:
                     self.reporter.start("check config.json with the firmware's validator")
                     r.inputs = self._validate(config)
                     c.detail = f"{len(r.inputs)} inputs; accepted by fl.config on the board"
-                with self._check("files", "write secrets and certificates") as c:
+                with self._check("files", None) as c:
                     files = self._files(settings, password, cred, config)
                     self._write(files)
                     c.detail = f"{len(files)} files in place, sha256 checked; fl.config.load: no problem"
@@ -181,9 +181,12 @@ class _Run:
         return r
 
     @contextmanager
-    def _check(self, name: str, title: str) -> Iterator[report.Check]:
+    def _check(self, name: str, title: str | None) -> Iterator[report.Check]:
+        """A check of the report; `title` starts its first step on the reporter (None: the check's
+        code starts its own steps)."""
         c = self.result.check(name)
-        self.reporter.start(title)
+        if title is not None:
+            self.reporter.start(title)
         try:
             yield c
         except BaseException as e:
@@ -264,9 +267,12 @@ class _Run:
             return None
         if not isinstance(old, dict):
             return None
-        if isinstance(old.get("device_id"), str) and old["device_id"] != r.device_id:
-            self._warn(f"the board was configured as {old['device_id']!r}; it becomes {r.device_id}. If that "
-                       f"account is no longer used: `firelink devices revoke {old['device_id']}`")
+        was = old.get("device_id")
+        if isinstance(was, str) and was != r.device_id and was in self.broker.usernames():
+            how = f"firelink devices revoke {was}" if self.inventory.find(was) is not None \
+                else f"firelink broker --dir {self.broker.dir} --revoke {was}"
+            self._warn(f"the board was configured as {was!r}, which still has a broker account; it becomes "
+                       f"{r.device_id}. If nothing else uses {was!r}: `{how}`")
         return old
 
     def _credentials(self) -> tuple[str, pki.Credential]:

@@ -219,7 +219,10 @@ def save(r: CommissioningResult, directory: Path = DEFAULT_DIR) -> Path:
     """Writes <dir>/<device_id>-<UTC>.md and .json; returns the Markdown path."""
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"{r.device_id or 'unidentified'}-{file_stamp(r.finished_utc or r.started_utc)}"
-    md, js = directory / f"{stem}.md", directory / f"{stem}.json"
+    md, js, n = directory / f"{stem}.md", directory / f"{stem}.json", 1
+    while md.exists() or js.exists():  # two attempts within a second: keep both
+        n += 1
+        md, js = directory / f"{stem}-{n}.md", directory / f"{stem}-{n}.json"
     r.report_md, r.report_json = str(md), str(js)
     _write(md, markdown(r))
     doc = asdict(r)

@@ -494,3 +494,15 @@ def test_cli_refuses_invalid_settings_with_status_2(site: Site, capsys: pytest.C
     for part in ("--wifi-ssid: 33 bytes, at most 32", "--wifi-password: 5 characters", "--broker: port 99999",
                  "--port: no such port"):
         assert part in text
+
+
+def test_report_files_are_never_overwritten_and_tables_stay_tables(tmp_path: Path) -> None:
+    r = report.CommissioningResult(site="Kho | A", broker_url="mqtts://h:8883", wifi_ssid="x", installer="an",
+                                   started_utc="2026-11-20T10:15:30Z", port="/dev/ttyUSB0", device_id="fl-0200000000a1")
+    r.finished_utc = r.started_utc
+    first, second = report.save(r, tmp_path), report.save(r, tmp_path)
+    assert first.name == "fl-0200000000a1-20261120T101530Z.md" and second.name == "fl-0200000000a1-20261120T101530Z-2.md"
+    assert (tmp_path / "fl-0200000000a1-20261120T101530Z-2.json").exists()
+    md = first.read_text()
+    assert "| Site | Kho \\| A |" in md and "| Result | FAIL (incomplete) |" in md
+    assert report.signal_quality("wifi", -80) == "poor" and report.signal_quality("cellular", -95) == "fair"
