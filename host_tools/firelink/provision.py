@@ -26,8 +26,6 @@ written whenever the board was identified, pass or fail.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 import tempfile
 import time
@@ -37,10 +35,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from firelink import broker_reload, pki, report
+from firelink import provision_board as board
 from firelink.broker import Broker, acl_text
 from firelink.centre_watch import BrokerRefused, CentreError, CentreWatch, TLSFiles
 from firelink.console_tap import ConsoleTap
-from firelink.device import Device, DeviceCommandFailed, DeviceError, DeviceLost, DeviceTimeout
+from firelink.device import Device, DeviceError, DeviceLost, DeviceTimeout
 from firelink.inventory import Inventory, InventoryError, installer_name
 from firelink.ports import PortError, check_port
 from firelink.progress import Reporter
@@ -48,32 +47,6 @@ from firelink.provision_settings import Settings, SettingsError, check
 from firelink.report import FAIL, PASS, CommissioningResult, TestAlarm, utc_iso
 
 MONITOR_USER = "monitor"
-CERT_FILES = ("ca.der", "device.der", "device.key.der")  # the names fl/config.py looks for
-# Renamed into place in this order: config.json last, so the old config rules until the very end.
-COMMIT_ORDER = (*CERT_FILES, "secrets.json", "config.json")
-# Keys of config.json that provisioning owns; any other key of the board's previous config is kept.
-OWNED_KEYS = ("device_id", "site", "broker", "wifi")
-OWNED_BROKER_KEYS = ("host", "port", "tls", "server_hostname")
-
-_VERSION = "import fl\nprint(fl.VERSION)"
-_MAC = "import binascii\nfrom fl.hal import load\nprint(binascii.hexlify(load().unique_id()).decode())"
-_VALIDATE = """
-import json
-from fl import config
-from fl.hal import load
-with open('config.json.tmp') as _f:
-    _raw = json.load(_f)
-_c, _p = config.validate(_raw, load().board_info())
-print(json.dumps({'inputs': _c['inputs'], 'device_id': _c['device_id'], 'max': config.MAX_BYTES, 'problems': _p}))
-"""
-# As the firmware will at boot; only the names of the secrets it kept are printed, never values.
-_LOAD = """
-import json
-from fl import config
-from fl.hal import load
-_c, _p = config.load(load().board_info())
-print(json.dumps({'device_id': _c['device_id'], 'secrets': sorted(_c['_secrets']), 'problems': _p}))
-"""
 
 
 @dataclass(frozen=True)
@@ -240,34 +213,17 @@ class _Run:
         """Opens the board, reads what it is; returns its current config.json if it has one."""
         r = self.result
         self.device = device = Device.open(self.port)
-        info = device.info()
-        r.platform, r.micropython = info.platform, info.version_text
-        try:
-            r.firmware = device.run(_VERSION).strip()
-        except DeviceCommandFailed as e:
-            raise _Failed(f"the board runs MicroPython {info.version_text} but not the FireLink app "
-                          f"({e.board_traceback.strip().splitlines()[-1]}): install it with "
-                          f"`firelink flash --port {self.port} --app-only`, then run this again") from None
-        mac = device.run(_MAC).strip()
-        if len(mac) != 12 or any(ch not in "0123456789abcdef" for ch in mac):
-            raise _Failed(f"the board's HAL gave {mac[:40]!r} as its MAC: expected 6 bytes")
-        r.mac = ":".join(mac[i:i + 2] for i in range(0, 12, 2))
-        r.device_id = "fl-" + mac
+        who = board.identify(device)
+        r.platform, r.micropython, r.firmware = who.platform, who.micropython, who.firmware
+        r.mac, r.device_id = who.mac_text, who.device_id
         known = self.inventory.find(r.device_id)
         if known is not None:
             self.reporter.info(f"{r.device_id} was provisioned on {known.provisioned_at} by {known.provisioned_by} "
                                f"for {known.site!r} ({known.state}); its credential will be replaced")
-        have = device.list_files(["config.json"])
-        if "config.json" not in have:
-            return None
-        try:
-            old = json.loads(device.read_file("config.json").decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            self._warn("the board's current config.json is not valid JSON: nothing from it is kept")
-            return None
-        if not isinstance(old, dict):
-            return None
-        was = old.get("device_id")
+        old, problem = board.current_config(device)
+        if problem:
+            self._warn(problem)
+        was = (old or {}).get("device_id")
         if isinstance(was, str) and was != r.device_id and was in self.broker.usernames():
             how = f"firelink devices revoke {was}" if self.inventory.find(was) is not None \
                 else f"firelink broker --dir {self.broker.dir} --revoke {was}"
@@ -285,85 +241,50 @@ class _Run:
 
     def _config(self, settings: Settings, old: dict[str, Any] | None, replace: bool) -> dict[str, Any]:
         r = self.result
-        config: dict[str, Any] = {
-            "_comment": f"written by firelink provision on {r.started_utc} for {r.installer}",
-            "device_id": r.device_id, "site": settings.site,
-            "broker": {"host": settings.broker.host, "port": settings.broker.port, "tls": settings.broker.tls},
-            "wifi": {"ssid": settings.wifi_ssid},
-        }
-        if settings.apn:
-            config["cellular"] = {"apn": settings.apn}
-        if settings.inputs is not None:
-            config["inputs"] = settings.inputs
-        kept = []
-        if old is not None and not replace:
-            for key, value in old.items():
-                if key.startswith("_") or key in OWNED_KEYS or key in config:
-                    continue
-                config[key] = value
-                kept.append(key)
-            old_broker = old.get("broker")
-            if isinstance(old_broker, dict):
-                for key, value in old_broker.items():
-                    if key not in OWNED_BROKER_KEYS:
-                        config["broker"][key] = value
-                        kept.append(f"broker.{key}")
-        self._kept = kept
-        if kept:
-            self.reporter.info(f"kept from the board's previous config.json: {', '.join(kept)} "
+        config, self._kept = board.build_config(
+            str(r.device_id), settings.site, settings.broker.host, settings.broker.port, settings.broker.tls,
+            settings.wifi_ssid, settings.apn, settings.inputs,
+            f"written by firelink provision on {r.started_utc} for {r.installer}", None if replace else old)
+        if self._kept:
+            self.reporter.info(f"kept from the board's previous config.json: {', '.join(self._kept)} "
                                "(--replace-config to start afresh)")
         return config
 
     def _validate(self, config: dict[str, Any]) -> list[dict[str, Any]]:
         device = self._device()
-        data = _json_bytes(config)
+        data = board.json_bytes(config)
         self.staged.append("config.json")
         device.stage_file("config.json", data)
-        out = json.loads(device.run(_VALIDATE).strip().splitlines()[-1])
-        problems = list(out["problems"])
-        if len(data) > int(out["max"]):
-            problems.append(f"config.json: {len(data)} bytes, the firmware reads at most {out['max']}")
-        if out["device_id"] != self.result.device_id:
-            problems.append(f"config.json: device_id became {out['device_id']!r}")
+        inputs, problems = board.check_staged_config(device, data, str(self.result.device_id))
         if problems:
             from_old = [k for k in self._kept if any(f"config.json: {k}" in p for p in problems)]
             hint = f" ({', '.join(from_old)} kept from the board's previous config.json: --replace-config " \
                 "starts afresh)" if from_old else ""
             raise _Failed("the firmware refuses the new configuration: " + "; ".join(problems) + hint)
-        return list(out["inputs"])
+        return inputs
 
     def _files(self, settings: Settings, password: str, cred: pki.Credential,
                config: dict[str, Any]) -> dict[str, bytes]:
-        r = self.result
-        secret_doc: dict[str, str] = {"mqtt_username": str(r.device_id), "mqtt_password": password}
-        if settings.wifi_password:
-            secret_doc["wifi_password"] = settings.wifi_password
+        secret = board.secrets_doc(str(self.result.device_id), password, settings.wifi_password)
         return {"ca.der": self.broker.ca().cert_der, "device.der": cred.cert_der, "device.key.der": cred.key_der,
-                "secrets.json": _json_bytes(secret_doc), "config.json": _json_bytes(config)}
+                "secrets.json": board.json_bytes(secret), "config.json": board.json_bytes(config)}
 
     def _write(self, files: dict[str, bytes]) -> None:
         device = self._device()
-        todo = [name for name in COMMIT_ORDER if name not in self.staged]
+        todo = [name for name in board.COMMIT_ORDER if name not in self.staged]
         self.reporter.start("write secrets and certificates", total=sum(len(files[n]) for n in todo), unit="B")
         for name in todo:
             self.staged.append(name)
             device.stage_file(name, files[name], on_chunk=self.reporter.advance)
         self.reporter.start("put the files in place")
         self.result.changed_board = True  # from here on the board may hold some of the new files
-        device.commit(list(COMMIT_ORDER))
+        device.commit(list(board.COMMIT_ORDER))
         self.committed = True
         self.staged = []
         self.reporter.start("check the files on the board")
-        have = device.list_files(list(COMMIT_ORDER))
-        wrong = [n for n in COMMIT_ORDER if n not in have or have[n].sha256 != hashlib.sha256(files[n]).hexdigest()]
-        if wrong:
-            raise _Failed(f"after renaming, {', '.join(wrong)} differ from what was written: run again")
-        out = json.loads(device.run(_LOAD).strip().splitlines()[-1])
-        if out["problems"]:
-            raise _Failed("the firmware reports problems with the installed files: " + "; ".join(out["problems"]))
-        missing = {"mqtt_username", "mqtt_password", "tls_ca", "tls_cert", "tls_key"} - set(out["secrets"])
-        if missing:
-            raise _Failed(f"the firmware does not pick up {', '.join(sorted(missing))} from the installed files")
+        problems = board.check_installed(device, {n: files[n] for n in board.COMMIT_ORDER})
+        if problems:
+            raise _Failed("the firmware reports problems with the installed files: " + "; ".join(problems))
 
     def _register(self, password: str, cred: pki.Credential, settings: Settings, watch: CentreWatch) -> str:
         r = self.result
@@ -530,7 +451,7 @@ class _Run:
     def _error(self, e: BaseException) -> BaseException:
         if isinstance(e, KeyboardInterrupt):
             return e
-        if not isinstance(e, (_Failed, SettingsError, CentreError, DeviceError, PortError, InventoryError, OSError)):
+        if not isinstance(e, (_Failed, board.BoardRefused, SettingsError, CentreError, DeviceError, PortError, InventoryError, OSError)):
             return e  # a bug: keep its traceback (the board was put back all the same)
         r = self.result
         failed = r.failed()
@@ -577,10 +498,6 @@ def _acl_missing(broker: Broker) -> str | None:
     return None
 
 
-def _json_bytes(doc: dict[str, Any]) -> bytes:
-    return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-
-
 def _str(v: object) -> str | None:
     return v if isinstance(v, str) else None
 
@@ -603,9 +520,3 @@ def _message(e: BaseException) -> str:
 def _write_private(path: Path, data: bytes) -> None:
     path.touch(mode=0o600)
     path.write_bytes(data)
-
-
-def fingerprint(cert_der: bytes) -> str:
-    """sha256 of a DER certificate, as stored in the inventory."""
-    return hashlib.sha256(cert_der).hexdigest()
-
