@@ -225,6 +225,40 @@ def test_a_flashed_board_is_commissioned_end_to_end(site: Site, board: VirtualDe
     assert [h.action for h in site.inventory.history(str(r.device_id))][-2:] == ["provisioned", "commissioned"]
 
 
+def test_provisioning_again_replaces_the_credential_and_keeps_the_board_s_tuning(
+        site: Site, board: VirtualDevice, provisioned: Provisioned) -> None:
+    device_id = str(provisioned.result.device_id)
+    before = site.inventory.get(device_id)
+    old_password = json.loads((board.dir / "secrets.json").read_text())["mqtt_password"]
+    cfg = json.loads((board.dir / "config.json").read_text())  # tuned on site since: read at the next boot
+    cfg["heartbeat_s"] = 30
+    cfg["broker"]["keepalive_s"] = 90
+    virtual.write_json_atomic(board.dir / "config.json", cfg)
+    rec = RecordingReporter()
+    r = site.provision(board, rec)  # the board is running and connected: Ctrl-C, its `offline`, then the REPL
+    assert r.passed and r.device_id == device_id
+    assert any("kept from the board's previous config.json: heartbeat_s, broker.keepalive_s" in m
+               for m in rec.messages("info"))
+    new = json.loads((board.dir / "config.json").read_text())
+    assert (new["heartbeat_s"], new["broker"]["keepalive_s"], new["site"]) == (30, 90, SITE)
+    assert json.loads((board.dir / "secrets.json").read_text())["mqtt_password"] != old_password
+    after = site.inventory.get(device_id)
+    assert after.cert_fingerprint == r.cert_fingerprint != before.cert_fingerprint
+    assert f"replaces cert {before.cert_fingerprint[:16]} (active)" in site.inventory.history(device_id)[-2].detail
+    # The old password is gone from the broker: only the board's new one opens it.
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-old-password", protocol=mqtt.MQTTv311)
+    c.username_pw_set(device_id, old_password)
+    codes: list[Any] = []
+    c.on_connect = lambda client, userdata, flags, rc, props: codes.append(rc)
+    c.connect(site.broker.bind, site.broker.port, keepalive=10)
+    c.loop_start()
+    try:
+        assert wait_for(lambda: codes, 5) and codes[0].is_failure
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
 # --- refused before the board is touched ---
 
 @pytest.mark.parametrize("change, expected", [
