@@ -13,6 +13,13 @@ the firmware prints is kept in `<dir>/console.log`. The inputs and links are dri
 `<dir>/sim/control.json` (fl/hal/sim.py), which `set_input()`, `set_link()`, `set_rssi()`,
 `set_battery_mv()` and `set_clock_synced()` update atomically.
 
+What runs is **the application as it ships**: `firelink.build.build_app("xtensawin")`, the
+bytecode-only .mpy files `firelink flash` deploys to an ESP32 (bytecode built for xtensawin
+imports on the x86_64 unix port), with main.py and board.json beside them. `source=True` runs
+the firmware/ source tree instead: then the device compiles at import, which a board never
+does and which needs heap a board does not have to spare. `$FL_FIRMWARE` names another
+directory to run, source or build, and wins over both.
+
 Used from the command line as `firelink virtual ...` (virtual_cmd.py) and by the tests and the
 HIL suite's `--dut virtual`.
 """
@@ -30,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from firelink import build
 from firelink import virtual_supervisor as sv
 # The simulated world is part of this module's API (virtual.set_input(...)): re-exported.
 from firelink.virtual_world import (CONTROL, STATES, InputSpec, UnknownInput, WorldError, board_info,  # noqa: F401
@@ -40,6 +48,9 @@ from firelink.virtual_world import (CONTROL, STATES, InputSpec, UnknownInput, Wo
 
 _HERE = Path(__file__).resolve()
 START_TIMEOUT_S = 15.0
+# The ESP32's architecture: a build for it is the build that ships (bytecode only, so the
+# unix port on x86_64 imports the very same files).
+APP_ARCH = "xtensawin"
 
 
 class VirtualError(RuntimeError):
@@ -65,12 +76,30 @@ class LogTimeout(VirtualError, TimeoutError):
 # --- where things are ---
 
 def firmware_dir() -> Path:
-    """$FL_FIRMWARE, else firmware/ in the source tree these tools come from."""
+    """$FL_FIRMWARE, else firmware/ in the source tree these tools come from (the sources)."""
     override = os.environ.get("FL_FIRMWARE")
     path = Path(override) if override else _HERE.parents[2] / "firmware"
     if not (path / "main.py").exists() and not (path / "main.mpy").exists():
         raise VirtualError(f"no firmware in {path} (main.py missing); set $FL_FIRMWARE to a firmware directory")
     return path
+
+
+def shipped_app(build_root: Path | None = None) -> Path:
+    """Builds (incrementally) the application as `firelink flash` ships it and returns its
+    directory: build/app-xtensawin/ by default, or under `build_root` (tests use their own,
+    so that two runs never rebuild one directory under each other)."""
+    try:
+        return build.build_app(APP_ARCH, build_root=Path(build_root) if build_root else build.BUILD_ROOT).directory
+    except build.BuildError as e:
+        raise VirtualError(f"cannot build the application to run: {e}") from e
+
+
+def app_dir(source: bool = False, build_root: Path | None = None) -> Path:
+    """What a virtual device runs: $FL_FIRMWARE if set; else the firmware/ sources when
+    `source`; else the shipped build (see shipped_app)."""
+    if os.environ.get("FL_FIRMWARE") or source:
+        return firmware_dir()
+    return shipped_app(build_root)
 
 
 def micropython_binary() -> str:
@@ -92,9 +121,13 @@ def micropython_binary() -> str:
 class VirtualDevice:
     """A handle on the virtual device in `directory`, whether this process started it or not."""
 
-    def __init__(self, directory: Path, firmware: Path | None = None, micropython: str | None = None) -> None:
+    def __init__(self, directory: Path, firmware: Path | None = None, micropython: str | None = None,
+                 source: bool = False) -> None:
+        """`firmware`: the directory to run; by default app_dir(source) at each start(), so a
+        changed source is rebuilt before the next power-on."""
         self.dir = Path(directory).resolve()
         self._firmware = firmware
+        self._source = source
         self._micropython = micropython
         self._proc: subprocess.Popen[bytes] | None = None
         self._cursor = 0
@@ -155,7 +188,7 @@ class VirtualDevice:
         detach=True: it runs on until `stop()` (the CLI's background mode)."""
         if self.running():
             raise AlreadyRunning(f"already running in {self.dir} (pid {self.supervisor_pid()}, {self.tty()})")
-        firmware = Path(self._firmware) if self._firmware else firmware_dir()
+        firmware = Path(self._firmware) if self._firmware else app_dir(self._source)
         argv = [sys.executable, "-m", "firelink.virtual_supervisor", str(self.dir),
                 "--firmware", str(firmware), "--micropython", self._micropython or micropython_binary(),
                 "--reset-cause", reset_cause]

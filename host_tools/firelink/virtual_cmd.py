@@ -2,11 +2,13 @@
 
     firelink virtual start [--dir run/devices/dev1] [--broker HOST:PORT] [--device-id ID]
                            [--username U] [--password P] [--foreground] [--no-restart] [--heapsize 256k]
+                           [--source]
         Writes what is missing in the device directory (config.json, secrets.json, board.json,
         inputs wired normal), merges the options given into config.json / secrets.json, and
-        powers the device on. Background (default): prints the serial port and returns; the
-        device runs until `stop`. --foreground: streams the console here until Ctrl-C, then
-        stops the device cleanly.
+        powers the device on. It runs the application as it ships (the .mpy build that
+        `firelink flash` deploys, rebuilt if a source changed); --source runs firmware/ as is.
+        Background (default): prints the serial port and returns; the device runs until
+        `stop`. --foreground: streams the console here until Ctrl-C, then stops it cleanly.
     firelink virtual stop [--kill]          ^C, firmware says offline, process ends; --kill: power cut
     firelink virtual reset                  reset button: reboot with reset cause `hard`
     firelink virtual status                 running?, pids, serial port, boots, inputs (driven and reported)
@@ -51,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--foreground", action="store_true", help="stream the console here until Ctrl-C")
     s.add_argument("--no-restart", action="store_true", help="do not reboot after a watchdog or software reset")
     s.add_argument("--heapsize", help="MicroPython heap size, e.g. 256k (default: the unix port's)")
+    s.add_argument("--source", action="store_true",
+                   help="run the firmware/ sources instead of the shipped .mpy build")
     s.set_defaults(func=run_start)
 
     s = vsub.add_parser("stop", parents=[common], help="stop the device (^C, offline, end)")
@@ -135,7 +139,7 @@ def run_start(args: argparse.Namespace) -> int:
     out = Console(soft_wrap=True)
     try:
         _provision(args)
-        dev = VirtualDevice(args.dir)
+        dev = VirtualDevice(args.dir, source=args.source)
         if dev.running():
             raise VirtualError(f"already running in {args.dir} ({dev.tty()}); `firelink virtual stop --dir {args.dir}` first")
         if args.foreground:
@@ -152,8 +156,8 @@ def _foreground(args: argparse.Namespace, out: Console) -> int:
     def ready(tty: str) -> None:
         out.print(f"[dim]virtual device in {args.dir} on {tty}; Ctrl-C stops it[/]")
 
-    sup = Supervisor(args.dir, virtual.firmware_dir(), virtual.micropython_binary(), restart=not args.no_restart,
-                     heapsize=args.heapsize, echo=sys.stdout.buffer, on_ready=ready)
+    sup = Supervisor(args.dir, virtual.app_dir(args.source), virtual.micropython_binary(),
+                     restart=not args.no_restart, heapsize=args.heapsize, echo=sys.stdout.buffer, on_ready=ready)
     try:
         status = sup.run()
     except SupervisorRunning as e:

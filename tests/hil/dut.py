@@ -5,7 +5,8 @@ under the unix port, firelink.virtual) and, later, `--dut /dev/ttyUSB0` (an ESP3
 jig). Nothing here assumes the device is a local process or a directory:
 
   power       start() / stop() (clean: ^C, offline) / power_cut() / power_cycle() / restart()
-  the world   set_input(name, state | raw=) / set_link(path, up) / set_rssi / set_battery_mv / set_clock_synced
+  the world   set_input(name, state | raw=) / set_inputs({name: state}) / set_link(path, up) / set_rssi /
+              set_battery_mv / set_clock_synced
   console     log_position() / wait_for_log(pattern, timeout_s, since=) / log_text(since=)
   files       read_file / write_file / exec_ on the device through mpremote's serial transport
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import json
-import os
 import re
 import threading
 import time
@@ -63,6 +63,11 @@ class Dut(abc.ABC):
     @abc.abstractmethod
     def set_input(self, name: str, state: str | None = None, raw: int | None = None) -> None:
         """An input to active | normal | open | short, or a raw level/ADC count."""
+
+    def set_inputs(self, states: dict[str, str]) -> None:
+        """Several inputs at once (as one wiring change where the device can do it)."""
+        for name, state in states.items():
+            self.set_input(name, state)
 
     @abc.abstractmethod
     def set_link(self, path: str, up: bool) -> None:
@@ -152,7 +157,8 @@ class Dut(abc.ABC):
 
 
 class VirtualDut(Dut):
-    """The real firmware under the unix port (firelink.virtual), in its own directory."""
+    """The real firmware under the unix port (firelink.virtual), in its own directory: by
+    default the shipped .mpy build (virtual.app_dir), or the directory given as `firmware`."""
 
     def __init__(self, directory: Path, firmware: Path | None = None, heapsize: str | None = None) -> None:
         self.dev = virtual.VirtualDevice(directory, firmware=firmware)
@@ -183,6 +189,16 @@ class VirtualDut(Dut):
 
     def set_input(self, name: str, state: str | None = None, raw: int | None = None) -> None:
         virtual.set_input(self.dir, name, state=state, raw=raw)
+
+    def set_inputs(self, states: dict[str, str]) -> None:
+        info = virtual.board_info(self.dir)
+        raws = {}
+        for name, state in states.items():
+            spec = virtual.find_input(self.dir, name)
+            if spec.channel == "battery":
+                raise virtual.WorldError("set the battery with set_battery_mv()")
+            raws[spec.channel] = virtual.raw_for(spec, state, info)
+        virtual.write_control(self.dir, {"inputs": raws})  # one atomic change of control.json
 
     def set_link(self, path: str, up: bool) -> None:
         virtual.set_link(self.dir, path, up)
@@ -293,8 +309,12 @@ class SerialDut(Dut):
             return len(self._log)
 
 
-def make_dut(spec: str, directory: Path, config: dict[str, Any], secrets: dict[str, Any] | None = None) -> Dut:
-    """`virtual` (a new virtual device in `directory`) or a serial port path."""
+def make_dut(spec: str, directory: Path, config: dict[str, Any], secrets: dict[str, Any] | None = None,
+             certs: dict[str, bytes] | None = None, firmware: Path | None = None,
+             heapsize: str | None = None) -> Dut:
+    """`virtual` (a new virtual device in `directory`, provisioned with config, secrets and
+    certificate files, running `firmware` with the heap capped at `heapsize`) or a serial
+    port path (a board provisioned beforehand: the rest is ignored)."""
     if spec == "virtual":
-        return VirtualDut.create(directory, config, secrets, heapsize=os.environ.get("FL_HEAPSIZE"))
+        return VirtualDut.create(directory, config, secrets, certs, firmware=firmware, heapsize=heapsize)
     return SerialDut(spec)
