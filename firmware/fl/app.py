@@ -26,6 +26,7 @@ from fl.watchdog import Watchdog
 
 _log = log.Logger("app")
 TOPIC_ROOT = "firelink/"
+CONFIG_DETAIL_MAX = 900
 CLOCK_RESYNC_MS = 6 * 3600 * 1000  # RTC drift stays far inside a receiver's -40/+20 s window
 CLOCK_RETRY_MS = 60 * 1000
 # Health faults → Contact ID codes for the events that report them.
@@ -64,11 +65,17 @@ class App:
         for p in problems:
             _log.error("%s", p)
         if problems:
-            self.health.set_fault("config", True, "; ".join(problems)[:200])
+            # The 307 event carries what fits one outbox slot; the heartbeat carries the whole
+            # list (bounded so the heartbeat stays one packet).
+            self.health.set_fault("config", True, ("%d problem%s: " % (len(problems), "s" if len(problems) > 1 else ""))
+                                  + "; ".join(problems)[:CONFIG_DETAIL_MAX])
 
         self.inputs = Inputs(board, cfg["inputs"], info["eol"], self._on_input,
                              battery_low_mv=info["battery"]["low_mv"])
-        self.links = LinkManager(board.paths(cfg), health=self.health)
+        paths = board.paths(cfg)
+        for p in paths:
+            p.fault_delay_ms = cfg["path_fault_delay_s"] * 1000
+        self.links = LinkManager(paths, health=self.health)
         self.ack_watch = AckWatch(cfg["centre_ack_timeout_s"], self.health)
         self.mqtt = self._make_mqtt(cfg)
         self.commands = Commands(self.recorder, self.mqtt, self.prefix + "cmd/result")

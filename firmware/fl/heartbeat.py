@@ -82,12 +82,18 @@ class Heartbeat:
                 try:
                     ok = await self._mqtt.publish(self._topic, body, qos=1)
                 except ValueError:
-                    # Too big for one packet: the counters are the only part that can grow.
+                    # Too big for one packet: the counters are the part that grows.
                     body = self.payload(counters=False)
-                    ok = await self._mqtt.publish(self._topic, body, qos=1)
+                    try:
+                        ok = await self._mqtt.publish(self._topic, body, qos=1)
+                    except ValueError as e:
+                        _log.error("heartbeat of %d bytes cannot be sent: %s", len(body), e)
+                        self._health.count("heartbeat_unsendable")
+                        ok = None  # retrying would not help: wait for the next one
                 if ok:
                     self.sent += 1
                     self.bytes_sent += len(body)
+                if ok is not False:
                     due = time.ticks_add(time.ticks_ms(), self._interval_ms)
             # Wake every second so the watchdog sees progress and a reconnect sends promptly.
             await asyncio.sleep_ms(min(1000, self._interval_ms))

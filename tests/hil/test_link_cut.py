@@ -2,9 +2,9 @@
 outbox's order once the link returns, and the outbox reports how full it got.
 
 The issue asks for a 5-minute cut; CI gets 25 s with the heartbeat shortened by config.
-What cannot be shortened: the path-fault delay (fl/link.py, `fault_delay_ms` = 90 s, no
-configuration key), so this cut must *not* raise the 351 path fault: a shorter cut than the
-delay is a router reboot, not a fault. The backlog (532 events) passes half the outbox's 1024
+The path-fault delay stays at its 90 s default here, so this cut must *not* raise the 351
+path fault: a shorter cut than the delay is a router reboot, not a fault (test_path_fault.py
+shortens the delay and checks the report). The backlog (532 events) passes half the outbox's 1024
 slots, so the device also raises 622 "event log 50 % full", and its restore as it drains.
 
 The device reaches the broker through a relay adding 5 ms to what it sends (a slow path):
