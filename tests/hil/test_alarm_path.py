@@ -92,8 +92,7 @@ def test_heartbeat_carries_inputs_link_outbox_firmware_and_reset_cause(centre: C
     assert hb["link"] == {"path": "wifi", "signal_dbm": -71}
     assert (hb["mains"], hb["battery_mv"]) == ("ok", 3900)
     assert {k: hb["outbox"][k] for k in promised["outbox"]} == {
-        "depth": 0, "fire": 0, "fault": 0, "status": 0, "capacity": 1024, "fill_pct": 0, "dropped": 0}
-    assert hb["outbox"].get("in_ram", 0) == 0  # sent, not yet in docs/protocol.md
+        "depth": 0, "fire": 0, "fault": 0, "status": 0, "capacity": 1024, "fill_pct": 0, "dropped": 0, "in_ram": 0}
     assert hb["faults"] == {}
     assert (hb["fw"], hb["reset"]) == (online.doc["fw"], "power_on") and online.doc["reset"] == "power_on"
     assert hb["tsync"] is True and abs(hb["ts"] - first.at) <= 2
