@@ -8,6 +8,8 @@ can be stopped and started again with its devices, retained messages and session
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -19,6 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from firelink import pki
 
@@ -126,11 +129,21 @@ class Broker:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGHUP)  # mosquitto re-reads password and ACL files
 
+    @contextlib.contextmanager
+    def _accounts_locked(self) -> Iterator[dict[str, str]]:
+        """The accounts for a read-modify-write, saved on exit; two tools provisioning at once
+        (each its own process) must not lose each other's accounts."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "accounts.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            accounts = self._accounts()
+            yield accounts
+            self._save_accounts(accounts)
+
     def add_account(self, username: str, password: str | None = None) -> Account:
         password = password or secrets.token_urlsafe(18)
-        accounts = self._accounts()
-        accounts[username] = password_hash(password)
-        self._save_accounts(accounts)
+        with self._accounts_locked() as accounts:
+            accounts[username] = password_hash(password)
         return Account(username, password)
 
     def add_device(self, device_id: str, password: str | None = None) -> tuple[Account, pki.Credential]:
@@ -146,9 +159,8 @@ class Broker:
     def revoke(self, username: str) -> bool:
         """Removes the account so that it can no longer connect; returns whether it existed.
         The running broker drops nothing by itself, so the caller may also want to restart it."""
-        accounts = self._accounts()
-        existed = accounts.pop(username, None) is not None
-        self._save_accounts(accounts)
+        with self._accounts_locked() as accounts:
+            existed = accounts.pop(username, None) is not None
         for suffix in (".crt", ".key", ".crt.der", ".key.der"):
             (self.pki_dir / "devices" / (username + suffix)).unlink(missing_ok=True)
         return existed
