@@ -246,17 +246,7 @@ def test_provisioning_again_replaces_the_credential_and_keeps_the_board_s_tuning
     assert after.cert_fingerprint == r.cert_fingerprint != before.cert_fingerprint
     assert f"replaces cert {before.cert_fingerprint[:16]} (active)" in site.inventory.history(device_id)[-2].detail
     # The old password is gone from the broker: only the board's new one opens it.
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-old-password", protocol=mqtt.MQTTv311)
-    c.username_pw_set(device_id, old_password)
-    codes: list[Any] = []
-    c.on_connect = lambda client, userdata, flags, rc, props: codes.append(rc)
-    c.connect(site.broker.bind, site.broker.port, keepalive=10)
-    c.loop_start()
-    try:
-        assert wait_for(lambda: codes, 5) and codes[0].is_failure
-    finally:
-        c.loop_stop()
-        c.disconnect()
+    assert _login_refused(site, "test-old-password", device_id, old_password)
 
 
 # --- refused before the board is touched ---
@@ -500,17 +490,7 @@ def test_cli_provisions_then_revoke_locks_the_board_out(site: Site, fresh_board:
     assert not (site.broker.pki_dir / "devices" / f"{device_id}.crt").exists()
     # The credentials the board holds no longer open the broker.
     secrets = json.loads((fresh_board.dir / "secrets.json").read_text())
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-revoked", protocol=mqtt.MQTTv311)
-    c.username_pw_set(secrets["mqtt_username"], secrets["mqtt_password"])
-    codes: list[Any] = []
-    c.on_connect = lambda client, userdata, flags, rc, props: codes.append(rc)
-    c.connect(site.broker.bind, site.broker.port, keepalive=10)
-    c.loop_start()
-    try:
-        assert wait_for(lambda: codes, 5) and codes[0].is_failure
-    finally:
-        c.loop_stop()
-        c.disconnect()
+    assert _login_refused(site, "test-revoked", secrets["mqtt_username"], secrets["mqtt_password"])
     # And revoking again is harmless.
     outcome = devices.revoke(site.inventory, site.broker, device_id, "supervisor")
     assert outcome.was_revoked and not outcome.had_account
@@ -540,3 +520,18 @@ def test_report_files_are_never_overwritten_and_tables_stay_tables(tmp_path: Pat
     md = first.read_text()
     assert "| Site | Kho \\| A |" in md and "| Result | FAIL (incomplete) |" in md
     assert report.signal_quality("wifi", -80) == "poor" and report.signal_quality("cellular", -95) == "fair"
+
+
+def _login_refused(site: Any, client_id: str, username: str, password: str) -> bool:
+    """True when the site's broker answers this login with a refusal (within 5 s)."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    c.username_pw_set(username, password)
+    codes: list[Any] = []
+    c.on_connect = lambda client, userdata, flags, rc, props: codes.append(rc)
+    c.connect(site.broker.bind, site.broker.port, keepalive=10)
+    c.loop_start()
+    try:
+        return bool(wait_for(lambda: codes, 5)) and codes[0].is_failure
+    finally:
+        c.loop_stop()
+        c.disconnect()
