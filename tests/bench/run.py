@@ -357,7 +357,7 @@ def latency_table(lat: Latency) -> Table:
         t.add_column(col, justify="right" if col else "left")
     ps = (50, 95, 99, 100)
     t.add_row("total", *(f"{lat.ms(p):.1f} ms" for p in ps))
-    t.add_row(f"configured debounce", *(f"{lat.debounce_ms} ms" for _ in ps))
+    t.add_row("configured debounce", *(f"{lat.debounce_ms} ms" for _ in ps))
     t.add_row("above the debounce", *(f"{lat.ms(p) - lat.debounce_ms:.1f} ms" for p in ps))
     t.add_row("receipt → ack accepted by the broker", *(f"{percentile(lat.ack_seconds, p) * 1000:.1f} ms" for p in ps))
     return t
@@ -390,7 +390,7 @@ def wire_table(cost: WireCost, sizes: list[int], compact_b: int) -> Table:
               f"[bold]{cost.per_heartbeat_b + pings_per_hb * 4 + per_hb_tcp + per_hb_tls} B[/]",
               f"[bold]{kb(cost.mqtt_per_day_b + cost.tcpip_per_day_b + cost.tls_per_day_b)}[/]")
     saved = cost.payload_b - compact_b
-    t.add_row(f"(JSON without the spaces after , and : would save)", f"{saved} B",
+    t.add_row("(JSON without the spaces after , and : would save)", f"{saved} B",
               kb(saved * cost.heartbeats_per_day))
     return t
 

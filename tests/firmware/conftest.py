@@ -11,7 +11,6 @@ which is the device filesystem for that test. Optional module-level literals:
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 from pathlib import Path
 from typing import Any, Callable

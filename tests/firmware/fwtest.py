@@ -1,6 +1,5 @@
 """Assertion helpers for firmware tests: MicroPython's assert shows no values."""
 import os
-import sys
 
 
 def eq(got, want, what=""):

@@ -7,12 +7,10 @@ import time
 from fwtest import env, eq, ok
 
 from fl import mqtt_codec as codec
-from fl import store
-from fl.hal.sim import CONTROL, Board
 from fl.health import Health
-from fl.link import LinkManager, Path
+from fl.link import LinkManager
 from fl.mqtt import MQTTClient
-from mqtt_peers import (ACK, DEVICE, EVENT, PREFIX, STATUS, Monitor, _Loopback, device, host, ms_since, port,
+from mqtt_peers import (ACK, DEVICE, EVENT, STATUS, Monitor, _Loopback, device, host, ms_since, port,
                         set_wifi, sim_links, start, token, until)
 
 FIXTURES = ("broker",)

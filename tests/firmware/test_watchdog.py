@@ -1,7 +1,7 @@
 # The watchdog is fed only while every watched task makes progress.
 import asyncio
 
-from fwtest import eq, ok, raises
+from fwtest import eq, ok
 
 from fl.hal.sim import Board
 from fl.watchdog import Watchdog
