@@ -195,6 +195,7 @@ def main():
         asyncio.run(app.run())
     except KeyboardInterrupt:
         _log.info("stopping (Ctrl-C)")
+        board.relax_watchdog()
         asyncio.run(app.shutdown())
     finally:
         asyncio.new_event_loop()

@@ -10,6 +10,7 @@ A board object offers (see sim.py for the reference implementation):
   async wait_inputs(timeout_ms)         returns early when an input may have changed (IRQ / control file)
   output(name, on)                      led_status, led_fault, buzzer
   watchdog(timeout_ms) -> obj           .feed()
+  relax_watchdog()                      long timeout once the app has stopped for the REPL
   clock_synced() -> bool, async sync_clock(timeout_ms) -> bool
   paths(config) -> [fl.link.Path]       network paths in priority order
   storage_free() -> int                 bytes free on the filesystem

@@ -29,6 +29,7 @@ _RESET_CAUSES = {
 # Not every port exposes BROWNOUT_RESET as a constant; on the esp32 it is 6.
 _RESET_CAUSES[getattr(machine, "BROWNOUT_RESET", 6)] = "brownout"
 NTP_DELTA = 2208988800  # 1900-01-01 to 1970-01-01
+REPL_WATCHDOG_MS = 3600 * 1000
 
 
 class Board:
@@ -97,6 +98,16 @@ class Board:
 
     def watchdog(self, timeout_ms):
         return machine.WDT(timeout=timeout_ms)
+
+    def relax_watchdog(self, timeout_ms=REPL_WATCHDOG_MS):
+        """The app stopped for the REPL (a technician, or `firelink flash --app-only`): nothing
+        feeds the watchdog any more, and it cannot be stopped. A second WDT() reconfigures the
+        same watchdog on the esp32 port, so the session gets a long timeout instead of a reset
+        in the middle of a file write."""
+        try:
+            machine.WDT(timeout=timeout_ms).feed()
+        except (OSError, ValueError) as e:
+            _log.warn("could not relax the watchdog: %s", e)
 
     def clock_synced(self):
         return self._synced
