@@ -21,9 +21,6 @@ BOARD_JSON = ROOT / "hardware" / "board.json"
 PINMAP = ROOT / "hardware" / "pinmap.md"
 README = ROOT / "hardware" / "README.md"
 
-# Reported, waiting for a hardware decision (see the eol-pull xfail below): in1 and in2 are EOL
-# capable (adc: true) but rely on the chip's internal pull-up, which the EOL thresholds do not assume.
-OPEN_ISSUES = {("eol-pull", "inputs.in1"), ("eol-pull", "inputs.in2")}
 
 Board = dict[str, Any]
 
@@ -31,15 +28,6 @@ Board = dict[str, Any]
 def real() -> Board:
     board: Board = boardcheck.load(BOARD_JSON)
     return board
-
-
-def fixed() -> Board:
-    """The real board with the open issues fixed as the report suggests (the circuit's pull-up
-    on in1 and in2), so that the eol-pull rule can be shown catching a board that breaks it."""
-    b = real()
-    for ch in ("in1", "in2"):
-        b["inputs"][ch]["pull"] = "external"
-    return b
 
 
 def added(mutate: Callable[[Board], object], base: Callable[[], Board] = real) -> list[str]:
@@ -65,14 +53,7 @@ def gpio(where: str) -> int:
 # --- the reference board ---
 
 def test_reference_board_passes_every_check() -> None:
-    problems = [str(p) for p in check(real()) if (p.rule, p.where) not in OPEN_ISSUES]
-    assert problems == []
-
-
-@pytest.mark.xfail(strict=True, reason="board.json in1/in2: adc true with pull internal; reported, needs a "
-                                       "hardware decision (circuit pull-up, or adc false). Remove this mark once fixed.")
-def test_reference_board_eol_channels_have_the_circuit_pull_up() -> None:
-    assert [str(p) for p in check(real()) if p.rule == "eol-pull"] == []
+    assert [str(p) for p in check(real())] == []
 
 
 def test_reference_board_defaults_are_accepted_by_the_firmware(tmp_path: Path) -> None:
@@ -186,8 +167,8 @@ def test_rule_adc_only_on_adc1() -> None:
 
 
 def test_rule_eol_capable_channel_has_the_circuit_pull_up() -> None:
-    assert check(fixed()) == []
-    assert added(set_path("inputs.in1.pull", "internal"), base=fixed) == [
+    # in1 (opto-isolated, internal pull-up) made EOL capable: its line would read as active.
+    assert added(set_path("inputs.in1.adc", True)) == [
         ('inputs.in1: adc: true with pull "internal": the eol thresholds assume the circuit\'s pull-up, not the '
         "chip's 45 kOhm one (a normal line would read as active); fit the circuit's pull-up and write "
         '"external", or write adc: false')]
@@ -281,6 +262,7 @@ def test_rule_default_eol_only_on_adc_channels() -> None:
         f"default_inputs[{i}].eol: channel in3 has no ADC: eol needs adc: true"]
 
     def eol_nc(b: Board) -> None:
+        b["inputs"]["in1"].update(adc=True, pull="external")  # an EOL-capable channel
         b["default_inputs"][0].update(eol=True, contact="nc")
     assert added(eol_nc) == [
         ('default_inputs[0].contact: eol needs "no": the end-of-line circuit switches the alarm resistor in '
@@ -313,10 +295,10 @@ def test_every_rule_has_a_test() -> None:
 
 def test_boardcheck_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "board.json"
-    good.write_text(json.dumps(fixed()))
+    good.write_text(json.dumps(real()))
     assert boardcheck.main([str(good)]) == 0
     assert capsys.readouterr().out == "board.json: no problems\n"
-    bad = fixed()
+    bad = real()
     bad["modem"]["uart"] = 0
     good.write_text(json.dumps(bad))
     assert boardcheck.main([str(good)]) == 1
