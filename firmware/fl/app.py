@@ -29,8 +29,12 @@ TOPIC_ROOT = "firelink/"
 CONFIG_DETAIL_MAX = 900
 CLOCK_RESYNC_MS = 6 * 3600 * 1000  # RTC drift stays far inside a receiver's -40/+20 s window
 CLOCK_RETRY_MS = 60 * 1000
+TLS_CLOCK_WAIT_MS = 30 * 1000
 # Health faults → Contact ID codes for the events that report them.
-FAULT_CODES = {"safe_mode": "307", "config": "307", "storage": "307", "sequence": "307", "input_read": "307", "unsendable": "307", "centre_ack": "354", "mqtt_auth": "350", "mqtt_tls": "350",
+FAULT_CODES = {"safe_mode": "307", "task_inputs": "307", "task_links": "307", "task_mqtt": "307",
+               "task_sender": "307", "task_ack_watch": "307", "task_heartbeat": "307", "task_indicators": "307",
+               "task_housekeeping": "307", "config": "307", "storage": "307", "sequence": "307", "input_read": "307", "unsendable": "307", "centre_ack": "354", "mqtt_auth": "350", "mqtt_tls": "350",
+               "mqtt_refused": "350", "mqtt_subscribe": "350", "broker_unreachable": "350", "input_event": "307",
                "path_wifi": "351", "path_cellular": "352"}
 
 
@@ -41,6 +45,7 @@ class App:
         self._guard = guard
         self._healthy_after_ms = healthy_after_s * 1000
         self.health = Health()
+        self.progress = 0  # housekeeping's, for the watchdog
         self.reset_cause = board.reset_cause()
         mac = board.unique_id()
         info = board.board_info()
@@ -55,6 +60,8 @@ class App:
         self.outbox = Outbox(capacity=cfg["outbox_capacity"])
         self.recorder = Recorder(self.outbox, Sequencer(), self.clock, self.health)
         self.health.listen(self._on_fault)
+        for name, detail in list(self.health.faults.items()):  # raised while the recorder opened
+            self._on_fault(name, True, detail)
         _log.info("FireLink %s on %s as %s, reset cause %s, %d events waiting", VERSION, board.name,
                   self.device_id, self.reset_cause, len(self.outbox))
         self.recorder.record("305", "new", 0, "", "status", detail=self.reset_cause)
@@ -71,7 +78,7 @@ class App:
                                   + "; ".join(problems)[:CONFIG_DETAIL_MAX])
 
         self.inputs = Inputs(board, cfg["inputs"], info["eol"], self._on_input,
-                             battery_low_mv=info["battery"]["low_mv"])
+                             battery_low_mv=info["battery"]["low_mv"], health=self.health)
         paths = board.paths(cfg)
         for p in paths:
             p.fault_delay_ms = cfg["path_fault_delay_s"] * 1000
@@ -136,29 +143,76 @@ class App:
     async def run(self):
         await self.inputs.start()
         _log.info("inputs: %s", self.inputs.states())
-        for name, obj, allowance_ms in (("inputs", self.inputs, 5000), ("sender", self.sender, 30000),
-                                        ("heartbeat", self.heartbeat, 30000), ("links", self.links, 60000),
-                                        ("mqtt", self.mqtt, 60000), ("ack_watch", self.ack_watch, 5000),
-                                        ("indicators", self.indicators, 5000)):
-            self.watchdog.watch(name, obj, allowance_ms)
-        tasks = [asyncio.create_task(t.run()) for t in (self.inputs, self.links, self.mqtt, self.sender,
-                                                         self.ack_watch, self.heartbeat, self.indicators,
-                                                         self.watchdog)]
-        tasks.append(asyncio.create_task(self._housekeeping()))
+        b = self.config["broker"]
+        # A task may legitimately sit in one bounded wait this long (a connect, a PUBACK, a
+        # Wi-Fi association); longer without progress means it is stuck.
+        publish_ms = b["puback_timeout_ms"] + 5000 + 15000
+        allowances = {"inputs": 5000, "sender": publish_ms, "heartbeat": publish_ms, "links": 60000,
+                      "mqtt": b["connect_timeout_ms"] + 2 * b["puback_timeout_ms"] + 15000, "ack_watch": 5000,
+                      "indicators": 5000, "housekeeping": 30000}
+        parts = (("inputs", self.inputs), ("links", self.links), ("mqtt", self.mqtt), ("sender", self.sender),
+                 ("ack_watch", self.ack_watch), ("heartbeat", self.heartbeat), ("indicators", self.indicators),
+                 ("housekeeping", self))
+        for name, obj in parts:
+            self.watchdog.watch(name, obj, allowances[name])
+        tasks = [asyncio.create_task(self._supervise(name, obj)) for name, obj in parts]
+        tasks.append(asyncio.create_task(self.watchdog.run()))
         try:
             await asyncio.gather(*tasks)
         finally:
             for t in tasks:
                 t.cancel()
 
+    async def _supervise(self, name, part):
+        """Runs one part; if it raises, reports it as a fault and starts it again. One bug in a
+        part must not take down the others (MicroPython's gather ends them all); if the part
+        keeps failing, the watchdog sees no progress and resets the board."""
+        runner = self._housekeeping if part is self else self._mqtt_run if part is self.mqtt else part.run
+        delay_ms = 1000
+        while True:
+            try:
+                await runner()
+                _log.error("task %s ended; starting it again", name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - anything, reported and restarted
+                _log.error("task %s failed: %r; starting it again in %d ms", name, e, delay_ms)
+                self.health.count("task_" + name + "_failed")
+                self.health.set_fault("task_" + name, True, repr(e)[:80])
+            await asyncio.sleep_ms(delay_ms)
+            delay_ms = min(delay_ms * 2, 30000)
+
+    async def _mqtt_run(self):
+        """TLS verification on the ESP32 needs a set clock (certificate validity dates): give the
+        first connection a bounded chance to sync it, then connect whatever happened (a
+        refused certificate is reported as a fault and retried)."""
+        if self.config["broker"]["tls"] and not self.board.clock_synced():
+            deadline = time.ticks_add(time.ticks_ms(), TLS_CLOCK_WAIT_MS)
+            while not self.board.clock_synced() and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+                if self.links.current() is not None:
+                    await self.board.sync_clock(5000)
+                else:
+                    await asyncio.sleep_ms(500)
+        await self.mqtt.run()
+
     async def _housekeeping(self):
         """Slow chores: set the clock once a path is up (TLS verification and event times need
         it) and again every CLOCK_RESYNC_MS; mark the boot healthy once the alarm path has
         worked for a while; keep trying to move RAM-held events back to a flash that refused them."""
         connected_ms = 0
+        offline_ms = 0
         next_sync = time.ticks_ms()
+        fault_delay_ms = self.config["path_fault_delay_s"] * 1000
         while True:
             await asyncio.sleep_ms(1000)
+            self.progress += 1
+            # A path can be up while the broker is not reachable through it (WAN down, broker
+            # gone): that is communication trouble too, reported after the same delay.
+            offline_ms = 0 if self.mqtt.connected or self.links.current() is None else offline_ms + 1000
+            if offline_ms >= fault_delay_ms:
+                self.health.set_fault("broker_unreachable", True, self.mqtt.last_error[:80])
+            elif self.mqtt.connected:
+                self.health.set_fault("broker_unreachable", False)
             if time.ticks_diff(time.ticks_ms(), next_sync) >= 0 and self.links.current() is not None:
                 synced = await self.board.sync_clock(5000)
                 next_sync = time.ticks_add(time.ticks_ms(), CLOCK_RESYNC_MS if synced else CLOCK_RETRY_MS)
@@ -190,7 +244,15 @@ def main():
         app = App(board, safe_mode=safe, guard=guard)
     except Exception as e:  # noqa: BLE001 - a bug at start must not leave the panel unwatched
         _log.error("start failed (%r): retrying in safe mode", e)
-        app = App(board, safe_mode=True, guard=guard)
+        try:
+            app = App(board, safe_mode=True, guard=guard)
+        except Exception as e2:  # noqa: BLE001
+            # Nothing watches the panel now: a board left at the REPL would be a silent dead
+            # transmitter. Restart (the boot counter shows the loop) rather than sit here.
+            _log.error("safe mode failed too (%r): restarting", e2)
+            time.sleep_ms(2000)
+            board.reset("software")
+            return
     try:
         asyncio.run(app.run())
     except KeyboardInterrupt:

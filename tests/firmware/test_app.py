@@ -1,0 +1,75 @@
+# The assembled app on the simulated board: one failing part is reported and restarted without
+# taking the others down; a path that is up with no broker behind it is communication trouble.
+import asyncio
+import json
+
+from fwtest import eq, ok, write
+
+from fl import store
+from fl.app import App
+from fl.hal.sim import Board
+
+TIMEOUT_S = 60
+
+
+def _app(**config):
+    # Nothing listens on port 9 of the loopback: the broker is unreachable while Wi-Fi is up.
+    cfg = {"device_id": "fl-app", "broker": {"host": "127.0.0.1", "port": 9}}
+    cfg.update(config)
+    write("config.json", json.dumps(cfg))
+    write("secrets.json", json.dumps({"mqtt_username": "fl-app", "mqtt_password": "x"}))
+    store.ensure_dir("sim")
+    write("sim/control.json", json.dumps({"inputs": {"in4": 0, "in5": 0}}))
+    return App(Board())
+
+
+def _queued_codes(app):
+    """Codes of the events waiting in the outbox, in the order they would go out."""
+    codes = []
+    while True:
+        item = app.outbox.peek()
+        if item is None:
+            return codes
+        codes.append(json.loads(item[1])["code"])
+        app.outbox.remove(item[0])
+
+
+async def test_a_failing_part_is_reported_and_restarted_while_the_others_run():
+    app = _app()
+    runs = []
+
+    async def flaky():
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("bug in a part")
+        await asyncio.sleep_ms(10000)
+
+    app.heartbeat.run = flaky
+    task = asyncio.create_task(app._supervise("heartbeat", app.heartbeat))
+    inputs = asyncio.create_task(app._supervise("inputs", app.inputs))
+    await asyncio.sleep_ms(1500)
+    eq(len(runs), 2, "started again after the failure")
+    ok("task_heartbeat" in app.health.faults, "fault raised: %r" % app.health.faults)
+    write("sim/control.json", json.dumps({"inputs": {"in4": 0, "in5": 0, "in1": 0}}))
+    await asyncio.sleep_ms(500)
+    eq(app.inputs.states()["panel_fire"], "active", "inputs kept running")
+    task.cancel()
+    inputs.cancel()
+    codes = _queued_codes(app)
+    ok("110" in codes and "307" in codes, "fire and the task fault were recorded: %r" % codes)
+    eq(codes[0], "110", "fire first")
+
+
+async def test_broker_unreachable_with_the_path_up_is_reported_after_the_delay():
+    app = _app(path_fault_delay_s=5)
+    parts = [asyncio.create_task(app._supervise(n, p)) for n, p in
+             (("links", app.links), ("mqtt", app.mqtt), ("housekeeping", app))]
+    await asyncio.sleep_ms(3500)
+    ok("broker_unreachable" not in app.health.faults, "not before the delay")
+    await asyncio.sleep_ms(3500)
+    ok("broker_unreachable" in app.health.faults, "raised after the delay: %r" % app.health.faults)
+    for t in parts:
+        t.cancel()
+    codes = _queued_codes(app)
+    ok("350" in codes, "350 recorded: %r" % codes)
+    ok("351" not in codes, "the Wi-Fi path itself was up: %r" % codes)
