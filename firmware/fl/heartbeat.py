@@ -28,6 +28,7 @@ class Heartbeat:
         self._interval_ms = interval_s * 1000
         self._reset_cause = reset_cause
         self._boot = time.ticks_ms()
+        self._uptime_ms = 0
         self.progress = 0
         self.sent = 0
         self.bytes_sent = 0
@@ -42,7 +43,7 @@ class Heartbeat:
         return json.dumps({
             "ts": ts,
             "tsync": synced,
-            "uptime_s": time.ticks_diff(time.ticks_ms(), self._boot) // 1000,
+            "uptime_s": self._uptime_s(),
             "fw": VERSION,
             "reset": self._reset_cause,
             "inputs": states,
@@ -57,6 +58,14 @@ class Heartbeat:
             "heap_free": self._board.free_heap(),
             "heap_peak": self._heap_high_water(),
         }, separators=(",", ":")).encode()
+
+    def _uptime_s(self):
+        # ticks_diff is only valid for ~6 days on the ESP32 (ticks wrap at 2**30 ms): add up
+        # the time since the last heartbeat instead.
+        now = time.ticks_ms()
+        self._uptime_ms += time.ticks_diff(now, self._boot)
+        self._boot = now
+        return self._uptime_ms // 1000
 
     def _heap_high_water(self):
         """The most heap found in use right after a collection, over this boot's heartbeats

@@ -11,7 +11,9 @@ import time
 
 IPPROTO_TCP = 6
 TCP_NODELAY = 1  # same value in Linux and lwIP
-SO_BINDTODEVICE = 25  # Linux and lwIP; used to pin a socket to one path when two are up
+# Pins a socket to one path when two are up. 25 on Linux; lwIP's value differs (0x100b), so
+# prefer the port's own constant.
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
 class ConnectError(OSError):

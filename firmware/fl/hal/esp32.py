@@ -29,7 +29,10 @@ _RESET_CAUSES = {
 # Not every port exposes BROWNOUT_RESET as a constant; on the esp32 it is 6.
 _RESET_CAUSES[getattr(machine, "BROWNOUT_RESET", 6)] = "brownout"
 NTP_DELTA = 2208988800  # 1900-01-01 to 1970-01-01
-REPL_WATCHDOG_MS = 3600 * 1000
+# Long enough for a deploy or a technician's look, short enough that a stray Ctrl-C on the
+# console does not leave the transmitter stopped for long.
+REPL_WATCHDOG_MS = 10 * 60 * 1000
+_RESET_MARKER = "reset.cause"
 
 
 class Board:
@@ -57,10 +60,24 @@ class Board:
         return network.WLAN(network.STA_IF).config("mac")
 
     def reset_cause(self):
-        return _RESET_CAUSES.get(machine.reset_cause(), "unknown")
+        # The esp32 port reports machine.reset() and panics as HARD_RESET and a brown-out as
+        # PWRON_RESET; our own resets leave a marker so they are told apart. A brown-out still
+        # reads as power_on.
+        try:
+            with open(_RESET_MARKER) as f:
+                cause = f.read().strip() or "software"
+            os.remove(_RESET_MARKER)
+            return cause
+        except OSError:
+            return _RESET_CAUSES.get(machine.reset_cause(), "unknown")
 
     def reset(self, cause="software"):
         _log.warn("reset (%s)", cause)
+        try:
+            with open(_RESET_MARKER, "w") as f:
+                f.write(cause)
+        except OSError:
+            pass
         time.sleep_ms(100)
         machine.reset()
 
@@ -133,13 +150,21 @@ class Board:
                     return False
             finally:
                 s.close()
+            # Mode 4 (server), a real stratum (0 is a kiss-of-death), a synchronised leap
+            # indicator and a plausible time; anything else is not a time to set.
+            if len(msg) < 48 or msg[0] & 7 != 4 or not 1 <= msg[1] <= 15 or msg[0] >> 6 == 3:
+                _log.warn("clock sync: ignoring an unusable NTP reply")
+                return False
             unix = struct.unpack("!I", msg[40:44])[0] - NTP_DELTA
+            if unix < clock.PLAUSIBLE_AFTER:
+                _log.warn("clock sync: NTP time %d is not plausible", unix)
+                return False
             tm = time.gmtime(unix - clock.EPOCH_OFFSET)
             machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
             self._synced = True
             return True
-        except (OSError, IndexError) as e:
-            _log.warn("clock sync failed: %s", e)
+        except Exception as e:  # noqa: BLE001 - a bad reply must never stop the app
+            _log.warn("clock sync failed: %r", e)
             return False
 
     def paths(self, config):
