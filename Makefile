@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt host_tools/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: test test-firmware test-host test-hil demo bench deps mosquitto clean
+.PHONY: test test-firmware test-host test-hil demo bench pinmap board-check deps mosquitto clean
 
 deps: $(STAMP) mosquitto
 
@@ -48,6 +48,13 @@ demo: deps
 
 bench: deps
 	$(BIN)/python -m tests.bench.run
+
+# hardware/pinmap.md is generated from hardware/board.json (a test fails when they disagree).
+pinmap: deps
+	$(BIN)/python -m firelink.boarddoc > hardware/pinmap.md.tmp && mv hardware/pinmap.md.tmp hardware/pinmap.md
+
+board-check: deps
+	$(BIN)/python -m firelink.boardcheck
 
 clean:
 	rm -rf $(VENV) build run .pytest_cache
