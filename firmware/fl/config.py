@@ -36,6 +36,7 @@ _TOP = (
     ("heartbeat_s", ("int", 5, 86400), 60),
     ("centre_ack_timeout_s", ("int", 5, 3600), 100),
     ("path_fault_delay_s", ("int", 5, 3600), 90),
+    ("periodic_test_s", ("int", 60, 604800), 86400),
     ("outbox_capacity", ("int", 1000, 4096), 1024),
     ("log_level", ("one", ("debug", "info", "warn", "error")), "info"),
 )
@@ -48,7 +49,7 @@ _BROKER = (
     ("puback_timeout_ms", ("int", 1000, 120000), 10000),
     ("backoff_max_s", ("int", 1, 3600), 60),
 )
-_TOP_KEYS = ("device_id", "site", "heartbeat_s", "centre_ack_timeout_s", "path_fault_delay_s", "outbox_capacity",
+_TOP_KEYS = ("device_id", "site", "heartbeat_s", "centre_ack_timeout_s", "path_fault_delay_s", "periodic_test_s", "outbox_capacity",
              "log_level",
              "broker", "wifi", "cellular", "inputs")
 _BROKER_KEYS = ("host", "port", "tls", "server_hostname", "keepalive_s", "connect_timeout_ms",

@@ -23,15 +23,19 @@ def _app(**config):
     return App(Board())
 
 
-def _queued_codes(app):
-    """Codes of the events waiting in the outbox, in the order they would go out."""
-    codes = []
+def _queued_payloads(app):
+    """The events waiting in the outbox, in the order they would go out (taking them out)."""
+    payloads = []
     while True:
         item = app.outbox.peek()
         if item is None:
-            return codes
-        codes.append(json.loads(item[1])["code"])
+            return payloads
+        payloads.append(bytes(item[1]))
         app.outbox.remove(item[0])
+
+
+def _queued_codes(app):
+    return [json.loads(p)["code"] for p in _queued_payloads(app)]
 
 
 async def test_a_failing_part_is_reported_and_restarted_while_the_others_run():
@@ -73,3 +77,13 @@ async def test_broker_unreachable_with_the_path_up_is_reported_after_the_delay()
     codes = _queued_codes(app)
     ok("350" in codes, "350 recorded: %r" % codes)
     ok("351" not in codes, "the Wi-Fi path itself was up: %r" % codes)
+
+
+async def test_periodic_test_report_is_602_and_608_while_troubled():
+    app = _app(periodic_test_s=60)
+    app._periodic_test()
+    app.health.set_fault("mains_lost_for_test", True, "x")
+    app._periodic_test()
+    codes = [json.loads(p) for p in _queued_payloads(app)]
+    tests = [(e["code"], e.get("detail")) for e in codes if e["code"] in ("602", "608")]
+    eq(tests, [("602", None), ("608", "troubles: mains_lost_for_test")], "periodic test reports")
