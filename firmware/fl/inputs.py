@@ -76,10 +76,15 @@ class Inputs:
         self._since = [0] * n
         self._hold = [0] * n
         self._bad = [False] * n
+        # A confirmed change whose on_change raised (e.g. MemoryError in the recorder): (old, new),
+        # retried on every scan until it is reported. Not committed until then, so a fire is
+        # never shown as active without its event existing, and never forgotten.
+        self._owed = [None] * n
         self._batt_at = None  # when the battery was last read (channels are unique: one at most)
         self._batt = None
         self.progress = 0
         self.read_errors = 0
+        self.event_errors = 0
         self.started = False
 
     # --- reading ---
@@ -172,6 +177,8 @@ class Inputs:
         for i in range(len(self.specs)):
             self._cand[i] = None
             if self._state[i] != NORMAL:
+                # If this raises, the state read at boot stays (scan needs a definite one) and
+                # the report is owed, retried by scan() like any other.
                 self._notify(i, BOOT, self._state[i])
         self.started = True
 
@@ -181,6 +188,14 @@ class Inputs:
         now = _now()
         settling = False
         for i in range(len(self.specs)):
+            if self._owed[i] is not None:
+                # Retried at the scan's own pace (never a faster loop): the same transition,
+                # whatever the input shows now; a confirmed fire is reported even if it ended.
+                old, new = self._owed[i]
+                if not self._notify(i, old, new):
+                    continue
+                self._state[i] = new
+                self._cand[i] = None
             s = self._read(i)
             if s is None:
                 continue
@@ -197,8 +212,10 @@ class Inputs:
                 self._hold[i] = hold
             if time.ticks_diff(now, self._since[i]) >= self._hold[i]:
                 self._cand[i] = None
-                self._state[i] = s
-                self._notify(i, state, s)
+                # Committed only once reported: if on_change raised, the change is owed and
+                # retried on the next scan (no `settling`: no 5 ms hot loop).
+                if self._notify(i, state, s):
+                    self._state[i] = s
             else:
                 settling = True
         self.progress += 1
@@ -222,17 +239,42 @@ class Inputs:
                 await asyncio.sleep_ms(IDLE_MS)
 
     def _notify(self, i, old, new):
+        """Reports one change; True when on_change returned. On an exception the change is
+        recorded as owed (the caller keeps the old state), counted, and the health fault
+        "input_event" stays raised until every owed change has been reported."""
         spec = self.specs[i]
         if self._on_change is not None:
             try:
                 self._on_change(spec, old, new)
             except Exception as e:  # noqa: B902 - the app's error must not stop the scan
+                self.event_errors += 1
                 if self._health:
                     self._health.count("input_callback_error")
-                _log.error("%s: on_change failed: %r", spec["name"], e)
+                if self._owed[i] is None:  # log and raise once per episode, not every scan
+                    first = self._owed.count(None) == len(self._owed)
+                    self._owed[i] = (old, new)
+                    _log.error("%s: on_change failed, will retry: %r", spec["name"], e)
+                    if first:
+                        self._event_fault(True, spec["name"])
+                return False
+        if self._owed[i] is not None:
+            self._owed[i] = None
+            _log.info("%s: %s -> %s reported after retrying", spec["name"], old, new)
+            if self._owed.count(None) == len(self._owed):
+                self._event_fault(False)
         # Updated after the callback, so prior() inside it still tells the state before trouble.
         if new == NORMAL or new == ACTIVE:
             self._prior[i] = new
+        return True
+
+    def _event_fault(self, active, detail=""):
+        # Fault listeners record events too: the same trouble may make them raise, and that
+        # must not cut this scan short (the other inputs are still to be looked at).
+        if self._health:
+            try:
+                self._health.set_fault("input_event", active, detail)
+            except Exception as e:  # noqa: B902
+                _log.error("input_event fault listener failed: %r", e)
 
     # --- queries ---
     def states(self):

@@ -10,7 +10,9 @@ Bytes live in `fl.mqtt_codec`; this module owns the connection and its clocks:
   (no polling); one supervisor task enforces all the deadlines, so a publish allocates no
   timer. A missing PUBACK drops the connection. Nothing is retried here: the sender keeps
   each message in its flash outbox and publishes it again with dup=True once reconnected;
-- any failure closes the socket and retries after a capped exponential backoff with jitter;
+- any failure closes the socket and retries after a capped exponential backoff with jitter,
+  cut short by a path coming up or by kick() (the sender's, while a fire waits); the broker's
+  name is looked up once and again only after a failure, at most every 10 minutes;
   refusals, TLS and authentication problems are logged plainly and raised as health faults;
 - broker bytes that break the spec are logged and ignored while the framing holds, and drop
   the connection when it does not. The receive loop never dies on EOF or a bad callback.
@@ -28,6 +30,13 @@ from fl.log import Logger
 _log = Logger("mqtt")
 _TICK_MS = 5000  # the supervisor and the backoff wake at least this often: `progress` for the watchdog
 _BACKOFF_MIN_MS = 1000
+# getaddrinfo blocks the whole event loop (~10 s on the ESP32 when DNS is down), so a resolved
+# address is kept: looked up again only after a connect to it failed, and at most this often.
+_RERESOLVE_MS = 600000
+# With no address at all, a lookup that blocked (DNS down, not a quick refusal) is not repeated
+# sooner than this, whatever asks for an attempt (backoff, kick()).
+_DNS_RETRY_MS = 60000
+_DNS_SLOW_MS = 1000
 
 
 class ConnectionLost(Exception):
@@ -46,6 +55,12 @@ class TLSFailed(Exception):
 
 def _ms_left(deadline):
     return max(0, time.ticks_diff(deadline, time.ticks_ms()))
+
+
+def _is_ip(host):
+    """True for an IPv4 literal (getaddrinfo answers it without DNS)."""
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() for p in parts)
 
 
 def _describe(e):
@@ -89,7 +104,13 @@ class MQTTClient:
         self._write_timeout_ms = write_timeout_ms
         self._ssl_params = ssl_params
         self._ssl_ctx = None
-        self._addr = None  # the broker's resolved address
+        self._addr = None  # the broker's resolved address, kept across failures (_address)
+        self._addr_at = None  # ticks_ms of the last lookup (answered or not)
+        self._addr_hold = 0  # ms after _addr_at before the next lookup may run
+        self._addr_suspect = False  # a connect to _addr failed since it was looked up
+        self._literal = _is_ip(host)  # an IP literal: its one lookup never touches DNS
+        self._dns_error = ""
+        self.resolves = 0
         self._will = will
         self._birth = birth
         self._subs = list(subscriptions)
@@ -114,6 +135,8 @@ class MQTTClient:
         self._wake = asyncio.Event()  # the supervisor's: link change, drop, stop, an early deadline
         self._reply = asyncio.Event()  # CONNACK or SUBACK arrived
         self._link_flag = False
+        self._kicked = False  # kick(): end the backoff now
+        self._connected_evs = []  # signal_on_connect(): set on every connect
         self._stream = self._raw = self._path = None
         self._rx_task = None
         self._epoch = 0  # which connection; stale drops are ignored
@@ -149,6 +172,19 @@ class MQTTClient:
             return True
         await _wait(self._up, timeout_ms)
         return self._connected
+
+    def kick(self):
+        """Something urgent waits (a fire): a pending reconnect backoff ends at once. Cheap and
+        sync, callable from any task; rate-limiting is the caller's (see fl.sender)."""
+        if self._connected:
+            return  # nothing to hurry, and a stale kick must not void the backoff after a drop
+        self._kicked = True
+        self._wake.set()
+
+    def signal_on_connect(self, ev):
+        """Sets the asyncio.Event ev on every connect, so a task can wait on one event for
+        both its own work and the connection coming up."""
+        self._connected_evs.append(ev)
 
     def stats(self):
         return {"connected": self._connected, "connects": self.connects, "disconnects": self.disconnects,
@@ -246,8 +282,12 @@ class MQTTClient:
                 if path is None:
                     self._note_error("no network path is up", quiet_repeat=True)
                     self._link_flag = False
+                    self._kicked = False  # no path to hurry over: a link change ends this wait
                     await self._pause(_TICK_MS, until_link=True)
                     continue
+                # Changes and kicks from here on end the backoff after this attempt. (Cleared
+                # here, not later: an attempt that fails early must not loop without a pause.)
+                self._link_flag = self._kicked = False
                 try:
                     await self._connect(path)
                     failures = 0
@@ -260,7 +300,9 @@ class MQTTClient:
                 delay = self._backoff_ms(failures)
                 failures += 1
                 _log.info("reconnecting in %d ms", delay)
-                await self._pause(delay)
+                # A path coming (back) up or a pending fire (kick) ends the backoff at once: after
+                # an outage the first attempt must not wait out a backoff grown during it.
+                await self._pause(delay, until_up=True, kickable=True)
         finally:
             self._close()  # also when cancelled: nobody may wait on a connection nobody watches
 
@@ -289,16 +331,12 @@ class MQTTClient:
             ctx = self._tls_context()
         except (ValueError, OSError) as e:
             raise TLSFailed("TLS credentials not usable (CA, certificate or key; DER expected): %s" % _describe(e))
-        if self._addr is None:
-            # getaddrinfo blocks the whole loop (seconds on a board when DNS is slow), so the
-            # answer is kept until a connect to it fails. An IP literal returns at once.
-            self._addr = netio.resolve(self._host, self._port)
+        addr = self._address()
         hostname = self._ssl_params.get("server_hostname") or self._host if tls else None
-        self._link_flag = False
         try:
-            stream, raw = await path.open(self._addr, self._connect_timeout_ms, ctx, hostname)
+            stream, raw = await path.open(addr, self._connect_timeout_ms, ctx, hostname)
         except Exception:
-            self._addr = None
+            self._addr_suspect = True  # maybe the broker moved: look it up again, in time
             raise
         self._epoch += 1
         self._stream, self._raw, self._path = stream, raw, path
@@ -333,6 +371,8 @@ class MQTTClient:
             raise ConnectionLost(self.last_error or "dropped while connecting")
         self._connected = True
         self._up.set()
+        for ev in self._connected_evs:
+            ev.set()
         self.connects += 1
         self._count("mqtt_connects")
         for name in ("mqtt_auth", "mqtt_refused", "mqtt_tls"):
@@ -359,6 +399,36 @@ class MQTTClient:
             self._fault("mqtt_subscribe", True, msg)
         else:
             self._fault("mqtt_subscribe", False)
+
+    def _address(self):
+        """The broker's address. Looks it up only when there is none yet, or when a connect to
+        the one we have failed and the last lookup is _RERESOLVE_MS old: never on every retry
+        (each lookup may block the loop for seconds). A failed re-lookup keeps the old one."""
+        now = time.ticks_ms()
+        if self._addr_at is not None:
+            age = time.ticks_diff(now, self._addr_at)
+            if age < 0:
+                age = _RERESOLVE_MS  # ticks wrapped: days since the last lookup
+            if self._addr is not None:
+                if self._literal or not self._addr_suspect or age < _RERESOLVE_MS:
+                    return self._addr
+            elif age < self._addr_hold:
+                raise ConnectionLost("cannot resolve %s (%s); next lookup in %d s" % (
+                    self._host, self._dns_error, (self._addr_hold - age) // 1000 + 1))
+        self.resolves += 1
+        try:
+            addr = netio.resolve(self._host, self._port)
+        except Exception as e:
+            took = time.ticks_diff(time.ticks_ms(), now)
+            self._addr_at = time.ticks_ms()
+            self._addr_hold = _DNS_RETRY_MS if took >= _DNS_SLOW_MS else 0
+            self._dns_error = _describe(e)
+            if self._addr is None:
+                raise
+            _log.warn("looking up %s again failed (%s): keeping the address we had", self._host, self._dns_error)
+            return self._addr
+        self._addr, self._addr_at, self._addr_suspect = addr, now, False
+        return addr
 
     def _tls_failure(self, e):
         """A TLSFailed naming the problem if e is the TLS layer's (mbedTLS reports certificate
@@ -660,10 +730,16 @@ class MQTTClient:
         self._link_flag = True
         self._wake.set()
 
-    async def _pause(self, ms, until_link=False):
-        """Sleeps ms; returns early on disconnect(), or on a link change if until_link."""
+    async def _pause(self, ms, until_link=False, until_up=False, kickable=False):
+        """Sleeps ms; returns early on disconnect(), on a link change if until_link, on a link
+        change that leaves a path up if until_up (a path going down is no reason to hurry),
+        on kick() if kickable."""
         deadline = time.ticks_add(time.ticks_ms(), ms)
-        while not self._stopping and not (until_link and self._link_flag):
+        while not self._stopping:
+            if self._link_flag and (until_link or until_up and self._links.current() is not None):
+                return
+            if kickable and self._kicked:
+                return
             left = _ms_left(deadline)
             if left <= 0:
                 return

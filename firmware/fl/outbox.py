@@ -347,6 +347,17 @@ class Outbox:
             sent = self._ram_find(self._head_order)[1] & _SENT
         return self._head_order, self._head_payload, sent != 0
 
+    def priority(self, handle):
+        """Priority (FIRE, FAULT, STATUS) of the record `handle`, or None if it is gone. Cheap
+        for the handle peek() just returned (the sender asks on every pass)."""
+        if self._head_ok and self._head_order == handle:
+            return self._head_prio
+        i = self._slot_of(handle)
+        if i >= 0:
+            return self._state[i] & _PRIO
+        r = self._ram_find(handle)
+        return None if r is None else r[1] & _PRIO
+
     def _find_head(self):
         """Finds the best record and loads its payload; False if there is none."""
         target = 0

@@ -11,6 +11,8 @@ from fl.log import Logger
 
 _log = Logger("sender")
 PRIORITY_FIRE = 0
+KICK_MS = 2000  # while a fire waits, the reconnect backoff is cut to this; a dead broker is not hammered
+OVERDUE_MAX = 64  # overdue ids kept, so a centre that never acks cannot exhaust the heap
 
 
 class Sender:
@@ -21,6 +23,11 @@ class Sender:
         self._wake = wake  # asyncio.Event set by the recorder whenever it queues an event
         self._health = health
         self._retry_ms = retry_ms
+        self._kicked_at = None  # ticks_ms of the last kick()
+        # One event for both reasons to look again while disconnected: an event was queued (a
+        # fire must kick at once) or the connection came up.
+        mqtt.signal_on_connect(wake)
+        self.kicks = 0
         self.progress = 0
         self.sent = 0
         self.resent = 0
@@ -34,10 +41,22 @@ class Sender:
             if item is None:
                 await _wait_event(self._wake, 1000)
                 continue
-            if not self._mqtt.connected:
-                await self._mqtt.wait_connected(1000)
-                continue
             handle, payload, sent_before = item
+            if not self._mqtt.connected:
+                wait_ms = 1000
+                if self._outbox.priority(handle) == PRIORITY_FIRE:
+                    # A fire must not wait out a backoff grown during an outage: end it now, but
+                    # at most every KICK_MS so that a dead broker is not hammered.
+                    now = time.ticks_ms()
+                    left = 0 if self._kicked_at is None else KICK_MS - time.ticks_diff(now, self._kicked_at)
+                    if left <= 0:
+                        self._kicked_at = now
+                        self.kicks += 1
+                        self._mqtt.kick()
+                        left = KICK_MS
+                    wait_ms = min(wait_ms, left)
+                await _wait_event(self._wake, wait_ms)  # set by the recorder and on connect
+                continue
             self._outbox.mark_sent(handle)
             if sent_before:
                 self.resent += 1
@@ -67,6 +86,7 @@ class AckWatch:
         self._health = health  # the `centre_ack` fault is reported as an event by whoever listens
         self._pending = {}  # event id -> deadline (ticks_ms)
         self._overdue = set()
+        self.untracked = 0  # overdue beyond OVERDUE_MAX: counted, not kept
         self.progress = 0
         self.acked = 0
         self.rejected = 0
@@ -100,10 +120,19 @@ class AckWatch:
             self.progress += 1
             now = time.ticks_ms()
             late = [i for i, d in self._pending.items() if time.ticks_diff(now, d) >= 0]
+            if len(late) > 1:  # oldest first: those are the ones kept past OVERDUE_MAX
+                late.sort(key=lambda i: time.ticks_diff(self._pending[i], now))
             for event_id in late:
                 del self._pending[event_id]
                 if not self._overdue:
                     self._health.set_fault("centre_ack", True, "no ack for fire event " + event_id)
+                if len(self._overdue) >= OVERDUE_MAX:
+                    # The oldest OVERDUE_MAX stay tracked and keep the fault up until each is
+                    # acked; the centre acks in delivery order, so newer ones are only counted
+                    # (the heartbeat shows the counter) rather than kept without bound.
+                    self.untracked += 1
+                    self._health.count("centre_ack_untracked")
+                    continue
                 self._overdue.add(event_id)
                 _log.error("no acknowledgement from the centre for fire event %s", event_id)
             await asyncio.sleep_ms(500)

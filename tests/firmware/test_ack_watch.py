@@ -48,3 +48,24 @@ def test_malformed_acks_are_ignored_and_counted():
         w.on_ack(bad)
     eq(w.rejected, 6, "rejected")
     eq(w.pending(), 1, "the real event still awaits its ack")
+
+
+async def test_overdue_ids_are_capped_and_the_fault_holds_until_the_tracked_ones_are_acked():
+    OVERDUE_MAX = 64  # fl.sender.OVERDUE_MAX
+    health = Health()
+    w = AckWatch(0.05, health)
+    ids = ["%08d-ffff" % i for i in range(OVERDUE_MAX + 100)]
+    for i in ids:
+        w.expect(i)
+    await _run_for(w, 700)  # the centre never acks
+    eq(len(w._overdue), OVERDUE_MAX, "overdue ids kept")
+    eq(w.untracked, 100, "the rest counted")
+    eq(health.counters.get("centre_ack_untracked"), 100, "counted in health")
+    eq(w.pending(), 0, "none still pending")
+    ok("centre_ack" in health.faults, "fault raised")
+    tracked = sorted(w._overdue)
+    for i in tracked[:-1]:
+        w.on_ack(('{"id": "%s"}' % i).encode())
+    ok("centre_ack" in health.faults, "still faulty while a tracked one is overdue")
+    w.on_ack(('{"id": "%s"}' % tracked[-1]).encode())
+    eq(health.faults, {}, "restored once every tracked one is acked")

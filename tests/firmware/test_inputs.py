@@ -343,16 +343,95 @@ def test_read_failure_keeps_state_and_raises_a_health_fault():
 
 def test_callback_error_does_not_stop_scanning():
     h = Health()
-    r = Rig(spec("f", debounce_ms=0), health=h)
+    r = Rig(spec("f", debounce_ms=0), spec("g", channel="in2", debounce_ms=0), health=h)
 
     def bad(s, old, new):
-        raise ValueError("app bug")
+        if s["name"] == "f":
+            raise ValueError("app bug")
+        r.changes.append((r.clock.t, s["name"], old, new))
     r.inp._on_change = bad
     r.inp.prime()
-    r.pin().v = 0
-    r.inp.scan()
-    eq(r.inp.states(), {"f": "active"})
+    r.pin("in1").v = 0
+    r.pin("in2").v = 0
+    eq(r.inp.scan(), IDLE_MS, "a failing report is retried at the idle rate, not in a hot loop")
+    eq(r.inp.states(), {"f": "normal", "g": "active"}, "only the reported change is committed")
+    eq([c[1:] for c in r.changes], [("g", "normal", "active")], "the other input still reported")
     eq(h.counters.get("input_callback_error"), 1)
+
+
+class Flaky:
+    """An on_change that raises (as a MemoryError in the recorder would) the first `n` times."""
+
+    def __init__(self, rig, n):
+        self.rig, self.n, self.calls = rig, n, 0
+
+    def __call__(self, s, old, new):
+        self.calls += 1
+        if self.calls <= self.n:
+            raise MemoryError("memory allocation failed")
+        self.rig.changes.append((self.rig.clock.t, s["name"], old, new))
+
+
+def test_fire_whose_recording_raises_is_retried_each_scan_and_reported_once():
+    h = Health()
+    r = Rig(spec("f", debounce_ms=50), health=h)
+    r.inp._on_change = flaky = Flaky(r, 3)
+    r.inp.prime()
+    r.pin().v = 0
+    t_edge = r.clock.t
+    waits = []
+    while not r.changes and r.clock.t < t_edge + 2000:
+        eq(r.inp.states(), {"f": "normal"}, "not active before the event exists")
+        waits.append(r.inp.scan())
+        r.clock.t += waits[-1]
+    eq(flaky.calls, 4, "three failures, then reported")
+    eq([c[1:] for c in r.changes], [("f", "normal", "active")], "reported once, after it stopped raising")
+    eq(r.changes[0][0], t_edge + 50 + 3 * IDLE_MS, "retried on each following (idle-paced) scan")
+    eq(r.inp.states(), {"f": "active"}, "committed once reported")
+    eq(h.counters.get("input_callback_error"), 3, "each failure counted")
+    eq(h.counters.get("fault_input_event"), 1, "one input_event fault episode")
+    eq(h.faults, {}, "fault cleared once reported")
+    eq(r.inp.event_errors, 3)
+    r.scan_until(r.clock.t + 1000)
+    eq(len(r.changes), 1, "not reported again")
+    eq(flaky.calls, 4, "no further calls")
+
+
+def test_owed_fire_is_reported_even_if_the_input_restores_meanwhile():
+    h = Health()
+    r = Rig(spec("f", debounce_ms=0), health=h)
+    r.inp._on_change = Flaky(r, 2)
+    r.inp.prime()
+    r.pin().v = 0
+    r.inp.scan()  # confirmed, recording fails
+    ok("input_event" in h.faults, "fault raised: %r" % h.faults)
+    eq(h.faults["input_event"], "f", "names the input")
+    r.pin().v = 1  # the contact opens again before the report got through
+    r.clock.t += IDLE_MS
+    r.inp.scan()  # fails again
+    r.clock.t += IDLE_MS
+    r.inp.scan()  # reported, then the restore is seen
+    r.clock.t += IDLE_MS
+    r.inp.scan()
+    eq([c[1:] for c in r.changes], [("f", "normal", "active"), ("f", "active", "normal")],
+       "the confirmed fire is not forgotten, and its restore follows")
+    eq(r.inp.states(), {"f": "normal"})
+    eq(h.faults, {}, "fault cleared")
+
+
+def test_boot_report_that_raises_is_retried_by_the_scan():
+    h = Health()
+    r = Rig(spec("f"), health=h)
+    r.inp._on_change = Flaky(r, 1)
+    r.pin().v = 0  # fire active at power-up
+    r.inp.prime()
+    eq(r.changes, [], "boot report failed")
+    ok("input_event" in h.faults, "fault raised")
+    r.inp.scan()
+    eq([c[1:] for c in r.changes], [("f", "boot", "active")], "reported by the next scan")
+    eq(h.faults, {}, "fault cleared")
+    r.scan_until(r.clock.t + 500)
+    eq(len(r.changes), 1, "once")
 
 
 # --- event mapping ---

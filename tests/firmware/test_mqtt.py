@@ -1,15 +1,23 @@
 # The MQTT client against real mosquitto, through a packet-aware TCP proxy (to cut, swallow
 # and count packets) and against a fake broker (to send what mosquitto never would).
 import asyncio
+import json
 import os
 import time
 
 from fwtest import env, eq, ok
 
+from fl import mqtt, netio
 from fl import mqtt_codec as codec
+from fl.clock import Clock
+from fl.events import Sequencer
+from fl.hal.sim import Board
 from fl.health import Health
 from fl.link import LinkManager
 from fl.mqtt import MQTTClient
+from fl.outbox import Outbox
+from fl.recorder import Recorder
+from fl.sender import Sender
 from mqtt_peers import (ACK, DEVICE, EVENT, STATUS, Monitor, _Loopback, device, host, ms_since, port,
                         set_wifi, sim_links, start, token, until)
 
@@ -59,6 +67,7 @@ class Proxy:
         self.swallow = set()
         self.cut_on = None
         self.hold_pubacks = 0
+        self.refuse = False  # close each connection at once, as a broker that is not there
         self._held = []
         self._conns = []
 
@@ -68,6 +77,9 @@ class Proxy:
 
     async def _handle(self, cr, cw):
         self.accepts.append(time.ticks_ms())
+        if self.refuse:
+            _close(cw)
+            return
         try:
             br, bw = await asyncio.open_connection(host(), self.up)
         except OSError:
@@ -654,3 +666,144 @@ def test_keepalive_zero_and_bad_settings_refused():
         except ValueError:
             continue
         raise AssertionError("accepted %r" % kw)
+
+
+# --- reconnecting after an outage: fire first, every wait bounded ---
+
+def _fire_rig(client):
+    health = Health()
+    outbox = Outbox()
+    recorder = Recorder(outbox, Sequencer(), Clock(Board()), health)
+    sender = Sender(outbox, client, EVENT, recorder.queued, health)
+    return recorder, asyncio.create_task(sender.run())
+
+
+def _delivered(monitor, event_id):
+    return any(t == EVENT and json.loads(p)["id"] == event_id for t, p in monitor.msgs)
+
+
+async def test_a_fire_ends_a_long_reconnect_backoff_and_is_delivered_at_once():
+    mqtt._BACKOFF_MIN_MS = 30000  # the very first backoff is 22-38 s: as one grown during a long outage
+    links = sim_links()
+    monitor = await Monitor().start()
+    proxy = await Proxy(port()).start()
+    proxy.refuse = True  # the broker is unreachable
+    c = device(links, "127.0.0.1", proxy.port, backoff_max_s=600)
+    asyncio.create_task(c.run())
+    recorder, task = _fire_rig(c)
+    ok(await until(lambda: c.last_error, 3000), "first attempt failed")
+    recorder.record("373", "new", 2, "panel_fault", "fault")
+    await asyncio.sleep_ms(2500)
+    eq((c.attempts, c.connected), (1, False), "a fault waits out the backoff")
+    proxy.refuse = False  # the broker is back
+    t = time.ticks_ms()
+    fire = recorder.record("110", "new", 1, "panel_fire", "fire")
+    ok(await until(lambda: _delivered(monitor, fire.id), 3000), "fire delivered within 3 s, not after the backoff")
+    ok(ms_since(t) < 500, "in %d ms: the recorder woke the sender at once" % ms_since(t))
+    task.cancel()
+    await c.disconnect()
+    await monitor.stop()
+
+
+async def test_a_pending_fire_retries_a_dead_broker_every_two_seconds_not_faster():
+    mqtt._BACKOFF_MIN_MS = 30000
+    links = sim_links()
+    proxy = await Proxy(port()).start()
+    proxy.refuse = True
+    c = device(links, "127.0.0.1", proxy.port, backoff_max_s=600)
+    asyncio.create_task(c.run())
+    recorder, task = _fire_rig(c)
+    ok(await until(lambda: c.last_error, 3000), "first attempt failed")
+    recorder.record("110", "new", 1, "panel_fire", "fire")
+    t = time.ticks_ms()
+    await asyncio.sleep_ms(5000)
+    gaps = [time.ticks_diff(b, a) for a, b in zip(proxy.accepts, proxy.accepts[1:])]
+    eq(len(proxy.accepts), 1 + 3, "attempts at once, then every 2 s: %r" % gaps)
+    ok(time.ticks_diff(proxy.accepts[1], t) < 200, "the first at once: %r" % gaps)
+    for g in gaps[1:]:
+        ok(1900 <= g <= 2600, "kick-driven attempts ~2 s apart: %r" % gaps)
+    task.cancel()
+    await c.disconnect()
+
+
+async def test_a_path_coming_back_up_ends_the_backoff():
+    mqtt._BACKOFF_MIN_MS = 30000
+    links = sim_links()
+    proxy = await Proxy(port()).start()
+    proxy.refuse = True
+    c = device(links, "127.0.0.1", proxy.port, backoff_max_s=600)
+    asyncio.create_task(c.run())
+    ok(await until(lambda: c.last_error, 3000), "first attempt failed")
+    set_wifi(False)
+    await asyncio.sleep_ms(500)
+    eq(c.attempts, 1, "a path going down does not end the backoff")
+    proxy.refuse = False
+    set_wifi(True)
+    t = time.ticks_ms()
+    ok(await c.wait_connected(3000), "connected once the path is back, not after the backoff")
+    ok(ms_since(t) < 1500, "in %d ms" % ms_since(t))
+    await c.disconnect()
+
+
+async def _closed_port():
+    p, server = await _serve(lambda r, w: None)
+    server.close()
+    await server.wait_closed()
+    return p
+
+
+async def test_the_broker_name_is_looked_up_once_not_on_every_retry():
+    mqtt._BACKOFF_MIN_MS = 50  # retries 50, 100, 200... ms apart
+    calls = []
+    fail = []
+    real = netio.resolve
+
+    def resolve(h, p):  # getaddrinfo: blocks the whole loop for ~10 s on the board when DNS is down
+        calls.append(h)
+        if fail:
+            raise OSError(-202)
+        return real(h, p)
+    netio.resolve = resolve
+    links = sim_links()
+    p = await _closed_port()
+    c = device(links, "localhost", p, backoff_max_s=1)
+    asyncio.create_task(c.run())
+    ok(await until(lambda: c.attempts >= 5, 5000), "retried")
+    eq(calls, ["localhost"], "one lookup for %d failed connects" % c.attempts)
+    # Once the answer is _RERESOLVE_MS old, a failed connect looks the name up again, once; a
+    # lookup that fails keeps the address we had.
+    mqtt._RERESOLVE_MS = 300
+    fail.append(1)
+    ok(await until(lambda: len(calls) == 2, 3000), "looked up again")
+    mqtt._RERESOLVE_MS = 60000
+    n = c.attempts
+    ok(await until(lambda: c.attempts >= n + 3, 5000), "retried")
+    eq(len(calls), 2, "not again on each retry")
+    ok(c.last_error.startswith("connection to localhost:%d failed: " % p), "old address still tried: %r" % c.last_error)
+    await c.disconnect()
+    # An IP literal is never looked up again.
+    fail.clear()
+    mqtt._RERESOLVE_MS = 0
+    c = device(links, "127.0.0.1", p, backoff_max_s=1)
+    asyncio.create_task(c.run())
+    ok(await until(lambda: c.attempts >= 4, 5000), "retried")
+    eq(calls.count("127.0.0.1"), 1, "IP literal resolved once (no DNS)")
+    await c.disconnect()
+
+
+async def test_a_dns_lookup_that_blocked_is_not_repeated_on_every_retry():
+    mqtt._BACKOFF_MIN_MS = 50
+    mqtt._DNS_SLOW_MS = 100
+    calls = []
+
+    def resolve(h, p):  # DNS down: blocks, then fails
+        calls.append(h)
+        time.sleep_ms(150)
+        raise OSError(-202)
+    netio.resolve = resolve
+    c = device(sim_links(), "broker.invalid", await _closed_port(), backoff_max_s=1)
+    asyncio.create_task(c.run())
+    ok(await until(lambda: c.attempts >= 5, 5000), "retried")
+    eq(len(calls), 1, "one blocking lookup for %d attempts" % c.attempts)
+    ok(c.last_error.startswith("cannot resolve broker.invalid (OSError: -202); next lookup in "), c.last_error)
+    await c.disconnect()

@@ -81,6 +81,24 @@ def test_mark_sent_sets_dup_in_ram_only():
     eq(ob.peek()[1:], (b"b", False))
 
 
+def test_priority_of_a_handle_on_flash_in_ram_or_gone():
+    ob = FlakyOutbox(capacity=8)
+    ob.put(STATUS, b"s")
+    h_s = ob.peek()[0]
+    eq(ob.priority(h_s), STATUS, "the head")
+    ob.put(FAULT, b"f")
+    h_f = ob.peek()[0]
+    eq((ob.priority(h_f), ob.priority(h_s)), (FAULT, STATUS), "head and a record behind it")
+    FlakyOutbox.fail = True
+    ob.put(FIRE, b"F")
+    h_F = ob.peek()[0]
+    eq(ob.in_ram(), 1)
+    eq((ob.priority(h_F), ob.priority(h_f)), (FIRE, FAULT), "RAM-held fire at the head")
+    FlakyOutbox.fail = False
+    ok(ob.remove(h_F), "remove")
+    eq((ob.priority(h_F), ob.priority(12345)), (None, None), "gone or never there")
+
+
 def test_holds_1024_events_across_reopen():
     ob = Outbox()
     eq(ob.capacity, 1024)
