@@ -114,3 +114,12 @@ class Monitor:
 
     async def stop(self):
         await self.client.disconnect()
+
+
+def buggy_handler(got):
+    """An on_message that records what arrives and raises on b"boom", like an application bug."""
+    def on_message(topic, payload):
+        got.append((topic, payload))
+        if payload == b"boom":
+            raise ValueError("handler bug")
+    return on_message

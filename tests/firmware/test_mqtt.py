@@ -18,7 +18,7 @@ from fl.mqtt import MQTTClient
 from fl.outbox import Outbox
 from fl.recorder import Recorder
 from fl.sender import Sender
-from mqtt_peers import (ACK, DEVICE, EVENT, STATUS, Monitor, _Loopback, device, host, ms_since, port,
+from mqtt_peers import (ACK, buggy_handler, DEVICE, EVENT, STATUS, Monitor, _Loopback, device, host, ms_since, port,
                         set_wifi, sim_links, start, token, until)
 
 FIXTURES = ("broker",)
@@ -408,11 +408,7 @@ async def test_messages_reach_on_message_and_its_exceptions_are_survived():
     links = sim_links()
     mon = await Monitor().start()
     got = []
-
-    def on_message(topic, payload):
-        got.append((topic, payload))
-        if payload == b"boom":
-            raise ValueError("handler bug")
+    on_message = buggy_handler(got)
 
     health = Health()
     c = device(links, host(), port(), subscriptions=[(ACK, 1)], on_message=on_message, health=health)
@@ -501,11 +497,7 @@ async def test_broker_sends_oversized_and_malformed_packets_which_are_ignored():
     links = sim_links()
     fb = await FakeBroker().start()
     got = []
-
-    def on_message(topic, payload):
-        got.append((topic, payload))
-        if payload == b"boom":
-            raise RuntimeError("bug")
+    on_message = buggy_handler(got)
 
     c = device(links, "127.0.0.1", fb.port, max_packet=256, subscriptions=[(ACK, 1)], on_message=on_message,
                birth=(STATUS, b"online"))
