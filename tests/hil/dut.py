@@ -8,7 +8,7 @@ jig). Nothing here assumes the device is a local process or a directory:
   the world   set_input(name, state | raw=) / set_inputs({name: state}) / set_link(path, up) / set_rssi /
               set_battery_mv / set_clock_synced
   console     log_position() / wait_for_log(pattern, timeout_s, since=) / log_text(since=)
-  files       read_file / write_file / exec_ on the device through mpremote's serial transport
+  files       read_file / write_file / exec_ on the device through firelink.device (mpremote)
 
 Entering the raw REPL interrupts the firmware, exactly as on a board; `repl()` soft-reboots
 it afterwards (^D) unless told not to, and waits until main.py is running again.
@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from mpremote.transport_serial import SerialTransport
 
 from firelink import virtual
+from firelink.device import Device
 
 SOFT_REBOOT = r"MPY: soft reboot"
 
@@ -122,38 +122,39 @@ class Dut(abc.ABC):
         pass
 
     @contextmanager
-    def repl(self, reboot: bool = True, timeout_s: float = 30.0) -> Iterator[SerialTransport]:
-        """The raw REPL (the firmware is interrupted), then a soft reboot back to main.py."""
+    def repl(self, reboot: bool = True, timeout_s: float = 30.0) -> Iterator[Device]:
+        """The raw REPL through firelink.device (the firmware is interrupted), then a soft
+        reboot back to main.py."""
         self._release_port()
         try:
-            t = SerialTransport(self.port, timeout=2)
+            dev = Device.open(self.port, timeout_s=timeout_s)
+            mark = self.log_position()
             try:
-                t.enter_raw_repl(soft_reset=False, timeout_overall=timeout_s)
-                yield t
-                t.exit_raw_repl()
-                mark = self.log_position()
-                if reboot:
-                    t.serial.write(b"\x04")
-                    t.serial.flush()
-            finally:
-                t.close()
+                yield dev
+            except BaseException:
+                dev.close()
+                raise
+            if reboot:
+                dev.reboot()  # closes the session
+            else:
+                dev.close()
         finally:
             self._reclaim_port()
         if reboot:
             self.wait_for_log(SOFT_REBOOT, timeout_s, since=mark)
 
     def read_file(self, path: str) -> bytes:
-        with self.repl() as t:
-            return bytes(t.fs_readfile(path))
+        with self.repl() as dev:
+            return dev.read_file(path)
 
     def write_file(self, path: str, data: bytes) -> None:
-        with self.repl() as t:
-            t.fs_writefile(path, data)
+        with self.repl() as dev:
+            dev.write_file(path, data)
 
     def exec_(self, code: str, reboot: bool = True) -> str:
         """Runs code at the device's REPL; returns what it printed."""
-        with self.repl(reboot=reboot) as t:
-            return t.exec(code).decode()
+        with self.repl(reboot=reboot) as dev:
+            return dev.run(code)
 
 
 class VirtualDut(Dut):
