@@ -76,17 +76,15 @@ class LinkManager:
         self._check_ms = check_ms
         self._bring_up_timeout_ms = bring_up_timeout_ms
         self._health = health
-        self.changed = asyncio.Event()
         self.progress = 0
         self._listeners = []
 
     def listen(self, fn):
-        """fn() is called on every change of any path's state. Unlike waiting on `changed`
-        (which someone has to clear), each listener hears every change."""
+        """fn() is called (synchronously, keep it cheap) on every change of any path's state;
+        each listener hears every change."""
         self._listeners.append(fn)
 
     def _notify(self):
-        self.changed.set()
         for fn in self._listeners:
             fn()
 

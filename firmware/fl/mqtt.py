@@ -157,8 +157,7 @@ class MQTTClient:
         self.bad_packets = self.oversized = self.callback_errors = self.attempts = 0
         self.last_error = ""
         self.progress = 0
-        if hasattr(links, "listen"):
-            links.listen(self._on_link_change)
+        links.listen(self._on_link_change)
 
     # --- public ---
     @property
