@@ -30,12 +30,17 @@ CONFIG_DETAIL_MAX = 900
 CLOCK_RESYNC_MS = 6 * 3600 * 1000  # RTC drift stays far inside a receiver's -40/+20 s window
 CLOCK_RETRY_MS = 60 * 1000
 TLS_CLOCK_WAIT_MS = 30 * 1000
-# Health faults → Contact ID codes for the events that report them.
-FAULT_CODES = {"safe_mode": "307", "task_inputs": "307", "task_links": "307", "task_mqtt": "307",
-               "task_sender": "307", "task_ack_watch": "307", "task_heartbeat": "307", "task_indicators": "307",
-               "task_housekeeping": "307", "config": "307", "storage": "307", "sequence": "307", "input_read": "307", "unsendable": "307", "centre_ack": "354", "mqtt_auth": "350", "mqtt_tls": "350",
-               "mqtt_refused": "350", "mqtt_subscribe": "350", "broker_unreachable": "350", "input_event": "307",
-               "path_wifi": "351", "path_cellular": "352"}
+# Health faults → the Contact ID code of the event that reports each; `task_<part>` (a part
+# that failed and was restarted) is 307 too. Other faults show in the heartbeat only.
+FAULT_CODES = {"centre_ack": "354", "path_wifi": "351", "path_cellular": "352"}
+FAULT_CODES.update((name, "307") for name in ("safe_mode", "config", "storage", "sequence", "input_read",
+                                               "input_event", "unsendable"))
+FAULT_CODES.update((name, "350") for name in ("mqtt_auth", "mqtt_tls", "mqtt_refused", "mqtt_subscribe",
+                                               "broker_unreachable"))
+
+
+def fault_code(name):
+    return "307" if name.startswith("task_") else FAULT_CODES.get(name)
 
 
 class App:
@@ -125,7 +130,7 @@ class App:
                 self.ack_watch.expect(event.id)
 
     def _on_fault(self, name, active, detail):
-        code = FAULT_CODES.get(name)
+        code = fault_code(name)
         if code:
             self.recorder.record(code, "new" if active else "restore", 0, name, "fault", detail=detail or None)
 
