@@ -34,9 +34,6 @@ from firelink.monitor_store import Device, Event, MonitorStore, StoreError
 from firelink.virtual import VirtualDevice, VirtualError
 
 CONSOLE_TAIL_LINES = 15
-# docs/config.md: default debounce_ms by input kind.
-DEFAULT_DEBOUNCE_MS = {"fire": 50, "smoke": 50, "heat": 50, "manual": 50, "supervisory": 1000, "fault": 2000,
-                       "tamper": 500, "mains": 10000, "battery": 30000}
 
 
 class SiteError(RuntimeError):
@@ -263,17 +260,12 @@ class LocalSite:
         return float(at)
 
     def debounce_ms(self, name: str) -> int | None:
-        """An input's debounce as the device is configured: its config.json entry, else the firmware's
-        default for its kind (docs/config.md); None for an input it does not have."""
+        """An input's debounce as the device's firmware has it configured; None for an input it
+        does not have."""
         try:
-            spec = virtual.find_input(self.device_dir, name)
+            return virtual.find_input(self.device_dir, name).debounce_ms
         except virtual.WorldError:
             return None
-        entries = (virtual.read_json(self.device_dir / "config.json") or {}).get("inputs")
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and entry.get("name") == name and type(entry.get("debounce_ms")) is int:
-                return int(entry["debounce_ms"])
-        return DEFAULT_DEBOUNCE_MS.get(spec.kind)
 
     def set_input(self, name: str, state: str) -> float:
         """Drives an input through the sim control file; returns the host time just before the write."""

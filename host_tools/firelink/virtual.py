@@ -29,7 +29,6 @@ import ast
 import fcntl
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firelink import build
+from firelink import build, unixport
 from firelink import virtual_supervisor as sv
 # The simulated world is part of this module's API (virtual.set_input(...)): re-exported.
 from firelink.virtual_world import (CONTROL, STATES, InputSpec, UnknownInput, WorldError, board_info,  # noqa: F401
@@ -103,17 +102,10 @@ def app_dir(source: bool = False, build_root: Path | None = None) -> Path:
 
 
 def micropython_binary() -> str:
-    """$MICROPYTHON, else the pinned unix port installed beside this interpreter, else $PATH."""
-    override = os.environ.get("MICROPYTHON")
-    if override:
-        return override
-    beside = Path(sys.executable).with_name("micropython")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("micropython")
-    if found:
-        return found
-    raise VirtualError("MicroPython unix port not found: run `make deps` or set $MICROPYTHON")
+    try:
+        return unixport.micropython_binary()
+    except unixport.UnixPortError as e:
+        raise VirtualError(str(e)) from None
 
 
 # --- running ---

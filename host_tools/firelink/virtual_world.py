@@ -4,7 +4,7 @@ A virtual device's directory is its flash. `create()`/`prepare()` write what pro
 would (config.json, secrets.json, DER files, board.json); the functions below drive what
 fl/hal/sim.py reads from `sim/control.json`: contact and line levels, links, signal, battery
 and clock. Input names map to channels through the device's config.json (or the board's
-default_inputs), exactly as the firmware maps them, so a test says "panel_fire active" and
+default_inputs), by the firmware's own fl.config, so a test says "panel_fire active" and
 gets the raw value the wiring would produce.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from firelink import unixport
 
 _HERE = Path(__file__).resolve()
 CONTROL = "sim/control.json"
@@ -126,6 +128,7 @@ class InputSpec:
     kind: str
     contact: str  # "no" | "nc"
     eol: bool
+    debounce_ms: int = 0
 
 
 def board_info(directory: Path) -> dict[str, Any]:
@@ -133,27 +136,30 @@ def board_info(directory: Path) -> dict[str, Any]:
 
 
 def input_specs(directory: Path) -> list[InputSpec]:
-    """The device's inputs as its firmware will see them: config.json's list, or the board's
-    default_inputs when config.json is missing, unreadable or has no usable list."""
-    info = board_info(directory)
-    entries = (read_json(Path(directory) / "config.json") or {}).get("inputs")
-    defaults = _specs(info.get("default_inputs", []))
-    specs = _specs(entries) if isinstance(entries, list) else []
-    if not specs:
-        return defaults
-    # The firmware keeps watching unconfigured fire-class defaults (fl/config.py): offer those too.
-    names = {s.name for s in specs}
-    channels = {s.channel for s in specs}
-    return specs + [d for d in defaults if d.name not in names and d.channel not in channels]
+    """The device's inputs exactly as its firmware will watch them: fl.config itself, run on
+    the unix port over the device's files (its defaults, fallbacks and dropped entries)."""
+    d = Path(directory)
+    board = d / "board.json" if (d / "board.json").exists() else board_json_path()
+    key = (str(d.resolve()), _stamp(d / "config.json"), _stamp(board))
+    if key not in _SPECS:
+        try:
+            cfg = unixport.device_config(d, board.resolve())
+        except unixport.UnixPortError as e:
+            raise WorldError(f"cannot read the inputs of {d}: {e}") from None
+        _SPECS[key] = [InputSpec(e["name"], e["channel"], e["kind"], e["contact"], e["eol"], e["debounce_ms"])
+                       for e in cfg["inputs"]]
+    return list(_SPECS[key])
 
 
-def _specs(entries: Any) -> list[InputSpec]:
-    out = []
-    for e in entries if isinstance(entries, list) else []:
-        if isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("channel"), str):
-            out.append(InputSpec(e["name"], e["channel"], str(e.get("kind", "")),
-                                 "nc" if e.get("contact") == "nc" else "no", e.get("eol") is True))
-    return out
+_SPECS: dict[tuple[object, ...], list[InputSpec]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
 
 
 def find_input(directory: Path, name: str) -> InputSpec:

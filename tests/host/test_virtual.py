@@ -330,3 +330,16 @@ def test_real_firmware_runs_drives_inputs_and_says_offline_on_stop(tmp_path: Pat
         dev.kill()
         client.loop_stop()
         client.disconnect()
+
+
+def test_inputs_are_the_ones_the_firmware_watches(tmp_path: Path) -> None:
+    # An entry fl.config drops (bad kind) is not offered; the fire channel it then keeps
+    # watching by the board's default is; debounce is the firmware's value for the kind.
+    d = tmp_path / "dev"
+    virtual.create(d, {"device_id": "fl-specs", "inputs": [
+        {"name": "pump", "kind": "fier", "channel": "in1"},
+        {"name": "store_smoke", "kind": "smoke", "channel": "in3", "debounce_ms": 80}]})
+    specs = {s.name: (s.channel, s.kind, s.debounce_ms) for s in virtual.input_specs(d)}
+    assert specs == {"store_smoke": ("in3", "smoke", 80), "panel_fire": ("in1", "fire", 50)}
+    with pytest.raises(virtual.UnknownInput):
+        virtual.find_input(d, "pump")
