@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -67,6 +67,50 @@ def acl_text() -> str:
     )
 
 
+@dataclass
+class ReloadOutcome:
+    signalled: list[int] = field(default_factory=list)  # pids sent SIGHUP
+    problems: list[str] = field(default_factory=list)  # why some could not be
+
+    @property
+    def reloaded(self) -> bool:
+        return bool(self.signalled) and not self.problems
+
+
+def broker_pids(conf_file: Path, proc: Path = Path("/proc")) -> list[int]:
+    """Pids of mosquitto processes started with `-c conf_file`."""
+    want = str(Path(conf_file).resolve())
+    found = []
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        args = [a.decode(errors="replace") for a in argv if a]
+        if not args or os.path.basename(args[0]) != "mosquitto":
+            continue
+        for i, a in enumerate(args[:-1]):
+            if a == "-c" and _same(args[i + 1], want, entry):
+                found.append(int(entry.name))
+                break
+    return sorted(found)
+
+
+def _same(path: str, want: str, entry: Path) -> bool:
+    if not os.path.isabs(path):
+        try:
+            path = os.path.join(os.readlink(entry / "cwd"), path)
+        except OSError:
+            return False
+    return os.path.realpath(path) == want
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -84,6 +128,7 @@ class Broker:
         self.bind = bind
         self.hostnames = hostnames or ["localhost", "127.0.0.1"]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.last_reload = ReloadOutcome()  # of the latest account change
 
     # --- files ---
     @property
@@ -126,8 +171,27 @@ class Broker:
         self.dir.mkdir(parents=True, exist_ok=True)
         _write_private(self.accounts_file, json.dumps(accounts, indent=1, sort_keys=True).encode())
         _write_private(self.dir / "passwd", "".join(f"{u}:{h}\n" for u, h in sorted(accounts.items())).encode())
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGHUP)  # mosquitto re-reads password and ACL files
+        self.last_reload = self.reload()
+
+    def reload(self) -> ReloadOutcome:
+        """SIGHUP to every mosquitto serving this directory, whoever started it (this process,
+        `firelink broker` in another terminal, a service): it re-reads the password file and
+        ACL and drops connected clients no longer allowed. Found by its exact `-c <conf>`
+        (Linux /proc), so another site's broker on the same machine is left alone."""
+        out = ReloadOutcome()
+        pids = broker_pids(self.conf_file)
+        if self.proc is not None and self.proc.poll() is None and self.proc.pid not in pids:
+            pids.append(self.proc.pid)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGHUP)
+                out.signalled.append(pid)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                out.problems.append(f"not allowed to signal mosquitto (pid {pid}): run `kill -HUP {pid}` as "
+                                    "its owner, or restart the broker")
+        return out
 
     @contextlib.contextmanager
     def _accounts_locked(self) -> Iterator[dict[str, str]]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from firelink import broker_reload
-from firelink.broker import Broker
-from firelink.broker_reload import ReloadOutcome
+from firelink.broker import Broker, ReloadOutcome
 from firelink.inventory import REVOKED, DeviceRecord, HistoryEntry, Inventory
 
 
@@ -42,7 +40,7 @@ def revoke(inventory: Inventory, broker: Broker, device_id: str, by: str) -> Rev
     """Locks the device out of the broker and marks it revoked. Safe to repeat."""
     before = inventory.get(device_id)
     had = broker.revoke(device_id)
-    reload = broker_reload.reload(broker)
+    reload = broker.last_reload
     how = (f"mosquitto reloaded (pid {', '.join(map(str, reload.signalled))})" if reload.signalled
            else "no running mosquitto found: refused from its next start")
     detail = f"broker account {'removed' if had else 'was already absent'}; {how}"

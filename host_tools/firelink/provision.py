@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from firelink import broker_reload, pki, report
+from firelink import pki, report
 from firelink import provision_board as board
 from firelink.broker import Broker, acl_text
 from firelink.centre_watch import BrokerRefused, CentreError, CentreWatch, TLSFiles
@@ -296,7 +296,7 @@ class _Run:
         missing = _acl_missing(self.broker)
         if missing:
             raise _Failed(missing)
-        reloaded = broker_reload.reload(self.broker)
+        reloaded = self.broker.last_reload
         for p in reloaded.problems:
             self._warn(p)
         if not reloaded.signalled:

@@ -14,7 +14,8 @@ from typing import Any, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from firelink import broker_reload, devices, devices_cmd
+from firelink import devices, devices_cmd
+from firelink.broker import broker_pids
 from firelink.broker import Broker, free_port
 from firelink.cli import CommandError
 from firelink.inventory import Inventory, InventoryError, UnknownDevice, installer_name
@@ -155,16 +156,16 @@ def test_revoke_removes_the_account_reloads_mosquitto_and_is_safe_to_repeat(site
 
 def test_the_running_broker_is_found_by_its_exact_config_file(site_broker: Broker, tmp_path: Path) -> None:
     assert site_broker.proc is not None
-    assert broker_reload.broker_pids(site_broker.conf_file) == [site_broker.proc.pid]
-    assert broker_reload.broker_pids(tmp_path / "mosquitto.conf") == []  # another site: left alone
+    assert broker_pids(site_broker.conf_file) == [site_broker.proc.pid]
+    assert broker_pids(tmp_path / "mosquitto.conf") == []  # another site: left alone
     # Not mosquitto at all, even with the same arguments: left alone.
     decoy = subprocess.Popen(["sleep", "30", "-c", str(site_broker.conf_file)])
     try:
-        assert broker_reload.broker_pids(site_broker.conf_file) == [site_broker.proc.pid]
+        assert broker_pids(site_broker.conf_file) == [site_broker.proc.pid]
     finally:
         decoy.kill()
         decoy.wait()
-    nobody = broker_reload.reload(Broker(tmp_path / "no-broker"))
+    nobody = Broker(tmp_path / "no-broker").reload()
     assert nobody.signalled == [] and not nobody.reloaded
 
 
