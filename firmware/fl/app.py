@@ -51,6 +51,7 @@ class App:
         self._healthy_after_ms = healthy_after_s * 1000
         self.health = Health()
         self.progress = 0  # housekeeping's, for the watchdog
+        self._partial = {}  # input name -> ((old, new), events already recorded for that change)
         self.reset_cause = board.reset_cause()
         mac = board.unique_id()
         info = board.board_info()
@@ -123,9 +124,20 @@ class App:
 
     # --- what flows in ---
     def _on_input(self, spec, old, new):
-        _log.info("input %s: %s -> %s", spec["name"], old, new)
-        for code, q, cls in event_for(spec["kind"], old, new, self.inputs.prior(spec["name"])):
-            event = self.recorder.record(code, q, spec["zone"], spec["name"], cls)
+        name = spec["name"]
+        _log.info("input %s: %s -> %s", name, old, new)
+        # One change can mean two events (380 restore, then the fire). If recording raises, the
+        # inputs retry the whole change: skip what an earlier try already recorded.
+        done = self._partial.pop(name, (None, 0))
+        skip = done[1] if done[0] == (old, new) else 0
+        for i, (code, q, cls) in enumerate(event_for(spec["kind"], old, new, self.inputs.prior(name))):
+            if i < skip:
+                continue
+            try:
+                event = self.recorder.record(code, q, spec["zone"], name, cls)
+            except Exception:
+                self._partial[name] = ((old, new), i)
+                raise
             if cls == "fire" and q == "new":
                 self.ack_watch.expect(event.id)
 

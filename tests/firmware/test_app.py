@@ -87,3 +87,26 @@ async def test_periodic_test_report_is_602_and_608_while_troubled():
     codes = [json.loads(p) for p in _queued_payloads(app)]
     tests = [(e["code"], e.get("detail")) for e in codes if e["code"] in ("602", "608")]
     eq(tests, [("602", None), ("608", "troubles: mains_lost_for_test")], "periodic test reports")
+
+
+def test_a_change_retried_after_a_recording_failure_records_each_event_once():
+    app = _app(inputs=[{"name": "zone6", "kind": "fire", "channel": "in6", "eol": True, "zone": 6}])
+    _queued_codes(app)  # the boot report
+    spec = [s for s in app.config["inputs"] if s["name"] == "zone6"][0]
+    real_record = app.recorder.record
+    calls = []
+
+    def record(code, *args, **kw):
+        calls.append(code)
+        if len(calls) == 2:  # the second event of the change: fails once
+            raise MemoryError("flash busy")
+        return real_record(code, *args, **kw)
+
+    app.recorder.record = record
+    try:
+        app._on_input(spec, "open", "active")  # line repaired while the contact is closed
+    except MemoryError:
+        pass
+    app._on_input(spec, "open", "active")  # the inputs retry the same change
+    events = [json.loads(p) for p in _queued_payloads(app)]
+    eq([(e["code"], e["q"]) for e in events], [("110", "new"), ("380", "restore")], "each event once, fire first")
