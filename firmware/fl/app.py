@@ -30,6 +30,7 @@ CONFIG_DETAIL_MAX = 900
 CLOCK_RESYNC_MS = 6 * 3600 * 1000  # RTC drift stays far inside a receiver's -40/+20 s window
 CLOCK_RETRY_MS = 60 * 1000
 TLS_CLOCK_WAIT_MS = 30 * 1000
+STORAGE_RETRY_S = 30
 # Health faults → the Contact ID code of the event that reports each; `task_<part>` (a part
 # that failed and was restarted) is 307 too. Other faults show in the heartbeat only.
 FAULT_CODES = {"centre_ack": "354", "path_wifi": "351", "path_cellular": "352"}
@@ -218,6 +219,7 @@ class App:
         worked for a while; keep trying to move RAM-held events back to a flash that refused them."""
         connected_ms = 0
         offline_ms = 0
+        storage_retry_s = 0
         test_every_ms = self.config["periodic_test_s"] * 1000
         next_test = time.ticks_add(time.ticks_ms(), test_every_ms)
         next_sync = time.ticks_ms()
@@ -243,9 +245,16 @@ class App:
             if time.ticks_diff(time.ticks_ms(), next_test) >= 0:
                 next_test = time.ticks_add(next_test, test_every_ms)
                 self._periodic_test()
-            if self.outbox.storage_fault and self.outbox.retry_storage():
+            if not self.outbox.storage_fault:
+                storage_retry_s = 0
+            elif storage_retry_s > 0:
+                storage_retry_s -= 1
+            elif self.outbox.retry_storage():
                 _log.info("flash accepts writes again: events moved back from RAM")
                 self.health.set_fault("storage", False)
+            else:
+                # A failing chip is not rewritten every second; new events still try it anyway.
+                storage_retry_s = STORAGE_RETRY_S
 
     def _periodic_test(self):
         """The periodic test report proves the whole path end to end even when nothing happens;
