@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 
-from fl import VERSION, config, log
+from fl import VERSION, config, log, ticks
 from fl.clock import Clock
 from fl.commands import Commands
 from fl.events import Sequencer
@@ -205,8 +205,8 @@ class App:
         first connection a bounded chance to sync it, then connect whatever happened (a
         refused certificate is reported as a fault and retried)."""
         if self.config["broker"]["tls"] and not self.board.clock_synced():
-            deadline = time.ticks_add(time.ticks_ms(), TLS_CLOCK_WAIT_MS)
-            while not self.board.clock_synced() and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+            deadline = ticks.add(ticks.ms(), TLS_CLOCK_WAIT_MS)
+            while not self.board.clock_synced() and ticks.diff(deadline, ticks.ms()) > 0:
                 if self.links.current() is not None:
                     await self.board.sync_clock(5000)
                 else:
@@ -221,8 +221,9 @@ class App:
         offline_ms = 0
         storage_retry_s = 0
         test_every_ms = self.config["periodic_test_s"] * 1000
-        next_test = time.ticks_add(time.ticks_ms(), test_every_ms)
-        next_sync = time.ticks_ms()
+        # Up to a week: beyond what ticks.add accepts on the board (2^29 ms), so a countdown.
+        next_test = ticks.Countdown(test_every_ms)
+        next_sync = ticks.Countdown(0)  # may wait days for a path: a deadline's age would wrap
         fault_delay_ms = self.config["path_fault_delay_s"] * 1000
         while True:
             await asyncio.sleep_ms(1000)
@@ -234,16 +235,16 @@ class App:
                 self.health.set_fault("broker_unreachable", True, self.mqtt.last_error[:80])
             elif self.mqtt.connected:
                 self.health.set_fault("broker_unreachable", False)
-            if time.ticks_diff(time.ticks_ms(), next_sync) >= 0 and self.links.current() is not None:
+            if next_sync.due() and self.links.current() is not None:
                 synced = await self.board.sync_clock(5000)
-                next_sync = time.ticks_add(time.ticks_ms(), CLOCK_RESYNC_MS if synced else CLOCK_RETRY_MS)
+                next_sync.start(CLOCK_RESYNC_MS if synced else CLOCK_RETRY_MS)
             if self._guard is not None and connected_ms < self._healthy_after_ms:
                 connected_ms = connected_ms + 1000 if self.mqtt.connected else 0
                 if connected_ms >= self._healthy_after_ms:
                     self._guard.healthy()
                     _log.info("healthy: boot counter cleared")
-            if time.ticks_diff(time.ticks_ms(), next_test) >= 0:
-                next_test = time.ticks_add(next_test, test_every_ms)
+            if next_test.due():
+                next_test.extend(test_every_ms)
                 self._periodic_test()
             if not self.outbox.storage_fault:
                 storage_retry_s = 0

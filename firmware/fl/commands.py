@@ -14,8 +14,8 @@ is published by a task of its own (a publish waits for a PUBACK that this loop r
 """
 import asyncio
 import json
-import time
 
+from fl import ticks
 from fl.log import Logger
 
 _log = Logger("cmd")
@@ -59,8 +59,9 @@ class Commands:
         return result
 
     def _test(self, ref):
-        now = time.ticks_ms()
-        if self._last_test is not None and time.ticks_diff(now, self._last_test) < MIN_TEST_INTERVAL_MS:
+        now = ticks.ms()
+        # recent(): a stamp from days ago (wrapped ticks) is not mistaken for a fresh one.
+        if ticks.recent(self._last_test, MIN_TEST_INTERVAL_MS):
             raise ValueError("busy: a test was recorded less than %d ms ago" % MIN_TEST_INTERVAL_MS)
         ev = self._recorder.record("601", "new", 0, "", "status", detail="remote test" + (" " + ref if ref else ""))
         self._last_test = now

@@ -7,9 +7,8 @@ link and signal, mains and battery, outbox depth, fault counters and free heap.
 import asyncio
 import gc
 import json
-import time
 
-from fl import VERSION
+from fl import VERSION, ticks
 from fl.log import Logger
 
 _log = Logger("heartbeat")
@@ -27,8 +26,9 @@ class Heartbeat:
         self._topic = topic
         self._interval_ms = interval_s * 1000
         self._reset_cause = reset_cause
-        self._boot = time.ticks_ms()
-        self._uptime_ms = 0
+        self._boot = ticks.ms()
+        self._uptime_s = 0
+        self._uptime_ms = 0  # below a second, kept apart so neither grows past a small int
         self.progress = 0
         self.sent = 0
         self.bytes_sent = 0
@@ -43,7 +43,7 @@ class Heartbeat:
         return json.dumps({
             "ts": ts,
             "tsync": synced,
-            "uptime_s": self._uptime_s(),
+            "uptime_s": self.uptime_s(),
             "fw": VERSION,
             "reset": self._reset_cause,
             "inputs": states,
@@ -59,13 +59,15 @@ class Heartbeat:
             "heap_peak": self._heap_high_water(),
         }, separators=(",", ":")).encode()
 
-    def _uptime_s(self):
-        # ticks_diff is only valid for ~6 days on the ESP32 (ticks wrap at 2**30 ms): add up
-        # the time since the last heartbeat instead.
-        now = time.ticks_ms()
-        self._uptime_ms += time.ticks_diff(now, self._boot)
+    def uptime_s(self):
+        # A tick difference is only valid for 2^29 ms (6.2 days) on the ESP32: add up the
+        # time since the last look instead (run() looks every second, connected or not).
+        now = ticks.ms()
+        ms = self._uptime_ms + ticks.diff(now, self._boot)
         self._boot = now
-        return self._uptime_ms // 1000
+        self._uptime_s += ms // 1000
+        self._uptime_ms = ms % 1000
+        return self._uptime_s
 
     def _heap_high_water(self):
         """The most heap found in use right after a collection, over this boot's heartbeats
@@ -83,10 +85,12 @@ class Heartbeat:
                 yield spec["name"], states.get(spec["name"])
 
     async def run(self):
-        due = time.ticks_ms()
+        # A countdown, not a tick deadline: offline for a week, a deadline's age would wrap.
+        due = ticks.Countdown(0)
         while True:
             self.progress += 1
-            if time.ticks_diff(time.ticks_ms(), due) >= 0 and self._mqtt.connected:
+            self.uptime_s()
+            if due.due() and self._mqtt.connected:
                 body = self.payload()
                 try:
                     ok = await self._mqtt.publish(self._topic, body, qos=1)
@@ -103,6 +107,6 @@ class Heartbeat:
                     self.sent += 1
                     self.bytes_sent += len(body)
                 if ok is not False:
-                    due = time.ticks_add(time.ticks_ms(), self._interval_ms)
+                    due.start(self._interval_ms)
             # Wake every second so the watchdog sees progress and a reconnect sends promptly.
             await asyncio.sleep_ms(min(1000, self._interval_ms))

@@ -21,10 +21,9 @@ Buffers are allocated once in the constructor: one for what goes out, one for wh
 """
 import asyncio
 import os
-import time
 
 from fl import mqtt_codec as codec
-from fl import netio
+from fl import netio, ticks
 from fl.log import Logger
 
 _log = Logger("mqtt")
@@ -54,7 +53,7 @@ class TLSFailed(Exception):
 
 
 def _ms_left(deadline):
-    return max(0, time.ticks_diff(deadline, time.ticks_ms()))
+    return max(0, ticks.diff(deadline, ticks.ms()))
 
 
 def _is_ip(host):
@@ -206,7 +205,7 @@ class MQTTClient:
             return False
         if timeout_ms is None:
             timeout_ms = self._puback_timeout_ms
-        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
+        deadline = ticks.add(ticks.ms(), timeout_ms)
         while self._draining:  # the shared buffer below must not change under a pending write
             await self._drained.wait()
         s = self._stream
@@ -224,7 +223,7 @@ class MQTTClient:
             self._inflight[pid] = ev  # before the write: the PUBACK may beat us back
             if not _setup:
                 self._deadlines[pid] = (deadline, timeout_ms)
-                if self._supervising and time.ticks_diff(self._sup_at, deadline) > 0:
+                if self._supervising and ticks.diff(self._sup_at, deadline) > 0:
                     self._wake.set()  # sooner than the supervisor planned to look
         try:
             s.write(self._txmv[:n])  # usually taken whole: no lock, no await
@@ -323,8 +322,8 @@ class MQTTClient:
 
     async def _connect(self, path):
         self.attempts += 1
-        t0 = time.ticks_ms()
-        deadline = time.ticks_add(t0, self._connect_timeout_ms)
+        t0 = ticks.ms()
+        deadline = ticks.add(t0, self._connect_timeout_ms)
         tls = self._ssl_params is not None
         try:
             ctx = self._tls_context()
@@ -377,7 +376,7 @@ class MQTTClient:
         for name in ("mqtt_auth", "mqtt_refused", "mqtt_tls"):
             self._fault(name, False)
         _log.info("connected to %s:%d over %s%s in %d ms (session %s)", self._host, self._port, path.name,
-                  " with TLS" if tls else "", time.ticks_diff(time.ticks_ms(), t0),
+                  " with TLS" if tls else "", ticks.diff(ticks.ms(), t0),
                   "resumed" if session_present else "new")
 
     async def _subscribe(self):
@@ -403,9 +402,9 @@ class MQTTClient:
         """The broker's address. Looks it up only when there is none yet, or when a connect to
         the one we have failed and the last lookup is _RERESOLVE_MS old: never on every retry
         (each lookup may block the loop for seconds). A failed re-lookup keeps the old one."""
-        now = time.ticks_ms()
+        now = ticks.ms()
         if self._addr_at is not None:
-            age = time.ticks_diff(now, self._addr_at)
+            age = ticks.diff(now, self._addr_at)
             if age < 0:
                 age = _RERESOLVE_MS  # ticks wrapped: days since the last lookup
             if self._addr is not None:
@@ -418,8 +417,8 @@ class MQTTClient:
         try:
             addr = netio.resolve(self._host, self._port)
         except Exception as e:
-            took = time.ticks_diff(time.ticks_ms(), now)
-            self._addr_at = time.ticks_ms()
+            took = ticks.diff(ticks.ms(), now)
+            self._addr_at = ticks.ms()
             self._addr_hold = _DNS_RETRY_MS if took >= _DNS_SLOW_MS else 0
             self._dns_error = _describe(e)
             if self._addr is None:
@@ -461,7 +460,7 @@ class MQTTClient:
         simple, and the broker's answer is the only proof that the whole chain still works.
         Also the one timer for every publish waiting on its PUBACK."""
         epoch = self._epoch
-        next_ping = time.ticks_add(time.ticks_ms(), self._ping_ms)
+        next_ping = ticks.add(ticks.ms(), self._ping_ms)
         ping_at = None
         ping_rx = 0
         self._supervising = True
@@ -478,22 +477,22 @@ class MQTTClient:
                 if self._links.current() is not path:
                     self._drop("moving from %s to a preferred path" % path.name)
                     return
-                now = time.ticks_ms()
-                wake = time.ticks_add(now, _TICK_MS)
+                now = ticks.ms()
+                wake = ticks.add(now, _TICK_MS)
                 for pid in self._deadlines:
                     d, timeout_ms = self._deadlines[pid]
-                    if time.ticks_diff(d, now) <= 0:
+                    if ticks.diff(d, now) <= 0:
                         self._drop("no PUBACK for packet %d within %d ms" % (pid, timeout_ms))
                         return
-                    if time.ticks_diff(d, wake) < 0:
+                    if ticks.diff(d, wake) < 0:
                         wake = d
                 if ping_at is not None:
                     if self._rx_count != ping_rx:
                         ping_at = None
-                    elif time.ticks_diff(now, ping_at) >= self._ping_timeout_ms:
+                    elif ticks.diff(now, ping_at) >= self._ping_timeout_ms:
                         self._drop("no PINGRESP within %d ms: broker or path is dead" % self._ping_timeout_ms)
                         return
-                if time.ticks_diff(now, next_ping) >= 0:
+                if ticks.diff(now, next_ping) >= 0:
                     try:
                         await self._send(codec.PINGREQ_PACKET)
                     except Exception as e:
@@ -502,18 +501,18 @@ class MQTTClient:
                     self.pings += 1
                     if ping_at is None:
                         ping_at, ping_rx = now, self._rx_count
-                    next_ping = time.ticks_add(next_ping, self._ping_ms)
-                    if time.ticks_diff(next_ping, now) <= 0:
-                        next_ping = time.ticks_add(now, self._ping_ms)
+                    next_ping = ticks.add(next_ping, self._ping_ms)
+                    if ticks.diff(next_ping, now) <= 0:
+                        next_ping = ticks.add(now, self._ping_ms)
                     continue  # the send yielded: look at everything again before sleeping
-                if time.ticks_diff(next_ping, wake) < 0:
+                if ticks.diff(next_ping, wake) < 0:
                     wake = next_ping
                 if ping_at is not None:
-                    d = time.ticks_add(ping_at, self._ping_timeout_ms)
-                    if time.ticks_diff(d, wake) < 0:
+                    d = ticks.add(ping_at, self._ping_timeout_ms)
+                    if ticks.diff(d, wake) < 0:
                         wake = d
                 self._sup_at = wake
-                await _wait(self._wake, max(1, time.ticks_diff(wake, now)))
+                await _wait(self._wake, max(1, ticks.diff(wake, now)))
         finally:
             self._supervising = False
 
@@ -733,7 +732,7 @@ class MQTTClient:
         """Sleeps ms; returns early on disconnect(), on a link change if until_link, on a link
         change that leaves a path up if until_up (a path going down is no reason to hurry),
         on kick() if kickable."""
-        deadline = time.ticks_add(time.ticks_ms(), ms)
+        deadline = ticks.add(ticks.ms(), ms)
         while not self._stopping:
             if self._link_flag and (until_link or until_up and self._links.current() is not None):
                 return

@@ -5,8 +5,8 @@ within the configured time (EN 54-21: 100 s) raises a local fault that is itself
 """
 import asyncio
 import json
-import time
 
+from fl import ticks
 from fl.log import Logger
 
 _log = Logger("sender")
@@ -35,6 +35,10 @@ class Sender:
     async def run(self):
         while True:
             self.progress += 1
+            if self._kicked_at is not None and not ticks.recent(self._kicked_at, KICK_MS):
+                # Forgotten once old (this loop turns at least every second), so a stamp can
+                # never look fresh again when the ticks come round (every 2^30 ms on the board).
+                self._kicked_at = None
             # Clear before looking so an event queued while we look still wakes us.
             self._wake.clear()
             item = self._outbox.peek()
@@ -47,10 +51,10 @@ class Sender:
                 if self._outbox.priority(handle) == PRIORITY_FIRE:
                     # A fire must not wait out a backoff grown during an outage: end it now, but
                     # at most every KICK_MS so that a dead broker is not hammered.
-                    now = time.ticks_ms()
-                    left = 0 if self._kicked_at is None else KICK_MS - time.ticks_diff(now, self._kicked_at)
+                    # A stamp days old (or wrapped) is simply not recent: kick.
+                    left = KICK_MS - ticks.since(self._kicked_at) if ticks.recent(self._kicked_at, KICK_MS) else 0
                     if left <= 0:
-                        self._kicked_at = now
+                        self._kicked_at = ticks.ms()
                         self.kicks += 1
                         self._mqtt.kick()
                         left = KICK_MS
@@ -92,7 +96,7 @@ class AckWatch:
         self.rejected = 0
 
     def expect(self, event_id):
-        self._pending[event_id] = time.ticks_add(time.ticks_ms(), self._timeout_ms)
+        self._pending[event_id] = ticks.add(ticks.ms(), self._timeout_ms)
 
     def pending(self):
         return len(self._pending)
@@ -118,10 +122,10 @@ class AckWatch:
     async def run(self):
         while True:
             self.progress += 1
-            now = time.ticks_ms()
-            late = [i for i, d in self._pending.items() if time.ticks_diff(now, d) >= 0]
+            now = ticks.ms()
+            late = [i for i, d in self._pending.items() if ticks.diff(now, d) >= 0]
             if len(late) > 1:  # oldest first: those are the ones kept past OVERDUE_MAX
-                late.sort(key=lambda i: time.ticks_diff(self._pending[i], now))
+                late.sort(key=lambda i: ticks.diff(self._pending[i], now))
             for event_id in late:
                 del self._pending[event_id]
                 if not self._overdue:

@@ -14,7 +14,7 @@ import time
 import machine
 import network
 
-from fl import clock, link
+from fl import clock, link, ticks
 from fl.log import Logger
 
 _log = Logger("esp32")
@@ -139,8 +139,8 @@ class Board:
                 query = bytearray(48)
                 query[0] = 0x1B
                 s.sendto(query, addr)
-                deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
-                while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+                deadline = ticks.add(ticks.ms(), timeout_ms)
+                while ticks.diff(deadline, ticks.ms()) > 0:
                     try:
                         msg = s.recv(48)
                         break
@@ -218,8 +218,8 @@ class _WifiPath(link.Path):
         except OSError:
             pass
         wlan.connect(self._ssid, self._password)
-        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
-        while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        deadline = ticks.add(ticks.ms(), timeout_ms)
+        while ticks.diff(deadline, ticks.ms()) > 0:
             if wlan.isconnected():
                 return True
             await asyncio.sleep_ms(200)

@@ -13,9 +13,8 @@ import gc
 import json
 import os
 import sys
-import time
 
-from fl import link, store
+from fl import link, store, ticks
 from fl.log import Logger
 
 _log = Logger("sim")
@@ -41,7 +40,7 @@ class Board:
         self._info = None
         self._control_raw = None
         self.control = {}
-        self._last_poll = time.ticks_add(time.ticks_ms(), -POLL_MS)
+        self._last_poll = ticks.add(ticks.ms(), -POLL_MS)
         self._outputs = {}
         store.ensure_dir("sim")
         self.refresh(force=True)
@@ -73,8 +72,8 @@ class Board:
     # --- the outside world ---
     def refresh(self, force=False):
         """Re-reads control.json at most every POLL_MS; returns True if it changed."""
-        now = time.ticks_ms()
-        if not force and time.ticks_diff(now, self._last_poll) < POLL_MS:
+        now = ticks.ms()
+        if not force and ticks.diff(now, self._last_poll) < POLL_MS:
             return False
         self._last_poll = now
         raw = store.read_bytes(CONTROL)
@@ -89,8 +88,8 @@ class Board:
         return True
 
     async def wait_inputs(self, timeout_ms):
-        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
-        while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        deadline = ticks.add(ticks.ms(), timeout_ms)
+        while ticks.diff(deadline, ticks.ms()) > 0:
             if self.refresh():
                 return
             await asyncio.sleep_ms(POLL_MS)
@@ -169,13 +168,13 @@ class _Watchdog:
     def __init__(self, board, timeout_ms):
         self._board = board
         self._timeout_ms = timeout_ms
-        self._fed = time.ticks_ms()
+        self._fed = ticks.ms()
 
     def feed(self):
-        self._fed = time.ticks_ms()
+        self._fed = ticks.ms()
 
     def expired(self):
-        return time.ticks_diff(time.ticks_ms(), self._fed) > self._timeout_ms
+        return ticks.diff(ticks.ms(), self._fed) > self._timeout_ms
 
     def check(self):
         if self.expired():
