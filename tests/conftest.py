@@ -1,6 +1,8 @@
 """Fixtures shared by the firmware, host and HIL suites."""
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +21,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="HIL device under test: 'virtual' (the firmware under the unix port) or a serial port")
     parser.addoption("--port", default=None, help="serial port of a real ESP32 for tests marked hardware")
     parser.addoption("--firmware", default=None, help="MicroPython .bin that the hardware tests flash")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # As root, our own base directory under /tmp: pytest's shared /tmp/pytest-of-root is reset
+    # to 0700 by every pytest session on the machine, and mosquitto's user must pass (below).
+    if os.geteuid() == 0 and not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="firelink-pytest-")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _passable_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run as root (CI, this machine), mosquitto drops to its own user and re-reads its files from
+    the broker directory on every reload: the 0700 temporary directories must let it pass
+    (o+x: not listable, files inside keep their own modes), as /var/lib would in the field."""
+    base = tmp_path_factory.getbasetemp()
+    base.chmod(base.stat().st_mode | 0o001)
+    made = tmp_path_factory.mktemp
+
+    def mktemp(basename: str, numbered: bool = True) -> Path:
+        path = made(basename, numbered)
+        path.chmod(path.stat().st_mode | 0o001)
+        return path
+
+    tmp_path_factory.mktemp = mktemp  # type: ignore[method-assign]
 
 
 @dataclass

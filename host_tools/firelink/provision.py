@@ -181,7 +181,7 @@ class _Run:
             check_port(self.port)
         except PortError as e:
             problems.append(f"--port: {e}")
-        if pki.load(self.broker.pki_dir, "ca") is None:
+        if not (self.broker.pki_dir / "ca.crt").exists():
             problems.append(f"--broker-dir: no site CA in {self.broker.pki_dir}: give the site broker's "
                             f"directory (`firelink broker --dir {self.broker.dir}` creates it on first start)")
         if not self.monitor_password:
