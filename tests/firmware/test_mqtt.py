@@ -21,7 +21,7 @@ from fl.sender import Sender
 from mqtt_peers import (ACK, buggy_handler, DEVICE, EVENT, STATUS, Monitor, _Loopback, device, host, ms_since, port,
                         set_wifi, sim_links, start, token, until)
 
-FIXTURES = ("broker",)
+FIXTURES = ("broker", "fresh_accounts")  # fresh: the broker binds client ids (and sessions) to accounts
 TIMEOUT_S = 120
 
 async def _serve(handler):
