@@ -350,6 +350,9 @@ class Monitor:
         self._warn(out, reason, m.topic[:128], device)
 
     def _device_note(self, name: str, change: str | None, out: _Outcome) -> None:
+        for early, what in self._book.early:
+            out.notes.append(methodcaller("on_device", early, what))
+        self._book.early.clear()
         d = self._book.snapshot(name)
         if d is not None:
             out.notes.append(methodcaller("on_device", d, change))

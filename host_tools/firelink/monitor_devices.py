@@ -143,7 +143,11 @@ class DeviceBook:
         self._suspended = False
         self._connected_before = False
         self._grace_until = 0.0  # after a reconnect: `offline` waits until then for the device to return
-        self.pending_offline: dict[str, float] = {}  # device -> when its `offline` is shown, unless heard
+        self._resumed_at = now
+        # device -> [when its `offline` is shown unless heard, when it came, whether the monitor's own
+        # outage may explain it (then a return cancels it; otherwise the return shows it, late).
+        self.pending_offline: dict[str, list[Any]] = {}
+        self.early: list[tuple[Device, str]] = []  # changes dated before the one being returned
         for name, d in devices.items():
             self._set_supervision(d)
 
@@ -152,16 +156,17 @@ class DeviceBook:
         """The monitor lost the broker: silence now says nothing about the devices, and an
         `offline` just received may be a will the broker fired as it went down."""
         self._suspended = True
-        for name in self.pending_offline:
-            self.pending_offline[name] = float("inf")
+        for pending in self.pending_offline.values():
+            pending[0], pending[2] = float("inf"), True
 
     def resume(self, now: float) -> None:
         self._suspended = False
         self._base = now
+        self._resumed_at = now
         if self._connected_before:
             self._grace_until = now + self.supervision.reconnect_grace_s
-            for name in self.pending_offline:
-                self.pending_offline[name] = self._grace_until
+            for pending in self.pending_offline.values():
+                pending[0] = self._grace_until
         self._connected_before = True
 
     @property
@@ -189,7 +194,11 @@ class DeviceBook:
         d = self.get(name, now)
         d.last_heard = now
         self.dirty.add(name)
-        self.pending_offline.pop(name, None)
+        pending = self.pending_offline.pop(name, None)
+        if pending is not None and not pending[2] and d.state == ONLINE:
+            # A real drop, shorter than the hold: shown now, with its own time, then the return.
+            self._to(d, OFFLINE, pending[1])
+            self.early.append((replace(d, faults=dict(d.faults)), WENT_OFFLINE))
         if d.state == ONLINE:
             return None
         change = CAME_BACK if d.state == LOST else WENT_ONLINE
@@ -218,8 +227,10 @@ class DeviceBook:
                 return None
             if retained and now >= self._grace_until:
                 return self._offline(d, now)  # at monitor start: the broker's word, at once
-            hold = self._grace_until if retained else now + self.supervision.offline_hold_s
-            self.pending_offline[name] = float("inf") if self._suspended else max(hold, self._grace_until)
+            hold, tainted = now + self.supervision.offline_hold_s, self._suspended
+            if now < self._grace_until and (retained or not (d.last_heard and d.last_heard >= self._resumed_at)):
+                hold, tainted = max(hold, self._grace_until), True  # not heard since the reconnect: the grace
+            self.pending_offline[name] = [float("inf") if self._suspended else hold, now, tainted]
             return None
         if retained:
             return None  # an `unknown` device stays so until it speaks (or its supervision runs out)
@@ -270,7 +281,7 @@ class DeviceBook:
         if self._suspended:
             return []
         out = []
-        for name, at in list(self.pending_offline.items()):
+        for name, (at, _, _) in list(self.pending_offline.items()):
             if now >= at:
                 d = self.devices[name]
                 if self._offline(d, now):
@@ -286,7 +297,7 @@ class DeviceBook:
 
     def next_deadline(self) -> float | None:
         live = [self.deadline(d) for d in self.devices.values() if d.state not in (LOST, REVOKED)]
-        live += list(self.pending_offline.values())
+        live += [p[0] for p in self.pending_offline.values()]
         return None if self._suspended or not live else min(live)
 
     def snapshot(self, name: str) -> Device | None:
