@@ -21,6 +21,9 @@ class FakeClock:
     def now(self):
         return 1760000000, True
 
+    def stamp(self):
+        return 1760000000, 0, True
+
 
 class FakeMQTT:
     def __init__(self, ok=True):

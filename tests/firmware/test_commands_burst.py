@@ -25,6 +25,9 @@ class FakeClock:
     def now(self):
         return 1760000000, True
 
+    def stamp(self):
+        return 1760000000, 0, True
+
 
 async def test_a_burst_of_1000_commands_is_refused_as_busy_and_the_link_stays_up():
     links = sim_links()
