@@ -4,8 +4,10 @@ Bytes live in `fl.mqtt_codec`; this module owns the connection and its clocks:
 - one socket at a time, opened over `links.current()` and dropped when that path goes down
   or a preferred one comes up;
 - every wait has a deadline: connect (TCP + TLS handshake + CONNACK), each write, each
-  PUBACK/SUBACK, and the broker's silence: a PINGREQ goes out every `ping_interval_s`
-  whatever else flows, and no packet within `ping_timeout_ms` after it means the chain is dead;
+  PUBACK/SUBACK, and the broker's silence: a PINGREQ goes out once nothing was sent for
+  `ping_interval_s` (default: the keepalive less 5 %, so only as often as the keepalive needs:
+  on a metered link pings are most of the bytes), and no packet within `ping_timeout_ms`
+  after it means the chain is dead (a PUBLISH's PUBACK deadline proves it while traffic flows);
 - QoS 1 publishes each wait on their own packet id, several in flight, woken by their PUBACK
   (no polling); one supervisor task enforces all the deadlines, so a publish allocates no
   timer. A missing PUBACK drops the connection. Nothing is retried here: the sender keeps
@@ -93,7 +95,8 @@ class MQTTClient:
                  on_message=None, max_packet=2048, backoff_max_s=60, health=None):
         if not 0 < keepalive_s < 65536:
             raise ValueError("keepalive_s must be 1..65535 (0 would turn supervision off)")
-        ping_ms = int((ping_interval_s if ping_interval_s is not None else keepalive_s / 4) * 1000)
+        ping_ms = int((ping_interval_s if ping_interval_s is not None else
+                       keepalive_s - max(1, keepalive_s // 20)) * 1000)
         if not 0 < ping_ms <= keepalive_s * 1000:
             raise ValueError("ping_interval_s must be > 0 and <= keepalive_s")
         for _, q in subscriptions:
@@ -151,6 +154,7 @@ class MQTTClient:
         self._stopping = False
         self._supervising = False
         self._sup_at = 0  # when the supervisor wakes next (ticks_ms)
+        self._tx_at = 0  # ticks_ms of the last packet written: the keepalive counts from it
         self._pid = 0
         self._unacked = []  # [pid, topic, payload]: written, never acked, this session (_SESSION_UNACKED)
         self._inflight = {}  # packet id -> asyncio.Event, removed and set by its PUBACK
@@ -242,6 +246,7 @@ class MQTTClient:
                 if self._supervising and time.ticks_diff(self._sup_at, deadline) > 0:
                     self._wake.set()  # sooner than the supervisor planned to look
         try:
+            self._tx_at = time.ticks_ms()
             s.write(self._txmv[:n])  # usually taken whole: no lock, no await
             if s.out_buf:
                 await self._drain(min(timeout_ms, self._write_timeout_ms))
@@ -367,6 +372,7 @@ class MQTTClient:
         try:
             # With TLS the whole handshake runs inside this first write and its drain, before
             # the receive task touches the socket.
+            self._tx_at = time.ticks_ms()
             stream.write(self._connect_pkt)
             if stream.out_buf:
                 await asyncio.wait_for_ms(stream.drain(), _ms_left(deadline))
@@ -489,11 +495,10 @@ class MQTTClient:
             self._note_error(msg)
 
     async def _supervise(self):
-        """Returns when the connection is gone. Pings at a fixed rhythm whatever else flows:
-        simple, and the broker's answer is the only proof that the whole chain still works.
+        """Returns when the connection is gone. Pings once nothing was sent for the ping
+        interval (what went out meanwhile is answered by PUBACKs with deadlines of their own).
         Also the one timer for every publish waiting on its PUBACK."""
         epoch = self._epoch
-        next_ping = time.ticks_add(time.ticks_ms(), self._ping_ms)
         ping_at = None
         ping_rx = 0
         self._supervising = True
@@ -519,6 +524,7 @@ class MQTTClient:
                         return
                     if time.ticks_diff(d, wake) < 0:
                         wake = d
+                next_ping = time.ticks_add(self._tx_at, self._ping_ms)
                 if ping_at is not None:
                     if self._rx_count != ping_rx:
                         ping_at = None
@@ -534,9 +540,6 @@ class MQTTClient:
                     self.pings += 1
                     if ping_at is None:
                         ping_at, ping_rx = now, self._rx_count
-                    next_ping = time.ticks_add(next_ping, self._ping_ms)
-                    if time.ticks_diff(next_ping, now) <= 0:
-                        next_ping = time.ticks_add(now, self._ping_ms)
                     continue  # the send yielded: look at everything again before sleeping
                 if time.ticks_diff(next_ping, wake) < 0:
                     wake = next_ping
@@ -592,6 +595,7 @@ class MQTTClient:
         s = self._stream
         if s is None:
             raise ConnectionLost("not connected")
+        self._tx_at = time.ticks_ms()
         s.write(pkt)  # asyncio's Stream writes at once and keeps only what the socket did not take
         if s.out_buf:
             await self._drain(self._write_timeout_ms)

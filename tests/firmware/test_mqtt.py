@@ -302,23 +302,32 @@ async def test_puback_timeout_drops_the_connection():
     await c.disconnect()
 
 
-async def test_pings_at_the_interval_and_answered():
+async def test_pings_only_when_nothing_was_sent_for_the_interval_and_answered():
     links = sim_links()
     proxy = await Proxy(port()).start()
     c = device(links, "127.0.0.1", proxy.port, keepalive_s=2, ping_interval_s=0.5)
     await start(c)
-    # Traffic does not delay pings: publish throughout.
+    # While messages go out the keepalive is kept by them: no ping is needed.
     t = time.ticks_ms()
-    while ms_since(t) < 2750:
-        await c.publish(EVENT, b"busy")
+    while ms_since(t) < 1500:
+        eq(await c.publish(EVENT, b"busy"), True, "published")
         await asyncio.sleep_ms(100)
+    eq([p for _, p in proxy.c2b if p == b"\xc0\x00"], [], "no PINGREQ while publishing every 100 ms")
+    # Idle: one every 0.5 s.
+    await asyncio.sleep_ms(1650)
+    last_publish = [ts for ts, p in proxy.c2b if p[0] >> 4 == codec.PUBLISH][-1]
     times = [ts for ts, p in proxy.c2b if p == b"\xc0\x00"]
-    eq(len(times), 5, "PINGREQs in 2.75 s at 0.5 s")
-    gaps = [time.ticks_diff(b, a) for a, b in zip(times, times[1:])]
+    eq(len(times), 3, "PINGREQs in 1.65 s idle at 0.5 s")
+    gaps = [time.ticks_diff(b, a) for a, b in zip([last_publish] + times, times)]
     ok(all(400 <= g <= 650 for g in gaps), "ping gaps %r" % gaps)
-    eq(len([p for _, p in proxy.b2c if p == b"\xd0\x00"]), 5, "PINGRESPs")
-    eq((c.pings, c.pongs, c.disconnects), (5, 5, 0), "pings, pongs, drops")
+    eq(len([p for _, p in proxy.b2c if p == b"\xd0\x00"]), 3, "PINGRESPs")
+    eq((c.pings, c.pongs, c.disconnects), (3, 3, 0), "pings, pongs, drops")
     await c.disconnect()
+
+
+def test_default_ping_interval_is_the_keepalive_less_a_margin():
+    c = MQTTClient(LinkManager([_Loopback()]), "x", "127.0.0.1", 1, keepalive_s=100)
+    eq(c._ping_ms, 95000, "ping after 95 s of silence at keepalive 100 s")
 
 
 async def test_swallowed_pingresp_is_a_dead_link_and_reconnects():
