@@ -167,10 +167,10 @@ class App:
         publish_ms = b["puback_timeout_ms"] + 5000 + 15000
         allowances = {"inputs": 5000, "sender": publish_ms, "heartbeat": publish_ms, "links": 60000,
                       "mqtt": b["connect_timeout_ms"] + 2 * b["puback_timeout_ms"] + 15000, "ack_watch": 5000,
-                      "indicators": 5000, "housekeeping": 30000}
+                      "indicators": 5000, "housekeeping": 30000, "commands": publish_ms}
         parts = (("inputs", self.inputs), ("links", self.links), ("mqtt", self.mqtt), ("sender", self.sender),
                  ("ack_watch", self.ack_watch), ("heartbeat", self.heartbeat), ("indicators", self.indicators),
-                 ("housekeeping", self))
+                 ("commands", self.commands), ("housekeeping", self))
         for name, obj in parts:
             self.watchdog.watch(name, obj, allowances[name])
         tasks = [asyncio.create_task(self._supervise(name, obj)) for name, obj in parts]

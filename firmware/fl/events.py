@@ -97,6 +97,8 @@ def _check(ev):
         raise ValueError("bad seq %r: want an int >= 0" % (ev.seq,))
     if type(ev.ts) is not int or ev.ts < 0:
         raise ValueError("bad ts %r: want an int >= 0 (UTC seconds)" % (ev.ts,))
+    if ev.ms is not None and (type(ev.ms) is not int or not 0 <= ev.ms <= 999):
+        raise ValueError("bad ms %r: want an int 0..999 (milliseconds within ts)" % (ev.ms,))
     if type(ev.tsync) is not bool:
         raise ValueError("bad tsync %r: want true or false" % (ev.tsync,))
     if not valid_code(ev.code):
@@ -114,11 +116,12 @@ def _check(ev):
 
 
 class Event:
-    __slots__ = ("id", "seq", "ts", "tsync", "code", "q", "zone", "input", "cls", "detail")
+    __slots__ = ("id", "seq", "ts", "ms", "tsync", "code", "q", "zone", "input", "cls", "detail")
 
-    def __init__(self, seq, ts, tsync, code, q, zone, input, cls, detail=None, id=None):
+    def __init__(self, seq, ts, tsync, code, q, zone, input, cls, detail=None, id=None, ms=None):
         self.seq = seq
         self.ts = ts
+        self.ms = ms  # milliseconds within ts; None for records written before it existed
         self.tsync = tsync
         self.code = code
         self.q = q
@@ -140,9 +143,9 @@ class Event:
     def to_json(self):
         """Compact JSON bytes, keys in a fixed order so the same event gives the same bytes."""
         d = json.dumps
-        s = '{"id":%s,"seq":%d,"ts":%d,"tsync":%s,"code":%s,"q":%s,"zone":%d,"input":%s,"class":%s' % (
-            d(self.id), self.seq, self.ts, "true" if self.tsync else "false", d(self.code), d(self.q),
-            self.zone, d(self.input), d(self.cls))
+        s = '{"id":%s,"seq":%d,"ts":%d%s,"tsync":%s,"code":%s,"q":%s,"zone":%d,"input":%s,"class":%s' % (
+            d(self.id), self.seq, self.ts, "" if self.ms is None else ',"ms":%d' % self.ms,
+            "true" if self.tsync else "false", d(self.code), d(self.q), self.zone, d(self.input), d(self.cls))
         if self.detail is not None:
             s += ',"detail":' + d(self.detail)
         return (s + "}").encode()
@@ -161,7 +164,7 @@ class Event:
             if k not in o:
                 raise ValueError("event lacks key %r" % (k,))
         ev = Event(o["seq"], o["ts"], o["tsync"], o["code"], o["q"], o["zone"], o["input"],
-                   o["class"], o.get("detail"), o["id"])
+                   o["class"], o.get("detail"), o["id"], o.get("ms"))
         if "detail" in o and o["detail"] is None:
             raise ValueError("bad detail None: omit the key instead")
         _check(ev)

@@ -56,10 +56,10 @@ class Recorder:
         return ev
 
     def _record(self, code, q, zone, input_name, cls, detail):
-        ts, synced = self.clock.now()
+        ts, ms, synced = self.clock.stamp()
         ev = Event(0, _int(ts), synced is True, code, q, zone,
                    input_name if type(input_name) is str else str(input_name), cls,
-                   detail if detail is None or type(detail) is str else str(detail), "-")
+                   detail if detail is None or type(detail) is str else str(detail), "-", ms)
         try:
             ev.check()
         except ValueError as e:
@@ -92,9 +92,9 @@ class Recorder:
     def _level_event(self, code, q):
         ob = self.outbox
         detail = "outbox %d/%d, dropped %d" % (len(ob), ob.capacity, ob.dropped)
-        ts, synced = self.clock.now()
+        ts, ms, synced = self.clock.stamp()
         seq = self.sequencer.take()
-        ev = Event(seq, _int(ts), synced is True, code, q, 0, "", STATUS, detail)
+        ev = Event(seq, _int(ts), synced is True, code, q, 0, "", STATUS, detail, None, ms)
         _log.warn("outbox level %s %s: %s", code, q, detail)
         codes = ob.put(PRIORITY[STATUS], self._fit(ev))
         self._report()
