@@ -239,6 +239,11 @@ class App:
 
     # --- running ---
     async def run(self):
+        await self.start_inputs()
+        await self._run_parts()
+
+    async def start_inputs(self):
+        """Inputs read steadily, reported against what the centre was told before the boot."""
         await self.inputs.start()
         _log.info("inputs: %s", self.inputs.states())
         # Abnormal inputs were reported from boot; normal ones may owe the centre a restore.
@@ -249,6 +254,8 @@ class App:
                 except Exception as e:  # noqa: BLE001 - the next change or boot reports it
                     _log.error("restore of %s at boot failed: %r", spec["name"], e)
         self._restore_carried_faults()
+
+    async def _run_parts(self):
         b = self.config["broker"]
         # A task may legitimately sit in one bounded wait this long (a connect, a PUBACK, a
         # Wi-Fi association); longer without progress means it is stuck.
