@@ -163,7 +163,7 @@ class App:
         mean two events (380 restore, then the fire); if recording raises, the inputs retry
         the change and what was recorded already is not recorded again."""
         name, kind = spec["name"], spec["kind"]
-        if old != new:
+        if old != new and not (old == "boot" and new == NORMAL):
             _log.info("input %s: %s -> %s", name, old, new)
         own = CODES[kind]
         own_cls = "fire" if kind in FIRE_KINDS else "fault"

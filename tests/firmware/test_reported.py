@@ -136,3 +136,20 @@ async def test_an_idle_device_writes_nothing():
         app.recorder.declare_lost()
     app.outbox.flush_removals()
     eq(store.block_writes, before, "no block written while nothing happens")
+
+
+async def test_fire_awaited_before_a_power_cut_raises_354_after_it():
+    import asyncio
+    app = _boot({"in1": 0}, centre_ack_timeout_s=5)
+    await app.start_inputs()
+    app = _boot({"in1": 0}, centre_ack_timeout_s=5)  # power cut: no checkpoint, the outbox replayed
+    eq(app.ack_watch.pending(), 1)
+    await app.start_inputs()
+    t = asyncio.create_task(app.ack_watch.run())
+    for _ in range(80):
+        await asyncio.sleep_ms(100)
+        if "centre_ack" in app.health.faults:
+            break
+    t.cancel()
+    ok("centre_ack" in app.health.faults, "354 raised: %r" % app.health.faults)
+    ok(("354", "new", "centre_ack") in _rows(_sent(app)), "and recorded")
