@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from firelink import virtual
+from firelink.monitor import Sink
 from tests.conftest import BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut
@@ -66,12 +67,13 @@ def test_twenty_resets_and_power_cuts_with_input_changes_leave_no_gap_and_no_dou
     centre.wait_event(dev, code="305", timeout_s=20)
     states = {"panel_fire": "normal", "smoke": "normal"}
     for i in range(20):
+        dut.wait_for_log(r"INFO app: inputs: ", timeout_s=20)  # this boot watches its inputs
         name = ("panel_fire", "smoke")[i % 2]
         states[name] = "active" if states[name] == "normal" else "normal"
         since = dut.log_position()
         dut.set_input(name, states[name])
         if i % 3 == 0:
-            dut.wait_for_log(rf"INFO app: input {name}: ", timeout_s=10, since=since)  # recorded first
+            dut.wait_for_log(rf"INFO recorder: fire 11\d \w+ zone \d seq \d+", timeout_s=10, since=since)
         elif i % 3 == 1:
             time.sleep(0.03)  # the power goes while the contact is still being debounced
         if i % 2 == 0:
@@ -92,7 +94,10 @@ def test_twenty_resets_and_power_cuts_with_input_changes_leave_no_gap_and_no_dou
                 return False
         return True
 
-    centre.wait(settled, 60, "every boot and the inputs' final states")
+    try:
+        centre.wait(settled, 60, "every boot and the inputs' final states")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; console:\n{dut.log_text()[-6000:]}") from None
     assert_no_hole_no_double(centre, dev)
     # Each input's own events alternate new/restore: a reboot never sent a second `new` for an
     # alarm still active, nor missed the restore of one that ended while the device was off.
@@ -140,6 +145,9 @@ def test_outbox_overflow_is_reported_with_the_dropped_range(centre: Centre, dut:
     assert ranges, "the overflow dropped events: a 624 names them"
     assert all(len(doc.get("lost", [])) <= 8 for doc in raw_events(centre, dev))
     # The monitor reports the loss with its range (monitor slice: Sink.on_loss), not a gap.
+    if not hasattr(Sink, "on_loss"):
+        pytest.xfail("monitor slice: the monitor's side of declared `lost` ranges (Sink.on_loss) is not on main yet; "
+                     "the device's side passed")
     want = {(dev, a, b) for a, b in ranges}
     centre.wait(lambda: want <= set(centre.losses), 10, f"losses {sorted(want)} reported by the monitor")
 
