@@ -7,12 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import os
+
 import pytest
 
 from firelink import pki
 from firelink.broker import Broker, free_port
 
 TEST_DEVICE = "fl-test1"
+# The simulated flash's write stall (fl/hal/sim.py) is off for the suites so that they stay fast
+# (a new virtual device pre-allocates its outbox: 65 block writes, 3 s at the typical 50 ms);
+# `make bench` measures with it, and FL_FLASH_MODEL=typical (or worst) runs the suites with it.
+os.environ.setdefault("FL_FLASH_MODEL", "off")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

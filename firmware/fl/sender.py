@@ -2,6 +2,11 @@
 
 Also supervises the centre's acknowledgements: a fire event with no `ack` from the centre
 within the configured time (EN 54-21: 100 s) raises a local fault that is itself reported.
+The fire events awaited survive a reboot (fl/reported.py keeps `snapshot()`, the app gives it
+back to `restore()`), as due times that do not depend on the tick counter.
+
+Removals are marked on flash in batches (fl/outbox.py): the sender flushes them once nothing
+has been removed for REMOVE_FLUSH_MS and nothing waits, so an idle device writes nothing.
 """
 import asyncio
 import json
@@ -13,6 +18,7 @@ _log = Logger("sender")
 PRIORITY_FIRE = 0
 KICK_MS = 2000  # while a fire waits, the reconnect backoff is cut to this; a dead broker is not hammered
 OVERDUE_MAX = 64  # overdue ids kept, so a centre that never acks cannot exhaust the heap
+REMOVE_FLUSH_MS = 5000
 
 
 class Sender:
@@ -27,6 +33,7 @@ class Sender:
         # One event for both reasons to look again while disconnected: an event was queued (a
         # fire must kick at once) or the connection came up.
         mqtt.signal_on_connect(wake)
+        self._removed_at = None  # ticks_ms of the last removal not yet marked on flash
         self.kicks = 0
         self.progress = 0
         self.sent = 0
@@ -43,6 +50,10 @@ class Sender:
             self._wake.clear()
             item = self._outbox.peek()
             if item is None:
+                if self._removed_at is not None and \
+                        ticks.diff(ticks.ms(), self._removed_at) >= REMOVE_FLUSH_MS:
+                    self._removed_at = None
+                    self._outbox.flush_removals()
                 await _wait_event(self._wake, 1000)
                 continue
             handle, payload, sent_before = item
@@ -76,6 +87,7 @@ class Sender:
                 continue
             if ok:
                 self._outbox.remove(handle)
+                self._removed_at = ticks.ms() if self._outbox.removals_pending() else None
                 self.sent += 1
             else:
                 # The client drops and rebuilds the connection; the event stays in the outbox.
@@ -91,15 +103,44 @@ class AckWatch:
         self._pending = {}  # event id -> deadline (ticks_ms)
         self._overdue = set()
         self.untracked = 0  # overdue beyond OVERDUE_MAX: counted, not kept
+        self.changed = False  # an ack ended a wait: the app persists the awaited set soon
         self.progress = 0
         self.acked = 0
         self.rejected = 0
 
-    def expect(self, event_id):
-        self._pending[event_id] = ticks.add(ticks.ms(), self._timeout_ms)
+    def expect(self, event_id, left_ms=None):
+        left = self._timeout_ms if left_ms is None else max(0, min(int(left_ms), self._timeout_ms))
+        self._pending[event_id] = ticks.add(ticks.ms(), left)
 
     def pending(self):
         return len(self._pending)
+
+    def snapshot(self, now_ts, synced):
+        """{event id: [due_ts, left_ms]} of every fire event still awaiting its ack (overdue
+        ones with 0 left). due_ts is in RTC seconds when the clock is set, else 0: a tick
+        stamp would mean nothing after a reboot or across the 32-bit tick wrap."""
+        now = ticks.ms()
+        out = {}
+        for event_id, deadline in self._pending.items():
+            left = max(0, ticks.diff(deadline, now))
+            out[event_id] = [now_ts + (left + 999) // 1000 if synced else 0, left]
+        for event_id in self._overdue:
+            out[event_id] = [now_ts if synced else 0, 0]
+        return out
+
+    def restore(self, saved, now_ts, synced):
+        """Supervises again what a snapshot() held before a reboot: by the RTC when it and the
+        snapshot are both set, else with the time that was left then (never shorter)."""
+        for event_id, v in saved.items():
+            try:
+                due_ts, left = int(v[0]), int(v[1])
+            except (TypeError, ValueError, IndexError):
+                continue
+            if synced and due_ts > 0:
+                left = (due_ts - now_ts) * 1000
+            self.expect(event_id, left)
+        if saved:
+            _log.info("awaiting the centre's ack for %d fire event(s) from before the reboot", len(saved))
 
     def on_ack(self, payload):
         """Handles one `ack` message; anything malformed is logged and ignored."""
@@ -113,8 +154,10 @@ class AckWatch:
             _log.warn("ignoring malformed ack (%d bytes): %s", len(payload), e)
             return
         self.acked += 1
-        self._pending.pop(event_id, None)
+        if self._pending.pop(event_id, None) is not None:
+            self.changed = True
         if event_id in self._overdue:
+            self.changed = True
             self._overdue.discard(event_id)
             if not self._overdue:
                 self._health.set_fault("centre_ack", False)

@@ -7,6 +7,14 @@ control.json (written atomically by the host tools or tests; every key optional)
 Outputs (LEDs, buzzer) are mirrored to `sim/outputs.json`. The reset cause comes from
 $FL_RESET_CAUSE; a reset ends the process with a status the supervisor understands
 (3 watchdog, 4 software) so that it can start it again like a board would reboot.
+
+Flash is modelled: every block write the firmware makes (fl/store.py counts them) stalls the
+interpreter for the time a 4 KB littlefs block rewrite takes on the reference SPI NOR flash,
+as the ESP32's CPU stalls while its flash is busy. $FL_FLASH_MODEL picks it: `typical`
+(default: 50 ms, a ≈45 ms sector erase plus programming), `worst` (450 ms: a 400 ms erase),
+`off`, or a number of ms. The count since boot and the model are in `sim/flash.json`
+(`{"block_writes": n, "stall_ms": ms}`), rewritten within FLASH_STATS_MS of a change; the
+sim's own files (control, outputs, stats) are not the device's flash and cost nothing.
 """
 import asyncio
 import gc
@@ -21,6 +29,31 @@ _log = Logger("sim")
 CONTROL = "sim/control.json"
 OUTPUTS = "sim/outputs.json"
 POLL_MS = 10
+FLASH = "sim/flash.json"
+FLASH_MODELS = {"off": 0, "typical": 50, "worst": 450}
+FLASH_STATS_MS = 200
+
+
+def flash_model_ms(spec):
+    """ms per block write for an $FL_FLASH_MODEL value; ValueError names what is allowed."""
+    spec = (spec or "typical").strip().lower()
+    if spec in FLASH_MODELS:
+        return FLASH_MODELS[spec]
+    try:
+        ms = int(spec)
+    except ValueError:
+        ms = -1
+    if not 0 <= ms <= 5000:
+        raise ValueError("FL_FLASH_MODEL %r: want off, typical, worst or 0..5000 ms" % spec)
+    return ms
+
+
+def _write_sim_file(path, data):
+    # The sim's own files are the test rig's, not the device's flash: not charged.
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
 EXIT_STATUS = {"watchdog": 3, "software": 4}
 
 
@@ -42,7 +75,15 @@ class Board:
         self.control = {}
         self._last_poll = ticks.add(ticks.ms(), -POLL_MS)
         self._outputs = {}
-        store.ensure_dir("sim")
+        if not store.exists("sim"):
+            os.mkdir("sim")
+        try:
+            store.stall_ms = flash_model_ms(os.getenv("FL_FLASH_MODEL"))
+        except ValueError as e:
+            _log.error("%s: using typical", e)
+            store.stall_ms = FLASH_MODELS["typical"]
+        self._flash_seen = -1
+        self._flash_at = ticks.ms()
         self.refresh(force=True)
 
     # --- identity and boot ---
@@ -76,6 +117,10 @@ class Board:
         if not force and ticks.diff(now, self._last_poll) < POLL_MS:
             return False
         self._last_poll = now
+        if store.block_writes != self._flash_seen and ticks.diff(now, self._flash_at) >= FLASH_STATS_MS:
+            self._flash_seen = store.block_writes
+            self._flash_at = now
+            _write_sim_file(FLASH, b'{"block_writes":%d,"stall_ms":%d}' % (store.block_writes, store.stall_ms))
         raw = store.read_bytes(CONTROL)
         if raw == self._control_raw:
             return False
@@ -111,7 +156,7 @@ class Board:
         on = bool(on)
         if self._outputs.get(name) != on:
             self._outputs[name] = on
-            store.write_atomic(OUTPUTS, json.dumps(self._outputs).encode())
+            _write_sim_file(OUTPUTS, json.dumps(self._outputs).encode())
 
     # --- services ---
     def watchdog(self, timeout_ms):
