@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 
-from fl import VERSION, config, log
+from fl import VERSION, log
 from fl.clock import Clock
 from fl.commands import Commands
 from fl.events import Sequencer
@@ -45,7 +45,9 @@ def fault_code(name):
 
 
 class App:
-    def __init__(self, board, safe_mode=False, guard=None, healthy_after_s=60):
+    def __init__(self, board, safe_mode=False, guard=None, healthy_after_s=60, loaded=None):
+        """loaded: (config, problems) from fl.boot.load_config, read before the app's modules
+        were imported; None reads it here."""
         self.board = board
         self.safe_mode = safe_mode
         self._guard = guard
@@ -54,9 +56,11 @@ class App:
         self.progress = 0  # housekeeping's, for the watchdog
         self._partial = {}  # input name -> ((old, new), events already recorded for that change)
         self.reset_cause = board.reset_cause()
-        mac = board.unique_id()
+        if loaded is None:
+            from fl.boot import load_config
+            loaded = load_config(board)
         info = board.board_info()
-        self.config, problems = config.load(info, default_device_id="fl-" + "".join("%02x" % b for b in mac))
+        self.config, problems = loaded
         cfg = self.config
         log.level = {"debug": log.DEBUG, "info": log.INFO, "warn": log.WARN, "error": log.ERROR}[cfg["log_level"]]
         self.device_id = cfg["device_id"]
@@ -273,19 +277,21 @@ class App:
             _log.warn("clean shutdown incomplete: %s", e)
 
 
-def main():
-    from fl import hal
+def main(board=None, loaded=None):
+    """Runs the transmitter; `board` and `loaded` (config, problems) as fl.boot.main made them."""
     from fl.bootguard import BootGuard
 
-    board = hal.load()
+    if board is None:
+        from fl import hal
+        board = hal.load()
     guard = BootGuard()
     safe = guard.begin()
     try:
-        app = App(board, safe_mode=safe, guard=guard)
+        app = App(board, safe_mode=safe, guard=guard, loaded=loaded)
     except Exception as e:  # noqa: BLE001 - a bug at start must not leave the panel unwatched
         _log.error("start failed (%r): retrying in safe mode", e)
         try:
-            app = App(board, safe_mode=True, guard=guard)
+            app = App(board, safe_mode=True, guard=guard, loaded=loaded)
         except Exception as e2:  # noqa: BLE001
             # Nothing watches the panel now: a board left at the REPL would be a silent dead
             # transmitter. Restart (the boot counter shows the loop) rather than sit here.

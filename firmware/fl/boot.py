@@ -1,0 +1,48 @@
+"""Boot order for the heap: the board and the configuration first, the application after.
+
+Validating the configuration is boot-only work and a big piece of code (the schema, the rules,
+the strict-JSON checker: ≈16 KB on a 32-bit board, a sixth of the lean board's heap). It runs
+before the application's modules are imported and is released before they load, so the boot
+peak is the larger of the two, not their sum; afterwards that RAM holds the outbox and buffers.
+Anything that imports fl.config again later (provisioning at the REPL) loads it from flash.
+"""
+import gc
+import sys
+
+BOOT_ONLY = ("fl.config", "fl.schema", "fl.jsoncheck")
+
+
+def load_config(board):
+    """(config, problems) as fl.config.load gives them, with the validator released after."""
+    mac = board.unique_id()
+    info = board.board_info()
+    from fl import config
+    try:
+        return config.load(info, default_device_id="fl-" + "".join("%02x" % b for b in mac))
+    finally:
+        del config
+        release(BOOT_ONLY)
+
+
+def release(names):
+    """Forgets modules (sys.modules and the package's attribute) so that their code is freed."""
+    import fl
+    for name in names:
+        sys.modules.pop(name, None)
+        attr = name.rsplit(".", 1)[-1]
+        if attr in fl.__dict__:
+            delattr(fl, attr)
+    gc.collect()
+
+
+def main():
+    from fl import hal
+    board = hal.load()
+    try:
+        loaded = load_config(board)
+    except Exception as e:  # noqa: BLE001 - App() reads it again, inside its start-failure handling
+        from fl.log import Logger
+        Logger("boot").error("reading the config failed (%r): the app tries again", e)
+        loaded = None
+    from fl.app import main as run_app  # only now: the validator's RAM is free again
+    run_app(board, loaded)
