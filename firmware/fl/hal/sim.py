@@ -29,9 +29,9 @@ def _find_board_json():
     for path in (os.getenv("FL_BOARD"), "board.json"):
         if path and store.exists(path):
             return path
-    # Running from the source tree: firmware/fl/hal/sim.py -> hardware/board.json
+    # Running from the source tree: firmware/fl/hal/sim.py -> the default board (host_tools firelink.boards)
     here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-    return here + "/../../../hardware/board.json"
+    return here + "/../../../hardware/boards/reference.json"
 
 
 class Board:
