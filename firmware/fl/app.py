@@ -102,6 +102,7 @@ class App:
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
         self.indicators = Indicators(board, self.health, self.mqtt)
         self.watchdog = Watchdog(board)
+        board.release_info()  # everything that reads board.json has read it
 
     def _status(self, state):
         ts, _ = self.clock.now()
@@ -131,6 +132,8 @@ class App:
     def _on_input(self, spec, old, new):
         name = spec["name"]
         _log.info("input %s: %s -> %s", name, old, new)
+        if spec["kind"] == "mains":
+            self.board.on_mains(new != "active")
         # One change can mean two events (380 restore, then the fire). If recording raises, the
         # inputs retry the whole change: skip what an earlier try already recorded.
         done = self._partial.pop(name, (None, 0))

@@ -4,7 +4,8 @@ world (contacts, ADC lines, links, signal, clock) is driven through `sim/control
 control.json (written atomically by the host tools or tests; every key optional):
   {"inputs": {"in1": 0, "in6": 2100},   raw level for digital channels, raw ADC for analogue
    "battery_mv": 3900, "links": {"wifi": true}, "rssi": -58, "clock_synced": true}
-Outputs (LEDs, buzzer) are mirrored to `sim/outputs.json`. The reset cause comes from
+Outputs (LEDs, buzzer) are mirrored to `sim/outputs.json`, and so is the Wi-Fi power-save
+setting (`wifi_power_save`, which the ESP32 turns off while on mains). The reset cause comes from
 $FL_RESET_CAUSE; a reset ends the process with a status the supervisor understands
 (3 watchdog, 4 software) so that it can start it again like a board would reboot.
 """
@@ -16,6 +17,7 @@ import sys
 import time
 
 from fl import link, store
+from fl.edgewait import EdgeWait
 from fl.log import Logger
 
 _log = Logger("sim")
@@ -23,6 +25,7 @@ CONTROL = "sim/control.json"
 OUTPUTS = "sim/outputs.json"
 POLL_MS = 10
 EXIT_STATUS = {"watchdog": 3, "software": 4}
+_NONE = {}  # read-only: a missing section, without a new dict per read
 
 
 def _find_board_json():
@@ -43,6 +46,11 @@ class Board:
         self.control = {}
         self._last_poll = time.ticks_add(time.ticks_ms(), -POLL_MS)
         self._outputs = {}
+        # The simulated hardware: a task reads control.json every POLL_MS and raises an "edge"
+        # on a change, as the ESP32's pin interrupts do; the scan waits on it the same way.
+        self._edges = EdgeWait()
+        self._poller = None
+        self._mains = True
         store.ensure_dir("sim")
         self.refresh(force=True)
 
@@ -52,6 +60,10 @@ class Board:
             with open(_find_board_json()) as f:
                 self._info = json.load(f)
         return self._info
+
+    def release_info(self):
+        """Boot is over: the parsed board.json goes (board_info() reads it again if asked)."""
+        self._info = None
 
     def unique_id(self):
         mac = os.getenv("FL_SIM_MAC")
@@ -86,17 +98,23 @@ class Board:
         except ValueError:
             _log.warn("ignoring malformed %s", CONTROL)
             return False
+        self._edges.flag.set()  # whoever read it first, the scan must look
         return True
 
-    async def wait_inputs(self, timeout_ms):
-        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
-        while time.ticks_diff(deadline, time.ticks_ms()) > 0:
-            if self.refresh():
-                return
+    async def _poll(self):
+        while True:
             await asyncio.sleep_ms(POLL_MS)
+            self.refresh()
+
+    def wait_inputs(self, timeout_ms):
+        """Awaitable (not a coroutine: nothing allocated per scan): ends after timeout_ms or
+        when control.json changed."""
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll())
+        return self._edges.wait(timeout_ms)
 
     def _input_value(self, channel, default):
-        v = self.control.get("inputs", {}).get(channel)
+        v = self.control.get("inputs", _NONE).get(channel)
         return default if v is None else v
 
     def digital_input(self, channel):
@@ -113,6 +131,11 @@ class Board:
         if self._outputs.get(name) != on:
             self._outputs[name] = on
             store.write_atomic(OUTPUTS, json.dumps(self._outputs).encode())
+
+    def on_mains(self, present):
+        """As the ESP32: Wi-Fi power save off while on mains, on while on battery."""
+        self._mains = present
+        self.output("wifi_power_save", not present)
 
     # --- services ---
     def watchdog(self, timeout_ms):
@@ -152,10 +175,10 @@ class _AnalogIn:
     def __init__(self, board, channel):
         self._board = board
         self.channel = channel
+        self._default = board.board_info()["eol"]["nominal"]["normal"]  # board.json is gone after boot
 
     def read_raw(self):
-        default = self._board.board_info()["eol"]["nominal"]["normal"]
-        return int(self._board._input_value(self.channel, default))
+        return int(self._board._input_value(self.channel, self._default))
 
     def read_mv(self):
         return self.read_raw() * 3300 // 4095
