@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 
-from fl import VERSION, config, log, ticks
+from fl import VERSION, log, ticks
 from fl.clock import Clock
 from fl.commands import Commands
 from fl.events import Sequencer
@@ -56,7 +56,9 @@ def fault_code(name):
 
 
 class App:
-    def __init__(self, board, safe_mode=False, guard=None, healthy_after_s=60):
+    def __init__(self, board, safe_mode=False, guard=None, healthy_after_s=60, loaded=None):
+        """loaded: (config, problems) from fl.boot.load_config, read before the app's modules
+        were imported; None reads it here."""
         self.board = board
         self.safe_mode = safe_mode
         self._guard = guard
@@ -64,9 +66,11 @@ class App:
         self.health = Health()
         self.progress = 0  # housekeeping's, for the watchdog
         self.reset_cause = board.reset_cause()
-        mac = board.unique_id()
+        if loaded is None:
+            from fl.boot import load_config
+            loaded = load_config(board)
         info = board.board_info()
-        self.config, problems = config.load(info, default_device_id="fl-" + "".join("%02x" % b for b in mac))
+        self.config, problems = loaded
         cfg = self.config
         log.level = {"debug": log.DEBUG, "info": log.INFO, "warn": log.WARN, "error": log.ERROR}[cfg["log_level"]]
         self.device_id = cfg["device_id"]
@@ -119,6 +123,7 @@ class App:
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
         self.indicators = Indicators(board, self.health, self.mqtt)
         self.watchdog = Watchdog(board)
+        board.release_info()  # everything that reads board.json has read it
 
     def _status(self, state):
         ts, _ = self.clock.now()
@@ -163,6 +168,8 @@ class App:
         mean two events (380 restore, then the fire); if recording raises, the inputs retry
         the change and what was recorded already is not recorded again."""
         name, kind = spec["name"], spec["kind"]
+        if kind == "mains":
+            self.board.on_mains(new != "active")
         if old != new and not (old == "boot" and new == NORMAL):
             _log.info("input %s: %s -> %s", name, old, new)
         own = CODES[kind]
@@ -374,19 +381,21 @@ class App:
             _log.warn("clean shutdown incomplete: %s", e)
 
 
-def main():
-    from fl import hal
+def main(board=None, loaded=None):
+    """Runs the transmitter; `board` and `loaded` (config, problems) as fl.boot.main made them."""
     from fl.bootguard import BootGuard
 
-    board = hal.load()
+    if board is None:
+        from fl import hal
+        board = hal.load()
     guard = BootGuard()
     safe = guard.begin()
     try:
-        app = App(board, safe_mode=safe, guard=guard)
+        app = App(board, safe_mode=safe, guard=guard, loaded=loaded)
     except Exception as e:  # noqa: BLE001 - a bug at start must not leave the panel unwatched
         _log.error("start failed (%r): retrying in safe mode", e)
         try:
-            app = App(board, safe_mode=True, guard=guard)
+            app = App(board, safe_mode=True, guard=guard, loaded=loaded)
         except Exception as e2:  # noqa: BLE001
             # Nothing watches the panel now: a board left at the REPL would be a silent dead
             # transmitter. Restart (the boot counter shows the loop) rather than sit here.

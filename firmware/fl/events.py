@@ -26,42 +26,8 @@ CLASSES = (FIRE, FAULT, STATUS)
 PRIORITY = {FIRE: 0, FAULT: 1, STATUS: 2}
 QUALIFIERS = ("new", "restore")
 
-# Contact ID (SIA DC-05) codes a fire-panel transmitter raises; see docs contact-id.md.
-MEANING = {
-    "110": "fire",
-    "111": "smoke",
-    "114": "heat",
-    "115": "manual call point",
-    "137": "tamper",
-    "145": "expansion module tamper",
-    "200": "fire supervisory",
-    "301": "mains (AC) loss",
-    "302": "low battery",
-    "305": "system reset",
-    "306": "programming changed",
-    "307": "self-test failure",
-    "309": "battery test failure",
-    "311": "battery missing",
-    "350": "communication trouble",
-    "351": "path 1 fault",
-    "352": "path 2 fault",
-    "354": "failed to communicate",
-    "373": "fire trouble",
-    "380": "sensor trouble",
-    "383": "sensor tamper",
-    "570": "zone bypass",
-    "571": "fire zone bypass",
-    "601": "manual test",
-    "602": "periodic test",
-    "608": "periodic test, trouble present",
-    "622": "event log 50% full",
-    "623": "event log 90% full",
-    "624": "event log overflow",
-    "625": "time reset",
-    "626": "time inaccurate",
-    "627": "programming mode entered",
-    "628": "programming mode left",
-}
+# What each Contact ID code means is the centre's business: the device only sends codes, so the
+# table lives on the host (host_tools/firelink/contact_id.py), not in the board's RAM.
 
 _KEYS = ("id", "seq", "ts", "tsync", "code", "q", "zone", "input", "class")
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firelink import unixport
+from firelink import boards, unixport
 
 _HERE = Path(__file__).resolve()
 CONTROL = "sim/control.json"
@@ -53,7 +52,13 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int) -> None:
 
 
 def board_json_path() -> Path:
-    return _HERE.parents[2] / "hardware" / "board.json"
+    """The default board's definition (firelink.boards): what a virtual device is."""
+    return boards.path(boards.DEFAULT)
+
+
+def _write_board(path: Path, board: dict[str, Any] | None) -> None:
+    # What `firelink flash` deploys: the firmware's part of the definition only.
+    path.write_bytes(boards.device_json(board if board is not None else boards.load(board_json_path())))
 
 
 # --- provisioning ---
@@ -62,7 +67,7 @@ def create(directory: Path, config: dict[str, Any], secrets: dict[str, Any] | No
            certs: dict[str, bytes] | None = None, board: dict[str, Any] | None = None) -> Path:
     """Writes a device's flash as provisioning would: config.json, secrets.json (if given),
     DER files (`certs` maps file name → bytes, e.g. {"ca.der": ...}; name them in `secrets`'
-    tls_ca/tls_cert/tls_key) and board.json (hardware/board.json unless `board` is given)."""
+    tls_ca/tls_cert/tls_key) and board.json (the default board unless `board` is given; its device view, as flashed)."""
     d = Path(directory)
     (d / "sim").mkdir(parents=True, exist_ok=True)
     write_json_atomic(d / "config.json", config)
@@ -72,10 +77,7 @@ def create(directory: Path, config: dict[str, Any], secrets: dict[str, Any] | No
         if "/" in name or name.startswith("."):
             raise WorldError(f"certificate file name {name!r} must be a plain file name")
         write_bytes_atomic(d / name, data, 0o600 if "key" in name else 0o644)
-    if board is not None:
-        write_json_atomic(d / "board.json", board)
-    else:
-        shutil.copyfile(board_json_path(), d / "board.json")
+    _write_board(d / "board.json", board)
     if not (d / CONTROL).exists():
         wire_normal(d)
     return d
@@ -91,7 +93,7 @@ def prepare(directory: Path, config: dict[str, Any] | None = None, secrets: dict
     if secrets:
         update_json(d / "secrets.json", secrets, mode=0o600)
     if not (d / "board.json").exists():
-        shutil.copyfile(board_json_path(), d / "board.json")
+        _write_board(d / "board.json", None)
     if not (d / CONTROL).exists():
         wire_normal(d)
     return d

@@ -141,15 +141,6 @@ def test_priority_by_class():
     eq(_fire().priority, 0)
 
 
-def test_meaning_covers_contact_id_table():
-    for code in ("110", "111", "114", "115", "200", "373", "380", "137", "145", "383", "301", "302", "309",
-                 "311", "305", "306", "307", "350", "351", "352", "354", "570", "571", "601", "602", "608",
-                 "622", "623", "624", "625", "626", "627", "628"):
-        ok(code in events.MEANING, code)
-    eq(events.MEANING["110"], "fire")
-    eq(events.MEANING["624"], "event log overflow")
-
-
 def test_contact_id_check_digit_hand_computed():
     # 1+2+3+4 + 1+8 + 1+1+1+10 + 10+10 + 10+10+1 = 73; 73 + 2 = 75 = 5 * 15
     eq(contact_id_message("1234", "new", "110", 0, 1), "1234 18 1110 00 001 2")
