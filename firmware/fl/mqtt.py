@@ -41,8 +41,9 @@ _BACKOFF_MIN_MS = 1000
 # failed, and at most this often.
 _RERESOLVE_MS = 600000
 # With no address at all, a lookup that took long (DNS down, not a quick refusal) is not repeated
-# sooner than this, whatever asks for an attempt (backoff, kick()).
-_DNS_RETRY_MS = 60000
+# sooner than this, whatever asks for an attempt (backoff, kick()). Short: a lookup blocks
+# nothing any more, and a fire must not wait a minute after the resolver comes back.
+_DNS_RETRY_MS = 5000
 _DNS_SLOW_MS = 1000
 # Unacknowledged PUBLISHes whose packet id the session keeps for a resend (the sender has one
 # event in flight at a time; heartbeats and answers are never resent and age out).
