@@ -10,6 +10,7 @@ import asyncio
 import os
 
 from fl import netio, ticks
+from fl.netio import is_ip
 
 PORT = 53
 _TYPE_A = 1
@@ -20,17 +21,6 @@ _MAX_REPLY = 512  # a UDP answer without EDNS is at most this long
 
 class DNSError(OSError):
     pass
-
-
-def is_ip(host):
-    """True for a dotted IPv4 literal: it needs no lookup."""
-    parts = host.split(".")
-    if len(parts) != 4:
-        return False
-    for p in parts:
-        if not p.isdigit() or len(p) > 3 or int(p) > 255:
-            return False
-    return True
 
 
 def query(host, qid):

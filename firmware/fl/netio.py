@@ -21,11 +21,20 @@ class ConnectError(OSError):
     pass
 
 
+def is_ip(host):
+    """True for a dotted IPv4 literal: it needs no lookup."""
+    parts = host.split(".")
+    if len(parts) != 4:
+        return False
+    for p in parts:
+        if not p.isdigit() or len(p) > 3 or int(p) > 255:
+            return False
+    return True
+
+
 def sockaddr(ip, port, kind=socket.SOCK_STREAM):
     """The socket address for an IPv4 literal. getaddrinfo answers a literal at once, without
     DNS; it must never see a name here (it would block the interpreter while it asks)."""
-    from fl.dns import is_ip
-
     if not is_ip(ip):
         raise ValueError("not an IPv4 address: %r" % ip)
     return socket.getaddrinfo(ip, port, 0, kind)[0][-1]
@@ -33,7 +42,9 @@ def sockaddr(ip, port, kind=socket.SOCK_STREAM):
 
 async def resolve(host, port, path, timeout_ms):
     """Address for host:port over `path`, looked up with fl.dns on the event loop (bounded by
-    timeout_ms); IP literals need no lookup."""
+    timeout_ms); IP literals need no lookup (and fl.dns is then never loaded)."""
+    if is_ip(host):
+        return sockaddr(host, port)
     from fl import dns
 
     ip = await dns.resolve(host, path.dns_servers(), timeout_ms, path.ifname)

@@ -12,7 +12,7 @@ import time
 import machine
 import network
 
-from fl import clock, link, sntp, ticks
+from fl import clock, link, ticks
 from fl.edgewait import EdgeWait
 from fl.log import Logger
 
@@ -163,6 +163,8 @@ class Board:
     async def sync_clock(self, path, servers, timeout_ms):
         """SNTP over `path` (fl.sntp: asyncio, bounded by timeout_ms); sets the RTC, which TLS
         verification needs. Returns whether it did."""
+        from fl import sntp
+
         try:
             utc_ms = await sntp.fetch(servers, path, timeout_ms)
             if utc_ms is None:

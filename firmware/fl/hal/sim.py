@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from fl import link, sntp, store, ticks
+from fl import link, store, ticks
 from fl.edgewait import EdgeWait
 from fl.log import Logger
 
@@ -201,6 +201,8 @@ class Board:
     async def sync_clock(self, path, servers, timeout_ms):
         if self.clock_synced():
             return True
+        from fl import sntp  # loaded only when a clock must be set: RAM for the rest otherwise
+
         utc_ms = await sntp.fetch(servers, path, timeout_ms)
         if utc_ms is None:
             return False
