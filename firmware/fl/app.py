@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 
-from fl import VERSION, config, log
+from fl import VERSION, log, ticks
 from fl.clock import Clock
 from fl.commands import Commands
 from fl.events import Sequencer
@@ -56,7 +56,9 @@ def fault_code(name):
 
 
 class App:
-    def __init__(self, board, safe_mode=False, guard=None, healthy_after_s=60):
+    def __init__(self, board, safe_mode=False, guard=None, healthy_after_s=60, loaded=None):
+        """loaded: (config, problems) from fl.boot.load_config, read before the app's modules
+        were imported; None reads it here."""
         self.board = board
         self.safe_mode = safe_mode
         self._guard = guard
@@ -64,9 +66,11 @@ class App:
         self.health = Health()
         self.progress = 0  # housekeeping's, for the watchdog
         self.reset_cause = board.reset_cause()
-        mac = board.unique_id()
+        if loaded is None:
+            from fl.boot import load_config
+            loaded = load_config(board)
         info = board.board_info()
-        self.config, problems = config.load(info, default_device_id="fl-" + "".join("%02x" % b for b in mac))
+        self.config, problems = loaded
         cfg = self.config
         log.level = {"debug": log.DEBUG, "info": log.INFO, "warn": log.WARN, "error": log.ERROR}[cfg["log_level"]]
         self.device_id = cfg["device_id"]
@@ -120,6 +124,7 @@ class App:
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
         self.indicators = Indicators(board, self.health, self.mqtt)
         self.watchdog = Watchdog(board)
+        board.release_info()  # everything that reads board.json has read it
 
     def _status(self, state):
         ts, _ = self.clock.now()
@@ -164,6 +169,8 @@ class App:
         mean two events (380 restore, then the fire); if recording raises, the inputs retry
         the change and what was recorded already is not recorded again."""
         name, kind = spec["name"], spec["kind"]
+        if kind == "mains":
+            self.board.on_mains(new != "active")
         if old != new and not (old == "boot" and new == NORMAL):
             _log.info("input %s: %s -> %s", name, old, new)
         own = CODES[kind]
@@ -271,10 +278,10 @@ class App:
         publish_ms = b["puback_timeout_ms"] + 5000 + 15000
         allowances = {"inputs": 5000, "sender": publish_ms, "heartbeat": publish_ms, "links": 60000,
                       "mqtt": b["connect_timeout_ms"] + 2 * b["puback_timeout_ms"] + 15000, "ack_watch": 5000,
-                      "indicators": 5000, "housekeeping": 30000}
+                      "indicators": 5000, "housekeeping": 30000, "commands": publish_ms}
         parts = (("inputs", self.inputs), ("links", self.links), ("mqtt", self.mqtt), ("sender", self.sender),
                  ("ack_watch", self.ack_watch), ("heartbeat", self.heartbeat), ("indicators", self.indicators),
-                 ("housekeeping", self))
+                 ("commands", self.commands), ("housekeeping", self))
         for name, obj in parts:
             self.watchdog.watch(name, obj, allowances[name])
         tasks = [asyncio.create_task(self._supervise(name, obj)) for name, obj in parts]
@@ -309,8 +316,8 @@ class App:
         first connection a bounded chance to sync it, then connect whatever happened (a
         refused certificate is reported as a fault and retried)."""
         if self.config["broker"]["tls"] and not self.board.clock_synced():
-            deadline = time.ticks_add(time.ticks_ms(), TLS_CLOCK_WAIT_MS)
-            while not self.board.clock_synced() and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+            deadline = ticks.add(ticks.ms(), TLS_CLOCK_WAIT_MS)
+            while not self.board.clock_synced() and ticks.diff(deadline, ticks.ms()) > 0:
                 if self.links.current() is not None:
                     await self.board.sync_clock(5000)
                 else:
@@ -325,8 +332,9 @@ class App:
         offline_ms = 0
         storage_retry_s = 0
         test_every_ms = self.config["periodic_test_s"] * 1000
-        next_test = time.ticks_add(time.ticks_ms(), test_every_ms)
-        next_sync = time.ticks_ms()
+        # Up to a week: beyond what ticks.add accepts on the board (2^29 ms), so a countdown.
+        next_test = ticks.Countdown(test_every_ms)
+        next_sync = ticks.Countdown(0)  # may wait days for a path: a deadline's age would wrap
         fault_delay_ms = self.config["path_fault_delay_s"] * 1000
         while True:
             await asyncio.sleep_ms(1000)
@@ -338,16 +346,16 @@ class App:
                 self.health.set_fault("broker_unreachable", True, self.mqtt.last_error[:80])
             elif self.mqtt.connected:
                 self.health.set_fault("broker_unreachable", False)
-            if time.ticks_diff(time.ticks_ms(), next_sync) >= 0 and self.links.current() is not None:
+            if next_sync.due() and self.links.current() is not None:
                 synced = await self.board.sync_clock(5000)
-                next_sync = time.ticks_add(time.ticks_ms(), CLOCK_RESYNC_MS if synced else CLOCK_RETRY_MS)
+                next_sync.start(CLOCK_RESYNC_MS if synced else CLOCK_RETRY_MS)
             if self._guard is not None and connected_ms < self._healthy_after_ms:
                 connected_ms = connected_ms + 1000 if self.mqtt.connected else 0
                 if connected_ms >= self._healthy_after_ms:
                     self._guard.healthy()
                     _log.info("healthy: boot counter cleared")
-            if time.ticks_diff(time.ticks_ms(), next_test) >= 0:
-                next_test = time.ticks_add(next_test, test_every_ms)
+            if next_test.due():
+                next_test.extend(test_every_ms)
                 self._periodic_test()
             self._restore_carried_faults()
             self.recorder.declare_lost()
@@ -382,19 +390,21 @@ class App:
             _log.warn("clean shutdown incomplete: %s", e)
 
 
-def main():
-    from fl import hal
+def main(board=None, loaded=None):
+    """Runs the transmitter; `board` and `loaded` (config, problems) as fl.boot.main made them."""
     from fl.bootguard import BootGuard
 
-    board = hal.load()
+    if board is None:
+        from fl import hal
+        board = hal.load()
     guard = BootGuard()
     safe = guard.begin()
     try:
-        app = App(board, safe_mode=safe, guard=guard)
+        app = App(board, safe_mode=safe, guard=guard, loaded=loaded)
     except Exception as e:  # noqa: BLE001 - a bug at start must not leave the panel unwatched
         _log.error("start failed (%r): retrying in safe mode", e)
         try:
-            app = App(board, safe_mode=True, guard=guard)
+            app = App(board, safe_mode=True, guard=guard, loaded=loaded)
         except Exception as e2:  # noqa: BLE001
             # Nothing watches the panel now: a board left at the REPL would be a silent dead
             # transmitter. Restart (the boot counter shows the loop) rather than sit here.

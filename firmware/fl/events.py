@@ -26,42 +26,8 @@ CLASSES = (FIRE, FAULT, STATUS)
 PRIORITY = {FIRE: 0, FAULT: 1, STATUS: 2}
 QUALIFIERS = ("new", "restore")
 
-# Contact ID (SIA DC-05) codes a fire-panel transmitter raises; see docs contact-id.md.
-MEANING = {
-    "110": "fire",
-    "111": "smoke",
-    "114": "heat",
-    "115": "manual call point",
-    "137": "tamper",
-    "145": "expansion module tamper",
-    "200": "fire supervisory",
-    "301": "mains (AC) loss",
-    "302": "low battery",
-    "305": "system reset",
-    "306": "programming changed",
-    "307": "self-test failure",
-    "309": "battery test failure",
-    "311": "battery missing",
-    "350": "communication trouble",
-    "351": "path 1 fault",
-    "352": "path 2 fault",
-    "354": "failed to communicate",
-    "373": "fire trouble",
-    "380": "sensor trouble",
-    "383": "sensor tamper",
-    "570": "zone bypass",
-    "571": "fire zone bypass",
-    "601": "manual test",
-    "602": "periodic test",
-    "608": "periodic test, trouble present",
-    "622": "event log 50% full",
-    "623": "event log 90% full",
-    "624": "event log overflow",
-    "625": "time reset",
-    "626": "time inaccurate",
-    "627": "programming mode entered",
-    "628": "programming mode left",
-}
+# What each Contact ID code means is the centre's business: the device only sends codes, so the
+# table lives on the host (host_tools/firelink/contact_id.py), not in the board's RAM.
 
 _KEYS = ("id", "seq", "ts", "tsync", "code", "q", "zone", "input", "class")
 
@@ -100,6 +66,8 @@ def _check(ev):
         raise ValueError("bad seq %r: want an int >= 0" % (ev.seq,))
     if type(ev.ts) is not int or ev.ts < 0:
         raise ValueError("bad ts %r: want an int >= 0 (UTC seconds)" % (ev.ts,))
+    if ev.ms is not None and (type(ev.ms) is not int or not 0 <= ev.ms <= 999):
+        raise ValueError("bad ms %r: want an int 0..999 (milliseconds within ts)" % (ev.ms,))
     if type(ev.tsync) is not bool:
         raise ValueError("bad tsync %r: want true or false" % (ev.tsync,))
     if not valid_code(ev.code):
@@ -117,11 +85,12 @@ def _check(ev):
 
 
 class Event:
-    __slots__ = ("id", "seq", "ts", "tsync", "code", "q", "zone", "input", "cls", "detail", "more")
+    __slots__ = ("id", "seq", "ts", "ms", "tsync", "code", "q", "zone", "input", "cls", "detail", "more")
 
-    def __init__(self, seq, ts, tsync, code, q, zone, input, cls, detail=None, id=None, more=None):
+    def __init__(self, seq, ts, tsync, code, q, zone, input, cls, detail=None, id=None, ms=None, more=None):
         self.seq = seq
         self.ts = ts
+        self.ms = ms  # milliseconds within ts; None for records written before it existed
         self.tsync = tsync
         self.code = code
         self.q = q
@@ -146,9 +115,9 @@ class Event:
     def to_json(self):
         """Compact JSON bytes, keys in a fixed order so the same event gives the same bytes."""
         d = json.dumps
-        s = '{"id":%s,"seq":%d,"ts":%d,"tsync":%s,"code":%s,"q":%s,"zone":%d,"input":%s,"class":%s' % (
-            d(self.id), self.seq, self.ts, "true" if self.tsync else "false", d(self.code), d(self.q),
-            self.zone, d(self.input), d(self.cls))
+        s = '{"id":%s,"seq":%d,"ts":%d%s,"tsync":%s,"code":%s,"q":%s,"zone":%d,"input":%s,"class":%s' % (
+            d(self.id), self.seq, self.ts, "" if self.ms is None else ',"ms":%d' % self.ms,
+            "true" if self.tsync else "false", d(self.code), d(self.q), self.zone, d(self.input), d(self.cls))
         if self.detail is not None:
             s += ',"detail":' + d(self.detail)
         if self.more:
@@ -169,7 +138,7 @@ class Event:
             if k not in o:
                 raise ValueError("event lacks key %r" % (k,))
         ev = Event(o["seq"], o["ts"], o["tsync"], o["code"], o["q"], o["zone"], o["input"],
-                   o["class"], o.get("detail"), o["id"])
+                   o["class"], o.get("detail"), o["id"], o.get("ms"))
         if "detail" in o and o["detail"] is None:
             raise ValueError("bad detail None: omit the key instead")
         _check(ev)

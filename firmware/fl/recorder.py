@@ -113,10 +113,10 @@ class Recorder:
         return ev
 
     def _record(self, code, q, zone, input_name, cls, detail, more=None):
-        ts, synced = self.clock.now()
+        ts, ms, synced = self.clock.stamp()
         ev = Event(0, _int(ts), synced is True, code, q, zone,
                    input_name if type(input_name) is str else str(input_name), cls,
-                   detail if detail is None or type(detail) is str else str(detail), "-", more)
+                   detail if detail is None or type(detail) is str else str(detail), "-", ms, more)
         try:
             ev.check()
         except ValueError as e:
@@ -163,9 +163,9 @@ class Recorder:
     def _level_event(self, code, q):
         ob = self.outbox
         detail = "outbox %d/%d, dropped %d" % (len(ob), ob.capacity, ob.dropped)
-        ts, synced = self.clock.now()
+        ts, ms, synced = self.clock.stamp()
         seq = self.sequencer.take()
-        ev = Event(seq, _int(ts), synced is True, code, q, 0, "", STATUS, detail)
+        ev = Event(seq, _int(ts), synced is True, code, q, 0, "", STATUS, detail, None, ms)
         declared = None
         if code == "624" and ob.lost:
             declared = self._attach_lost(ev)

@@ -10,8 +10,8 @@ has been removed for REMOVE_FLUSH_MS and nothing waits, so an idle device writes
 """
 import asyncio
 import json
-import time
 
+from fl import ticks
 from fl.log import Logger
 
 _log = Logger("sender")
@@ -42,12 +42,16 @@ class Sender:
     async def run(self):
         while True:
             self.progress += 1
+            if self._kicked_at is not None and not ticks.recent(self._kicked_at, KICK_MS):
+                # Forgotten once old (this loop turns at least every second), so a stamp can
+                # never look fresh again when the ticks come round (every 2^30 ms on the board).
+                self._kicked_at = None
             # Clear before looking so an event queued while we look still wakes us.
             self._wake.clear()
             item = self._outbox.peek()
             if item is None:
                 if self._removed_at is not None and \
-                        time.ticks_diff(time.ticks_ms(), self._removed_at) >= REMOVE_FLUSH_MS:
+                        ticks.diff(ticks.ms(), self._removed_at) >= REMOVE_FLUSH_MS:
                     self._removed_at = None
                     self._outbox.flush_removals()
                 await _wait_event(self._wake, 1000)
@@ -58,10 +62,10 @@ class Sender:
                 if self._outbox.priority(handle) == PRIORITY_FIRE:
                     # A fire must not wait out a backoff grown during an outage: end it now, but
                     # at most every KICK_MS so that a dead broker is not hammered.
-                    now = time.ticks_ms()
-                    left = 0 if self._kicked_at is None else KICK_MS - time.ticks_diff(now, self._kicked_at)
+                    # A stamp days old (or wrapped) is simply not recent: kick.
+                    left = KICK_MS - ticks.since(self._kicked_at) if ticks.recent(self._kicked_at, KICK_MS) else 0
                     if left <= 0:
-                        self._kicked_at = now
+                        self._kicked_at = ticks.ms()
                         self.kicks += 1
                         self._mqtt.kick()
                         left = KICK_MS
@@ -83,7 +87,7 @@ class Sender:
                 continue
             if ok:
                 self._outbox.remove(handle)
-                self._removed_at = time.ticks_ms() if self._outbox.removals_pending() else None
+                self._removed_at = ticks.ms() if self._outbox.removals_pending() else None
                 self.sent += 1
             else:
                 # The client drops and rebuilds the connection; the event stays in the outbox.
@@ -106,7 +110,7 @@ class AckWatch:
 
     def expect(self, event_id, left_ms=None):
         left = self._timeout_ms if left_ms is None else max(0, min(int(left_ms), self._timeout_ms))
-        self._pending[event_id] = time.ticks_add(time.ticks_ms(), left)
+        self._pending[event_id] = ticks.add(ticks.ms(), left)
 
     def pending(self):
         return len(self._pending)
@@ -115,10 +119,10 @@ class AckWatch:
         """{event id: [due_ts, left_ms]} of every fire event still awaiting its ack (overdue
         ones with 0 left). due_ts is in RTC seconds when the clock is set, else 0: a tick
         stamp would mean nothing after a reboot or across the 32-bit tick wrap."""
-        now = time.ticks_ms()
+        now = ticks.ms()
         out = {}
         for event_id, deadline in self._pending.items():
-            left = max(0, time.ticks_diff(deadline, now))
+            left = max(0, ticks.diff(deadline, now))
             out[event_id] = [now_ts + (left + 999) // 1000 if synced else 0, left]
         for event_id in self._overdue:
             out[event_id] = [now_ts if synced else 0, 0]
@@ -161,10 +165,10 @@ class AckWatch:
     async def run(self):
         while True:
             self.progress += 1
-            now = time.ticks_ms()
-            late = [i for i, d in self._pending.items() if time.ticks_diff(now, d) >= 0]
+            now = ticks.ms()
+            late = [i for i, d in self._pending.items() if ticks.diff(now, d) >= 0]
             if len(late) > 1:  # oldest first: those are the ones kept past OVERDUE_MAX
-                late.sort(key=lambda i: time.ticks_diff(self._pending[i], now))
+                late.sort(key=lambda i: ticks.diff(self._pending[i], now))
             for event_id in late:
                 del self._pending[event_id]
                 if not self._overdue:

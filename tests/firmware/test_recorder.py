@@ -20,6 +20,9 @@ class FakeClock:
     def now(self):
         return self.t, self.synced
 
+    def stamp(self):
+        return self.t, 250, self.synced
+
 
 def make(capacity=32, outbox=None, clock=None, health=None):
     ob = outbox if outbox is not None else Outbox(capacity=capacity)
