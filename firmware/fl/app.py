@@ -92,6 +92,7 @@ class App:
         self.recorder.before_checkpoint = self._snapshot_acks
         self._state_dirty_s = 0
         self._input_names = set(s["name"] for s in cfg["inputs"])
+        self._carried = None  # faults reported before the reboot, not yet shown gone or active
         self.health.listen(self._on_fault)
         for name, detail in list(self.health.faults.items()):  # raised while the recorder opened
             self._on_fault(name, True, detail)
@@ -198,10 +199,18 @@ class App:
 
     def _restore_carried_faults(self):
         """Restores each fault the centre was told of before the reboot once this boot has
-        shown it gone (see the module's doc)."""
-        for code, name, _, cls in self.reported.active():
-            if cls != "fault" or name in self._input_names or name in self.health.faults or fault_code(name) != code:
+        shown it gone (see the module's doc). Housekeeping asks every second; nothing to look
+        at (and nothing allocated) once each is settled."""
+        if self._carried is None:
+            self._carried = [(code, name) for code, name, _, cls in self.reported.active()
+                             if cls == "fault" and name not in self._input_names and fault_code(name) == code]
+        k = 0
+        while k < len(self._carried):
+            code, name = self._carried[k]
+            if name in self.health.faults or not self.reported.is_active(code, name):
+                self._carried.pop(k)  # active again, or restored: reported as it changes from now on
                 continue
+            k += 1
             if name.startswith("mqtt_") or name == "broker_unreachable":
                 gone = self.mqtt.connected
             elif name.startswith("path_"):
