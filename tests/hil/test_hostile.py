@@ -316,8 +316,7 @@ def test_revoking_the_stolen_box_locks_it_out_and_the_centre_shows_it_revoked(
     assert site.broker.revoke(DEV_A)
     assert "revoked" in site.broker.last_revoke_marker, site.broker.last_revoke_marker
     centre.wait_change(DEV_A, "revoked", 15)
-    # The password no longer opens the broker; the certificate still completes TLS (there is no
-    # CRL) but its account has no rights left: no publishing, no reading.
+    # Neither the password nor the certificate (now on the site's CRL) opens the broker.
     again = Attacker(site, DEV_A, stolen.password, client_id=DEV_A)
     try:
         rc = again.connect()
@@ -327,13 +326,12 @@ def test_revoking_the_stolen_box_locks_it_out_and_the_centre_shows_it_revoked(
     since = centre.mark()
     cert = Attacker(site, DEV_A, None, client_id=DEV_A, tls=stolen)
     try:
-        assert not cert.connect().is_failure
-        cert.subscribe(f"firelink/{DEV_A}/#")
-        doc = json.dumps({"id": "after-revoke", "seq": 99999, "ts": int(time.time()), "tsync": True,
-                          "code": "110", "q": "new", "zone": 1, "input": "panel_fire", "class": "fire"})
-        cert.client.publish(f"firelink/{DEV_A}/event", doc, qos=1).wait_for_publish(5)
-        assert fire_latency(centre, dut) <= ALARM_S  # B's alarm as the sync point
-        assert not cert.received  # not even its own retained status
+        try:
+            rc = cert.connect()
+        except (ssl.SSLError, OSError):
+            rc = None  # refused at the handshake
+        assert rc is None or rc.is_failure, "A's revoked certificate still logs in"
     finally:
         cert.close()
-    assert not [e for e in centre.events_of(DEV_A, since) if e.id == "after-revoke"]
+    assert fire_latency(centre, dut) <= ALARM_S  # B unaffected
+    assert "on the CRL" in site.broker.last_withdrawn
