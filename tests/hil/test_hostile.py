@@ -289,6 +289,7 @@ def test_a_10000_event_burst_is_stored_and_b_keeps_its_latency(
     while len(centre.store.events(DEV_A)) < BURST and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(centre.store.events(DEV_A)) == BURST
+    assert centre.monitor.stats.floods >= 1  # A's burst reported as a flood, B's fire as a fire
     assert not [w for w in centre.warnings if w.reason.startswith("monitor stopped")]
     assert_monitor_held(site, log_mark)
 
