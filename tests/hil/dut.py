@@ -29,6 +29,7 @@ from firelink import virtual
 from firelink.device import Device
 
 SOFT_REBOOT = r"MPY: soft reboot"
+FIRMWARE_UP = r"INFO app: FireLink \S+ on .* reset cause"  # the app's first line (fl/app.py)
 
 
 class Dut(abc.ABC):
@@ -141,7 +142,13 @@ class Dut(abc.ABC):
         finally:
             self._reclaim_port()
         if reboot:
+            # "MPY: soft reboot" comes before main.py starts: the firmware runs once it says
+            # so itself. Returning earlier, the next repl()'s ^C would reach a firmware still
+            # importing (or none at all, and be dropped with the reboot's stale input).
             self.wait_for_log(SOFT_REBOOT, timeout_s, since=mark)
+            after_reboot = self._cursor
+            self.wait_for_log(FIRMWARE_UP, timeout_s)
+            self._cursor = after_reboot  # the caller may wait for the boot line too
 
     def read_file(self, path: str) -> bytes:
         with self.repl() as dev:
