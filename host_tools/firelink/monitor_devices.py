@@ -322,9 +322,10 @@ class DeviceBook:
 
 
 class FloodMeter:
-    """A device sending more than `limit` events within `window_s` is flooding the centre: one
-    `flood` fault for it, its events still stored and acknowledged but not shown one by one,
-    until it has sent fewer than `limit` in a whole window."""
+    """A device sending more than `limit` events (or quarantined messages) within `window_s` is
+    flooding the centre: one `flood` fault for it, its events still stored and acknowledged but
+    not shown one by one (nor a warning per bad message), until it has sent fewer than `limit`
+    in a whole window."""
 
     def __init__(self, limit: int = 100, window_s: float = 2.0) -> None:
         self.limit = limit

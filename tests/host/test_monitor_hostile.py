@@ -152,6 +152,16 @@ def test_a_flood_is_one_fault_its_events_stored_and_acked_and_another_devices_fi
     assert end["device"] == a.id and end["events"] + 50 >= n and end["fire"] == end["events"]
 
 
+def test_a_junk_flood_is_one_fault_not_a_warning_per_message(start_monitor):
+    run = start_monitor(flood_events=50, flood_window_s=2.0)
+    for i in range(500):
+        run.monitor.ingest("firelink/fl-junk/event", b"junk %d" % i)
+    assert run.monitor.wait_idle(10)
+    assert len(run.store.quarantined(device="fl-junk")) == 500
+    assert len(run.sink.warnings_of("fl-junk")) == 50
+    assert run.monitor.flooding() == ["fl-junk"] and run.monitor.stats.floods == 1
+
+
 def test_class_and_code_checked_against_each_other(devices, peers, start_monitor):
     run = start_monitor()
     lines = io.StringIO()
