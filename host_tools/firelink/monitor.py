@@ -312,7 +312,9 @@ class Monitor:
             raise PayloadError(f"event id {ev.id} reused with different content (held: seq {held.seq} code "
                                f"{held.code} {held.q} {held.cls}; this: seq {ev.seq} code {ev.code} {ev.q} {ev.cls})")
         if not m.retained:
-            self._device_note(ev.device, self._book.heard(ev.device, ev.received_at), out)
+            change = self._book.heard(ev.device, ev.received_at)
+            if change or self._book.early:  # a plain "heard" is left to the heartbeats: work per event
+                self._device_note(ev.device, change, out)
         out.acks.append((ev.device, ev.id))  # duplicates too: the device may have missed the first ack
         if held is not None:
             self.store.count_ack_sent(ev.device, ev.id)

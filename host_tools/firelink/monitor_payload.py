@@ -109,9 +109,11 @@ def parse_json(payload: bytes) -> dict[str, Any]:
         raise PayloadError(f"not JSON: {str(e)[:80]}") from None
     if not isinstance(value, dict):
         raise PayloadError(f"a JSON {type(value).__name__}, not an object")
-    if not _depth_ok(value, 1):
+    # Both walks only when the text could need them (a few brackets; a \uD8xx-\uDFxx escape).
+    if text.count("{") + text.count("[") > MAX_DEPTH and not _depth_ok(value, 1):
         raise PayloadError(f"nested deeper than {MAX_DEPTH}")
-    _strings_ok(value)
+    if _SURROGATE_ESCAPE.search(text):
+        _strings_ok(value)
     return value
 
 
@@ -130,6 +132,7 @@ def _strings_ok(value: Any) -> None:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
