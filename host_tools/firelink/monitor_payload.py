@@ -147,7 +147,7 @@ def _is_num(value: Any) -> bool:
 
 def integer(doc: dict[str, Any], key: str, lo: int, hi: int, required: bool = False, default: Any = None) -> Any:
     value = doc.get(key)
-    if value is None and not required and key not in doc:
+    if value is None and not required:  # absent or null: not known
         return default
     if not _is_int(value) or not lo <= value <= hi:
         raise PayloadError(f"{key!r} is not an integer in {lo}..{hi}: {short(value)}")
@@ -156,7 +156,7 @@ def integer(doc: dict[str, Any], key: str, lo: int, hi: int, required: bool = Fa
 
 def number(doc: dict[str, Any], key: str, lo: float, hi: float, required: bool = False) -> float | None:
     value = doc.get(key)
-    if value is None and not required and key not in doc:
+    if value is None and not required:
         return None
     if not _is_num(value) or not lo <= value <= hi:
         raise PayloadError(f"{key!r} is not a number in {lo:g}..{hi:g}: {short(value)}")
@@ -166,7 +166,7 @@ def number(doc: dict[str, Any], key: str, lo: float, hi: float, required: bool =
 def text(doc: dict[str, Any], key: str, limit: int, required: bool = False, controls: bool = False,
          default: Any = None) -> Any:
     value = doc.get(key)
-    if value is None and not required and key not in doc:
+    if value is None and not required:
         return default
     if not isinstance(value, str) or len(value) > limit or (required and not value):
         raise PayloadError(f"{key!r} is not a text of at most {limit} characters: {short(value)}")
@@ -176,14 +176,18 @@ def text(doc: dict[str, Any], key: str, limit: int, required: bool = False, cont
 
 
 def flag(doc: dict[str, Any], key: str, default: bool = False) -> bool:
-    value = doc.get(key, default)
+    value = doc.get(key)
+    if value is None:
+        return default
     if not isinstance(value, bool):
         raise PayloadError(f"{key!r} is not true or false: {short(value)}")
     return value
 
 
 def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
-    value = doc.get(key, {})
+    value = doc.get(key)
+    if value is None:
+        return {}
     if not isinstance(value, dict) or len(value) > MAX_ENTRIES:
         raise PayloadError(f"{key!r} is not an object of at most {MAX_ENTRIES} entries: {short(value)}")
     for name in value:

@@ -296,6 +296,18 @@ def test_event_time_has_milliseconds_and_latency_is_real(devices, peers, start_m
     assert abs(ev.latency_s - (ev.received_at - ev.ts)) < 0.002
 
 
+def test_heartbeat_next_s_sets_the_supervision_also_after_a_restart(devices, peers, start_monitor, tmp_path):
+    dev = devices()
+    first = start_monitor(db=tmp_path / "next.db")
+    peers(dev).publish(dev.topic("heartbeat"), b'{"next_s": 3600}')
+    first.sink.wait(lambda s: s.changes_of(dev.id) == ["online"])
+    assert first.monitor.device(dev.id).supervision_s == 2 * 3600 + 60
+    first.monitor.stop()
+    first.store.close()
+    again = start_monitor(db=tmp_path / "next.db")
+    assert again.monitor.device(dev.id).supervision_s == 2 * 3600 + 60  # not the 60 s default's 200 s
+
+
 def test_heartbeat_next_s_sets_the_supervision(devices, peers, start_monitor):
     dev = devices()
     run = start_monitor(supervision=Supervision(next_margin_s=0.5))
