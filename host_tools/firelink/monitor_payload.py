@@ -29,6 +29,7 @@ MAX_DEPTH = 6  # nesting of JSON objects/lists
 MAX_ID_LEN = 64
 MAX_NAME_LEN = 64  # input names, fault names, fw, reset cause, path ...
 MAX_DETAIL_LEN = 512
+MAX_FAULT_DETAIL_LEN = 2048  # a heartbeat's `faults.config` lists every configuration problem
 MAX_ENTRIES = 64  # keys in a heartbeat's inputs/faults/counters/outbox
 MAX_SEQ = 2**53 - 1  # exact in JSON everywhere and in SQLite
 MAX_TS = 2**33  # year 2242: anything later is not a clock
@@ -311,7 +312,7 @@ def parse_heartbeat(doc: dict[str, Any]) -> Heartbeat:
     faults = _table(doc, "faults")
     for name, detail in faults.items():
         if not (detail is None or isinstance(detail, (bool, int, float))
-                or isinstance(detail, str) and len(detail) <= MAX_DETAIL_LEN):
+                or isinstance(detail, str) and len(detail) <= MAX_FAULT_DETAIL_LEN):
             raise PayloadError(f"fault {short(name)} detail is {short(detail)}")
     return Heartbeat(doc, ts, tsync, fw, reset, path, signal, outbox.get("depth"), faults, next_s)
 
