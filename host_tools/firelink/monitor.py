@@ -81,7 +81,9 @@ class MonitorConfig:
     port: int = 1883
     username: str = "monitor"
     password: str | None = None
-    client_id: str = "firelink-monitor"
+    # The site broker binds the client id to the account (docs/threat-model.md): it is "monitor"
+    # whatever is sent; the same value here keeps logs and the broker's view in agreement.
+    client_id: str = "monitor"
     keepalive_s: int = 30
     tls: bool = False
     ca: Path | None = None

@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--username", default="monitor", help="broker account (default: %(default)s)")
     p.add_argument("--password", default=None,
                    help=f"broker password (default: ${PASSWORD_ENV}, which keeps it out of the process list)")
-    p.add_argument("--client-id", default="firelink-monitor",
-                   help="MQTT client id; keep it stable so the broker holds messages while the monitor restarts "
-                        "(default: %(default)s)")
+    p.add_argument("--client-id", default="monitor",
+                   help="MQTT client id; keep it stable so the broker holds messages while the monitor restarts. "
+                        "A FireLink site broker replaces it with the account name (default: %(default)s)")
     p.add_argument("--tls", action="store_true", help="connect with TLS")
     p.add_argument("--ca", type=Path, help="CA certificate (PEM) for --tls")
     p.add_argument("--cert", type=Path, help="client certificate (PEM), when the listener asks for one")

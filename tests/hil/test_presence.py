@@ -32,7 +32,7 @@ def centre_supervision() -> Supervision:
 
 def _retained_status(site: BrokerFixture, device: str) -> dict[str, Any]:
     """What the broker would tell a newcomer about the device (its retained status)."""
-    peer = Peer(site.host, site.port, site.monitor_user, site.monitor_pass)
+    peer = Peer(site.host, site.port, site.centre_user, site.centre_pass)
     assert not peer.connect().is_failure
     try:
         topic = f"firelink/{device}/status"

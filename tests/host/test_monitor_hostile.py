@@ -37,8 +37,8 @@ HOSTILE = [
     ("heartbeat", b'{"ts": Infinity}', "not strict JSON"),
     ("heartbeat", b'{"ts": 1e999}', "number out of range"),
     ("heartbeat", b'{"faults": ' + b'[' * 50 + b']' * 50 + b'}', "nested deeper"),
-    ("heartbeat", b'[' * 8000, "not JSON"),
-    ("heartbeat", b'{"a":' * 1200 + b'1' + b'}' * 1200, "not JSON"),
+    ("heartbeat", b'[' * 3000, "not JSON"),  # deeper than the parser's recursion (the broker passes 4 KiB)
+    ("heartbeat", b'{"a":' * 700 + b'1' + b'}' * 700, "nested deeper"),
     ("status", b'{"state": "online", "fw": "\xff\xfe"}', "not UTF-8"),
     ("status", b'{"state": "online", "fw": "\\ud800"}', "lone surrogate"),
     ("event", event_payload(1, "zone-70", zone=2**70), "integer out of range"),
