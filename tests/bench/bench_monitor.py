@@ -60,6 +60,7 @@ class _Link(Sink):
 def measure(flood: int = 10000, outage_s: float = 5.0) -> Figures:
     with tempfile.TemporaryDirectory(prefix="fl-bench-monitor-") as tmp:
         d = Path(tmp)
+        d.chmod(0o711)  # mosquitto drops root: it must pass through to its directory
         broker = Broker(d / "broker", port=free_port(), tls_port=free_port())
         a, _ = broker.add_device("fl-bench-flood")
         b, _ = broker.add_device("fl-bench-calm")
