@@ -22,6 +22,8 @@ under the MicroPython unix port, its heap capped with `-X heapsize`). The scenar
 5. the micro-benchmarks tests/bench/bench_outbox.py and bench_mqtt.py under the unix port.
 6. the flash model (tests/bench/bench_flash.py): latency, backlog, block writes per event and per
    idle day with typical and worst-case flash write times, each on a site of its own.
+7. the centre (tests/bench/bench_monitor.py): another device's fire during a 10,000-event flood,
+   and the monitor's reconnect after a broker outage.
 
 The exit status is 0 when every part ran, whatever the figures; 1 when one could not run.
 """
@@ -47,8 +49,7 @@ from firelink import build, virtual
 from firelink.localsite import LocalSite, SiteError
 from firelink.monitor_devices import WENT_ONLINE
 from firelink.monitor_store import Event
-from tests.bench import bench_flash
-from tests.bench import bench_wire
+from tests.bench import bench_flash, bench_monitor, bench_wire
 from tests.tooling import ROOT, firmware_env, micropython_binary
 
 DEVICE_ID = "fl-02000000be01"  # as long as a default id ("fl-" + the MAC in hex): the topic's real size
@@ -556,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary.append((f"micro: {script}", micro_summary(m), f"{m.seconds:.1f} s"))
                 if m.status != 0:
                     failed = f"{script} failed"
+        with console.status("the centre under a flood and a broker outage (bench_monitor.py)"):
+            summary.append(bench_monitor.measure().row())
     except (SiteError, BenchError) as e:
         failed = str(e)
     except KeyboardInterrupt:
