@@ -36,7 +36,8 @@ class LinkProxy:
         self.connections = 0  # accepted and connected through, since start
         self._lock = threading.Lock()
         self._conns: list[tuple[socket.socket, socket.socket]] = []
-        self._server: socket.socket | None = None
+        self._listening = False
+        self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -48,20 +49,21 @@ class LinkProxy:
         self.close()
 
     def start(self) -> LinkProxy:
-        self._listen()
         self._thread = threading.Thread(target=self._accept_loop, name="link-proxy", daemon=True)
         self._thread.start()
+        self._wait_listening(True)
         return self
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2)
-        self._unlisten()
         self._reset_all()
 
     # --- faults ---
     def set_mode(self, mode: str, delay_s: float = 0.0) -> None:
+        """Switches the mode; returns once it holds (a refused port is closed, open
+        connections reset)."""
         if mode not in MODES:
             raise ValueError(f"unknown link mode {mode!r}: one of {', '.join(MODES)}")
         if mode == "delay" and delay_s <= 0:
@@ -70,10 +72,7 @@ class LinkProxy:
             self.mode, self.delay_s = mode, delay_s if mode == "delay" else 0.0
         if mode == "reset":
             self._reset_all()
-        if mode == "refuse":
-            self._unlisten()
-        elif self._server is None:
-            self._listen()
+        self._wait_listening(mode != "refuse")
 
     def cut(self) -> None:
         """The broker unreachable: open connections reset, new ones refused."""
@@ -88,46 +87,69 @@ class LinkProxy:
             return len(self._conns)
 
     # --- the proxy ---
-    def _listen(self) -> None:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((self.host, self.port))  # the same port each time: the device's config names it
-        s.listen(8)
-        s.settimeout(0.05)
-        self._server = s
-
-    def _unlisten(self) -> None:
-        s, self._server = self._server, None
-        if s is not None:
-            s.close()
+    def _wait_listening(self, listening: bool, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._listening != listening:
+                left = deadline - time.monotonic()
+                if left <= 0 or not (self._thread and self._thread.is_alive()):
+                    raise RuntimeError(f"the link proxy did not {'open' if listening else 'close'} its port "
+                                       f"{self.host}:{self.port}")
+                self._changed.wait(left)
 
     def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            server = self._server
-            if server is None:
-                time.sleep(_POLL_S)
-                continue
-            try:
-                device, _ = server.accept()
-            except (socket.timeout, OSError):
-                continue
-            if self.mode == "reset":
-                _reset(device)
-                continue
-            try:
-                broker = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                _reset(device)  # the broker itself is down: the device sees its connection fail
-                continue
-            for s in (device, broker):
-                s.settimeout(_POLL_S * 10)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._conns.append((device, broker))
-                self.connections += 1
-            pair = (device, broker)
-            threading.Thread(target=self._pump, args=(device, broker, pair), daemon=True).start()
-            threading.Thread(target=self._pump, args=(broker, device, pair), daemon=True).start()
+        # This thread alone opens and closes the listening socket: closed from elsewhere while
+        # accept() waits on it, it would go on accepting until that wait ended.
+        server: socket.socket | None = None
+        try:
+            while not self._stop.is_set():
+                want = self.mode != "refuse"
+                if want and server is None:
+                    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    server.bind((self.host, self.port))  # the same port each time: the device's config names it
+                    server.listen(8)
+                    server.settimeout(_POLL_S * 5)
+                elif not want and server is not None:
+                    server.close()  # what waited in the backlog is reset
+                    server = None
+                if self._listening != (server is not None):
+                    with self._changed:
+                        self._listening = server is not None
+                        self._changed.notify_all()
+                if server is None:
+                    time.sleep(_POLL_S)
+                    continue
+                try:
+                    device, _ = server.accept()
+                except (socket.timeout, OSError):
+                    continue
+                self._serve(device)
+        finally:
+            if server is not None:
+                server.close()
+            with self._changed:
+                self._listening = False
+                self._changed.notify_all()
+
+    def _serve(self, device: socket.socket) -> None:
+        if self.mode in ("reset", "refuse"):
+            _reset(device)
+            return
+        try:
+            broker = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            _reset(device)  # the broker itself is down: the device sees its connection fail
+            return
+        for s in (device, broker):
+            s.settimeout(_POLL_S * 10)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pair = (device, broker)
+        with self._lock:
+            self._conns.append(pair)
+            self.connections += 1
+        threading.Thread(target=self._pump, args=(device, broker, pair), daemon=True).start()
+        threading.Thread(target=self._pump, args=(broker, device, pair), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, pair: tuple[socket.socket, socket.socket]) -> None:
         try:
