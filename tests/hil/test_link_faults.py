@@ -53,3 +53,17 @@ def test_status_led_follows_the_broker_connection(centre: Centre, dut: Dut, link
     centre.wait(lambda: dut.read_indicators()["led_status"] == 0, 10, "status LED off once the link is cut")
     link.restore()
     centre.wait(lambda: dut.read_indicators()["led_status"] == 1, 30, "status LED on again once reconnected")
+
+
+@pytest.mark.needs("link")
+def test_offline_when_the_link_is_cut_and_online_again_when_it_returns(centre: Centre, dut: Dut,
+                                                                       link: LinkProxy) -> None:
+    """Needs nothing of a jig: runs on a bare board too."""
+    dev = dut.device_id
+    centre.wait_change(dev, "online", 15)
+    n = len(centre.changes_of(dev))
+    link.cut()  # the broker sees the connection reset: the device's will, at once
+    centre.wait_change(dev, "offline", 10, since=n)
+    link.restore()
+    centre.wait_change(dev, "online", 30, since=n)
+    assert centre.live_statuses(dev)[-2:] == ["offline", "online"]
