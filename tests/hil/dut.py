@@ -361,6 +361,7 @@ class SerialDut(Dut):
                     held = dev.read_file(name)
                 except Exception:  # noqa: BLE001 - missing on the device: write it
                     held = None
+                data = _keep_site(name, data, held)
                 if held != data:
                     dev.write_file(name, data)
             if not self.device_id:
@@ -398,6 +399,25 @@ class SerialDut(Dut):
     def log_position(self) -> int:
         with self._lock:
             return len(self._log)
+
+
+# What a board keeps from its own provisioning across the scenarios' files: its Wi-Fi (the
+# scenario knows the suite's broker, not the bench's network).
+SITE_KEYS = {"config.json": ("wifi",), "secrets.json": ("wifi_password",)}
+
+
+def _keep_site(name: str, data: bytes, held: bytes | None) -> bytes:
+    keys = SITE_KEYS.get(name)
+    if not keys or held is None:
+        return data
+    try:
+        new, old = json.loads(data), json.loads(held)
+    except ValueError:
+        return data
+    if not isinstance(new, dict) or not isinstance(old, dict):
+        return data
+    kept = {k: old[k] for k in keys if k in old and k not in new}
+    return json.dumps({**new, **kept}, indent=1).encode() + b"\n" if kept else data
 
 
 class JigDut(Dut):
