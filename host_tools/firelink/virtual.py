@@ -204,7 +204,8 @@ class VirtualDevice:
         while time.monotonic() < deadline:
             st = read_json(self.dir / sv.STATEFILE) or {}
             # "unpowered"/"reset": a test jig holds its supply off or its EN low; the port is up.
-            if st.get("pid") == proc.pid and st.get("state") in ("running", "unpowered", "reset") and self.running():
+            if st.get("pid") == proc.pid and st.get("state") in ("running", "unpowered", "reset", "download") \
+                    and self.running():
                 return str(st["tty"])
             if proc.poll() is not None:
                 raise StartFailed(f"the virtual device did not start (status {proc.returncode}):\n"

@@ -354,12 +354,15 @@ class Supervisor:
             changed = self._read_lines()
             up = self._lines["power"] and self._lines["en"]
             if changed and not up:
-                download = False  # a new reset: BOOT is sampled again at its release
                 if not self._lines["power"]:
                     cause = "power_on"
+                if download:  # a new reset: BOOT is sampled again at its release
+                    download = False
+                    self._write_state("unpowered" if cause == "power_on" else "reset")
             elif up and not download:
                 if not self._lines["boot"]:
                     download = True
+                    self._write_state("download")
                     self._note("BOOT low at reset: download mode, firmware not started")
                 else:
                     self._held = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 import tty
@@ -202,4 +201,31 @@ class SimJig:
         self.stop()
 
 
-_BOOT_LINE = re.compile(r"rst:0x|\[virtual\] booting")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.hil.jig DEVICE_DIR`: a simulated jig for a virtual device started with
+    `firelink virtual start --dir DEVICE_DIR`, on a pty, until Ctrl-C; talk to it with a
+    terminal (`python -m serial.tools.miniterm PTY`) or point the suite at it. Mind that it
+    starts in its safe state: the device unpowered until `POWER on`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m tests.hil.jig", description=main.__doc__)
+    p.add_argument("device_dir", type=Path)
+    p.add_argument("--wiring", type=Path, default=JIG_WIRING)
+    a = p.parse_args(argv)
+    if not (a.device_dir / "config.json").exists():
+        p.error(f"{a.device_dir} is not a virtual device's directory (no config.json)")
+    with SimJig(a.device_dir, a.device_dir / "sim" / "jig.log", wiring=a.wiring) as sim:
+        print(f"simulated jig for {a.device_dir} on {sim.path} (Ctrl-C ends it)", flush=True)
+        try:
+            while sim._proc is not None and sim._proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 0
+    print("the jig firmware ended; see", a.device_dir / "sim" / "jig.log")
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
