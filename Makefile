@@ -61,9 +61,9 @@ demo: deps
 bench: deps
 	$(BIN)/python -m tests.bench.run
 
-# hardware/pinmap.md is generated from hardware/board.json (a test fails when they disagree).
+# hardware/pinmap-<board>.md is generated from hardware/boards/<board>.json (a test fails when they disagree).
 pinmap: deps
-	$(BIN)/python -m firelink.boarddoc > hardware/pinmap.md.tmp && mv hardware/pinmap.md.tmp hardware/pinmap.md
+	$(BIN)/python -m firelink.boarddoc --write
 
 board-check: deps
 	$(BIN)/python -m firelink.boardcheck

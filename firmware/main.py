@@ -1,4 +1,5 @@
-# FireLink firmware entry point: picks the hardware layer, builds the app and runs it.
-from fl.app import main
+# FireLink firmware entry point: picks the hardware layer, reads the config, builds the app and
+# runs it (fl/boot.py: in that order, so that config validation never shares the heap with the app).
+from fl.boot import main
 
 main()

@@ -33,7 +33,7 @@ _HEX64 = ("str", 64, 64, "0123456789abcdefABCDEF", None)
 _TOP = (
     ("device_id", _ID, None),
     ("site", ("str", 0, 64, None, None), ""),
-    ("heartbeat_s", ("int", 5, 86400), 60),
+    ("heartbeat_s", ("int", 5, 86400), 3600),  # full health hourly; liveness is keepalive + will
     ("centre_ack_timeout_s", ("int", 5, 3600), 100),
     ("path_fault_delay_s", ("int", 5, 3600), 90),
     ("periodic_test_s", ("int", 60, 604800), 86400),
@@ -44,7 +44,7 @@ _BROKER = (
     ("host", R_HOST, "127.0.0.1"),
     ("tls", ("bool",), False),
     ("server_hostname", ("host?",), None),
-    ("keepalive_s", ("int", 10, 1200), 60),
+    ("keepalive_s", ("int", 10, 1200), 100),  # the broker's will fires after 1.5x: 150 s < 3 min
     ("connect_timeout_ms", ("int", 1000, 120000), 10000),
     ("puback_timeout_ms", ("int", 1000, 120000), 10000),
     ("backoff_max_s", ("int", 1, 3600), 60),
@@ -133,18 +133,23 @@ def _validate(raw, board_info, default_device_id, file, problems):
     return config
 
 
+def default_ping_s(keepalive_s):
+    return keepalive_s - max(1, keepalive_s // 20)
+
+
 def _broker(raw, rep):
     rep.unknown(raw, _BROKER_KEYS, "broker.")
     b = {}
     for key, rule, default in _BROKER:
         b[key] = rep.take(raw, key, "broker.", rule, default)
     b["port"] = rep.take(raw, "port", "broker.", ("int", 1, 65535), 8883 if b["tls"] else 1883)
-    # Pinging within the keepalive keeps the session up and finds a dead broker in bounded time.
+    # A ping after this long without sending anything keeps the session within its keepalive
+    # (a margin for the board's timers) and finds a dead broker in bounded time.
     ka = b["keepalive_s"]
-    ping = raw.get("ping_interval_s", ka // 4)
+    ping = raw.get("ping_interval_s", default_ping_s(ka))
     if not _ok(("int", 1, ka), ping):
         rep.expected("broker.ping_interval_s", "an integer 1..%d (at most broker.keepalive_s)" % ka, ping)
-        ping = ka // 4
+        ping = default_ping_s(ka)
     b["ping_interval_s"] = ping
     return b
 

@@ -7,7 +7,8 @@ import asyncio
 import errno
 import select
 import socket
-import time
+
+from fl import ticks
 
 IPPROTO_TCP = 6
 TCP_NODELAY = 1  # same value in Linux and lwIP
@@ -28,14 +29,14 @@ def resolve(host, port):
 async def _wait_writable(sock, timeout_ms):
     poller = select.poll()
     poller.register(sock, select.POLLOUT | select.POLLERR | select.POLLHUP)
-    deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
+    deadline = ticks.add(ticks.ms(), timeout_ms)
     while True:
         for _, ev in poller.poll(0):
             if ev & (select.POLLERR | select.POLLHUP):
                 raise ConnectError(errno.ECONNREFUSED, "connection refused")
             if ev & select.POLLOUT:
                 return
-        if time.ticks_diff(deadline, time.ticks_ms()) <= 0:
+        if ticks.diff(deadline, ticks.ms()) <= 0:
             raise ConnectError(errno.ETIMEDOUT, "connect timed out after %d ms" % timeout_ms)
         await asyncio.sleep_ms(5)
 

@@ -1,6 +1,6 @@
-"""Checks a board definition (hardware/board.json) against the ESP32-WROOM-32's pin facts.
+"""Checks a board definition (hardware/boards/*.json) against its ESP32 module's pin facts.
 
-    python -m firelink.boardcheck [BOARD_JSON]    # one line per problem; exit status 1 if any
+    python -m firelink.boardcheck [BOARD | BOARD_JSON ...]  # every board by default; exit status 1 if any problem
 
 `check(board)` returns a list of `Problem`s: the rule broken, where in the file (`inputs.in6`,
 `modem.tx`, `default_inputs[2].kind`) and what is wrong, in words a board designer can act on.
@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firelink import boards
 from firelink.build import BOARD_JSON
 
 # --- ESP32 / ESP32-WROOM-32 facts -------------------------------------------------------------
@@ -54,7 +55,30 @@ ADC_RANGE_MV = (150, 2450)
 # UART 0 is the console; the ESP32 has UART 1 and 2 to route to any pins through the GPIO matrix.
 MODEM_UARTS = (1, 2)
 
-# --- SIMCom A7670 facts (../shared/reference/cellular.md, from SIMCom's hardware design) ------
+# The modules FireLink boards use, and the GPIOs each one keeps for itself. ESP32-WROVER modules
+# wire GPIO 16 and 17 to their PSRAM (Espressif "ESP32-WROVER-E Datasheet", pin definitions and
+# the note on PSRAM; MicroPython's ESP32_GENERIC SPIRAM firmware turns the PSRAM on at boot).
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str
+    gpios: frozenset[int]  # the GPIOs the module brings out
+    taken: dict[int, str] = field(default_factory=dict)  # GPIO -> what inside the module uses it
+    psram: bool = False
+
+
+MODULES = {
+    "ESP32-WROOM-32": Module("ESP32-WROOM-32", MODULE_GPIOS),
+    "ESP32-WROVER-E": Module("ESP32-WROVER-E", MODULE_GPIOS, {16: "PSRAM", 17: "PSRAM"}, psram=True),
+}
+# ESP32 errata (Espressif "ESP32 Series SoC Errata", item 3.11): when an RTC peripheral powers up
+# (Wi-Fi, the ADC, the touch or Hall sensor), GPIO 36 and 39 are pulled low for about 80 ns, so
+# an interrupt on either sees edges that never happened. The firmware watches digital inputs
+# with pin interrupts (fl/hal/esp32.py); analog (adc: true) inputs are polled and are fine there.
+NO_IRQ = {36: "SENSOR_VP", 39: "SENSOR_VN"}
+
+# --- SIMCom A7670 facts (SIMCom "A7670 Series Hardware Design", power-on/off and reset) --------
 PWRKEY_ON_MS = (50, 2499)     # low >= 50 ms switches it on; >= 2.5 s would switch a running module off
 PWRKEY_OFF_MIN_MS = 2500      # low >= 2.5 s switches it off
 RESET_MS = (2000, 2500)       # RESET low 2-2.5 s, only when the module no longer answers
@@ -71,7 +95,10 @@ EOL_STATES = ("short", "active", "normal", "open")
 # Rule ids, each with what it protects; a Problem names one.
 RULES = {
     "structure": "each section has the keys and types the firmware reads",
-    "module-pin": "the GPIO exists on the ESP32-WROOM-32",
+    "module": "the board names a module boardcheck knows the pin facts of",
+    "module-pin": "the GPIO exists on the board's module",
+    "psram": "no pin the module's PSRAM uses (GPIO 16 and 17 on WROVER modules)",
+    "irq-pin": "no digital (interrupt) input on GPIO 36 or 39 (ESP32 errata 3.11)",
     "pin-once": "each GPIO does one job",
     "strapping": "no strapping pin",
     "flash": "no pin of the module's SPI flash",
@@ -189,12 +216,30 @@ def adc_channel(gpio: int) -> str | None:
     return None if ch is None else f"ADC1_CH{ch}"
 
 
-def _check_pins(used: list[Pin], out: list[Problem]) -> None:
+def module_of(board: dict[str, Any]) -> Module | None:
+    """The board's module (its `module` key), None when boardcheck does not know it."""
+    return MODULES.get(board.get("module"))  # type: ignore[arg-type]
+
+
+def _check_module(board: dict[str, Any], out: list[Problem]) -> Module:
+    module = module_of(board)
+    if module is None:
+        out.append(Problem("module", "module", f"expected one of {', '.join(MODULES)}, got {show(board.get('module'))}; "
+                                               "its pins are checked as an ESP32-WROOM-32's"))
+        return MODULES["ESP32-WROOM-32"]
+    return module
+
+
+def _check_pins(used: list[Pin], module: Module, out: list[Problem]) -> None:
     by_gpio: dict[int, list[str]] = {}
     for p in used:
         by_gpio.setdefault(p.gpio, []).append(p.where)
-        if p.gpio not in MODULE_GPIOS:
-            out.append(Problem("module-pin", p.where, f"GPIO {p.gpio} is not a pin of the ESP32-WROOM-32"))
+        if p.gpio not in module.gpios:
+            out.append(Problem("module-pin", p.where, f"GPIO {p.gpio} is not a pin of the {module.name}"))
+        elif p.gpio in module.taken:
+            out.append(Problem("psram", p.where, f"GPIO {p.gpio} is wired to the {module.name}'s {module.taken[p.gpio]} "
+                                                 f"(GPIO {' and '.join(str(g) for g in sorted(module.taken))} are "
+                                                 "taken inside the module): use another pin"))
         elif p.gpio in STRAPPING:
             out.append(Problem("strapping", p.where, f"GPIO {p.gpio} is a strapping pin ({STRAPPING[p.gpio]}): "
                                                      "a circuit on it can stop the board booting; use another pin"))
@@ -226,6 +271,11 @@ def _check_inputs(board: dict[str, Any], out: list[Problem]) -> None:
         elif not pull_ok:
             out.append(Problem("pull", where, f'GPIO {gpio} is input-only and has no internal pull-up: with pull '
                                               '"internal" the input floats; fit a pull-up and write "external"'))
+        if adc is False and gpio in NO_IRQ:
+            out.append(Problem("irq-pin", where, f"GPIO {gpio} ({NO_IRQ[gpio]}) as a digital input is watched with a pin "
+                                                 "interrupt, and ESP32 errata 3.11 gives GPIO 36 and 39 false edges "
+                                                 "(an 80 ns pull-down) whenever Wi-Fi or the ADC powers up: use another "
+                                                 "pin, or wire it as an analog (adc: true) input, which is polled"))
         if type(adc) is not bool:
             out.append(Problem("structure", f"{where}.adc", f"expected true or false, got {show(adc)}"))
         elif adc and gpio not in ADC1_CHANNEL:
@@ -358,6 +408,11 @@ def _check_default_inputs(board: dict[str, Any], out: list[Problem]) -> None:
         elif type(ch) is not str or ch not in channels:
             out.append(Problem("default-channel", f"{p}.channel",
                                f"expected a channel of inputs ({', '.join(sorted(channels))}), got {show(ch)}"))
+        spec_ch = channels.get(ch) if type(ch) is str else None
+        if eol is False and kind != "battery" and isinstance(spec_ch, dict) and spec_ch.get("gpio") in NO_IRQ:
+            out.append(Problem("irq-pin", f"{p}.eol", f"channel {ch} is GPIO {spec_ch['gpio']}: without eol the input is "
+                                                      "digital, watched with a pin interrupt, and ESP32 errata 3.11 gives "
+                                                      "GPIO 36 and 39 false edges whenever Wi-Fi or the ADC powers up"))
         if type(eol) is not bool:
             out.append(Problem("default-eol", f"{p}.eol", f"expected true or false, got {show(eol)}"))
         elif eol:
@@ -383,7 +438,8 @@ def check(board: Any) -> list[Problem]:
     if not isinstance(board, dict):
         return [Problem("structure", "board.json", f"expected a JSON object, got {show(board)[:40]}")]
     out: list[Problem] = []
-    _check_pins(_collect_pins(board, out), out)
+    module = _check_module(board, out)
+    _check_pins(_collect_pins(board, out), module, out)
     _check_inputs(board, out)
     _check_battery(board, out)
     _check_eol(board, out)
@@ -399,21 +455,28 @@ def load(path: Path = BOARD_JSON) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else BOARD_JSON
-    try:
-        board = load(path)
-    except OSError as e:
-        print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"{path}: not valid JSON: {e}", file=sys.stderr)
-        return 2
-    problems = check(board)
-    for p in problems:
-        print(f"{path.name}: {p}  [{p.rule}]")
-    if not problems:
-        print(f"{path.name}: no problems")
-    return 1 if problems else 0
+    status = 0
+    for arg in args or boards.names():
+        path = Path(arg) if arg.endswith(".json") else None
+        try:
+            path = path or boards.path(arg)
+            board = load(path)
+        except boards.BoardError as e:
+            print(str(e), file=sys.stderr)
+            return 2
+        except OSError as e:
+            print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
+            return 2
+        except ValueError as e:
+            print(f"{path}: not valid JSON: {e}", file=sys.stderr)
+            return 2
+        problems = check(board)
+        for p in problems:
+            print(f"{path.name}: {p}  [{p.rule}]")
+        if not problems:
+            print(f"{path.name}: no problems")
+        status = max(status, 1 if problems else 0)
+    return status
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Renders hardware/board.json as Markdown: the pin map and wiring tables of the reference board.
+"""Renders a board definition as Markdown: the pin map and wiring tables of one board.
 
-    python -m firelink.boarddoc [BOARD_JSON] > hardware/pinmap.md     # from the repository root
+    python -m firelink.boarddoc BOARD > hardware/pinmap-BOARD.md     # from the repository root
+    python -m firelink.boarddoc --write                              # every board's pin map
 
-board.json is the one place pin numbers are written; hardware/pinmap.md is this module's output,
-and tests/host/test_board.py fails when the two disagree. The output depends on nothing but the
+hardware/boards/<board>.json is the one place pin numbers are written; hardware/pinmap-<board>.md
+is this module's output, and tests/host/test_board.py fails when the two disagree. The output depends on nothing but the
 file (no dates, no paths), so rendering the same board twice gives the same bytes.
 """
 from __future__ import annotations
@@ -13,11 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firelink import boardcheck
+from firelink import boardcheck, boards
 from firelink.boardcheck import ADC_MAX, CONSOLE, FLASH, INPUT_ONLY, MODULE_GPIOS, STRAPPING, adc_channel
-from firelink.build import BOARD_JSON
 
-COMMAND = ".venv/bin/python -m firelink.boarddoc > hardware/pinmap.md"
+COMMAND = ".venv/bin/python -m firelink.boarddoc --write"
+HARDWARE = boards.REPO / "hardware"
+
+
+def pinmap_path(name: str) -> Path:
+    return HARDWARE / f"pinmap-{name}.md"
 # The scale used to show ADC readings as voltages: full scale = the 3.3 V rail the EOL pull-up is
 # fed from, which is what the board's nominal readings assume. The uncalibrated ESP32 ADC at 11 dB
 # differs from this by a few percent from part to part and bends above ~2.45 V, which is why the
@@ -198,13 +203,18 @@ def _eol_section(board: dict[str, Any]) -> list[str]:
 
 def _reserved_section(board: dict[str, Any]) -> list[str]:
     used = {p.gpio for p in boardcheck.pins(board)}
-    reserved = set(STRAPPING) | FLASH | set(CONSOLE)
+    module = boardcheck.module_of(board)
+    taken = set(module.taken) if module else set()
+    reserved = set(STRAPPING) | FLASH | set(CONSOLE) | taken
     spare_io = sorted(MODULE_GPIOS - used - reserved - INPUT_ONLY)
     spare_in = sorted((MODULE_GPIOS & INPUT_ONLY) - used)
     return ["## Pins kept free", "",
             f"- strapping pins, read at reset: GPIO {_gpios(list(STRAPPING))}",
             f"- the module's SPI flash: GPIO {_gpios(FLASH)}",
             f"- the USB serial console (flashing, provisioning, REPL): GPIO {_gpios(list(CONSOLE))}",
+            *([f"- the module's PSRAM: GPIO {_gpios(list(taken))}"] if taken else []),
+            f"- no digital (interrupt) input on GPIO {_gpios(list(boardcheck.NO_IRQ))}: ESP32 errata 3.11 "
+            "(false edges when Wi-Fi or the ADC powers up); analog inputs there are polled",
             f"- spare, input and output: {('GPIO ' + _gpios(spare_io)) if spare_io else 'none'}",
             f"- spare, input only (no internal pull-up): {('GPIO ' + _gpios(spare_in)) if spare_in else 'none'}",
             "", "Why: host_tools/firelink/boardcheck.py states each ESP32 fact with its source."]
@@ -217,16 +227,29 @@ def _checks_section(problems: list[boardcheck.Problem]) -> list[str]:
     return out + [f"- **{p.where}** ({p.rule}): {p.message}" for p in problems]
 
 
-def render(board: dict[str, Any]) -> str:
-    """The Markdown document for a board (raises BoardDocError if its structure is broken)."""
+def _firmware_section(board: dict[str, Any]) -> list[str]:
+    fw = boards.firmware(board)
+    module = boardcheck.module_of(board)
+    if fw is None:
+        return []
+    ram = ("PSRAM: MicroPython's heap is megabytes" if module and module.psram else
+           "no PSRAM: about 110 KB of Python heap with Wi-Fi and TLS up, which the application is tested to fit")
+    return ["## Firmware", "",
+            f"MicroPython `{fw.variant}` (micropython.org/download/ESP32_GENERIC/), which reports itself as "
+            f"\"{fw.machine}\"; `firelink flash --board ...` refuses another image. {ram[0].upper() + ram[1:]}."]
+
+
+def render(board: dict[str, Any], source: str = "hardware/boards/reference.json") -> str:
+    """The Markdown document for a board (raises BoardDocError if its structure is broken);
+    `source` is the definition's path as the document names it."""
     problems = boardcheck.check(board)
     broken = [p for p in problems if p.rule == "structure"]
     if broken:
         raise BoardDocError("board.json cannot be rendered:\n  " + "\n  ".join(str(p) for p in broken))
     defaults = default_inputs(board)
-    lines = [f"<!-- generated from hardware/board.json by `{COMMAND}`; do not edit by hand -->", "",
+    lines = [f"<!-- generated from {source} by `{COMMAND}`; do not edit by hand -->", "",
              f"# Pin map: {board.get('name', 'board')} ({board.get('module', 'ESP32')})", "",
-             ("Generated from `hardware/board.json`; do not edit by hand. After changing board.json, run "
+             (f"Generated from `{source}`; do not edit by hand. After changing it, run "
              f"`{COMMAND}` from the repository root (tests/host/test_board.py fails until you do). "
              "Prose, block diagram and wiring advice: [README.md](README.md)."), ""]
     if board.get("notes"):
@@ -234,19 +257,39 @@ def render(board: dict[str, Any]) -> str:
     lines += ["## Pins by GPIO", ""]
     lines += table(["GPIO", "function", "direction", "pull", "ADC", "label", "default input"],
                    _pin_rows(board, defaults))
-    for section in (_inputs_section(board, defaults), _outputs_section(board), _battery_section(board),
+    for section in (_firmware_section(board), _inputs_section(board, defaults), _outputs_section(board),
+                    _battery_section(board),
                     _modem_section(board), _eol_section(board), _reserved_section(board), _checks_section(problems)):
         lines += [""] + section
     return "\n".join(lines) + "\n"
 
 
+def render_board(name: str) -> str:
+    return render(boards.load(name), f"hardware/boards/{name}.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    path = Path(args[0]) if args else BOARD_JSON
+    if args == ["--write"]:
+        for name in boards.names():
+            try:
+                text = render_board(name)
+            except (boards.BoardError, BoardDocError) as e:
+                print(f"{name}: {e}", file=sys.stderr)
+                return 2
+            tmp = pinmap_path(name).with_suffix(".md.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(pinmap_path(name))
+            print(f"wrote {pinmap_path(name).relative_to(boards.REPO)}")
+        return 0
+    source = args[0] if args else boards.DEFAULT
     try:
-        text = render(boardcheck.load(path))
+        if source.endswith(".json"):
+            text = render(boardcheck.load(Path(source)), source)
+        else:
+            text = render_board(source)
     except (OSError, ValueError, BoardDocError) as e:
-        print(f"{path}: {e}", file=sys.stderr)
+        print(f"{source}: {e}", file=sys.stderr)
         return 2
     sys.stdout.write(text)
     return 0

@@ -2,7 +2,8 @@
 
 The build directory mirrors the board's filesystem: `fl/**.mpy` compiled for the chip's
 architecture, `main.py` and `boot.py` kept as source (MicroPython only runs those two as
-.py), and `board.json` from hardware/. The result is a manifest, device path -> (local file,
+.py), and `board.json`: the board's definition (hardware/boards/, firelink.boards) as the
+firmware reads it, without the labels and notes that are for people. The result is a manifest, device path -> (local file,
 sha256), which `deploy` compares with the board.
 
 Only what changed is rebuilt: `.build-state.json` in the build directory records, for each
@@ -21,11 +22,12 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from firelink import boards
 from firelink.progress import Reporter
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = REPO / "firmware"
-BOARD_JSON = REPO / "hardware" / "board.json"
+BOARD_JSON = boards.path(boards.DEFAULT)
 BUILD_ROOT = REPO / "build"
 
 # mpy-cross -march names per chip (as esptool names chips). The classic ESP32, S2 and S3
@@ -201,7 +203,8 @@ def build_app(arch: str, *, source: Path = FIRMWARE_DIR, board_json: Path = BOAR
     version_text, mpy_version = mpy_cross_version()
     out_dir = build_root / f"app-{arch}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    recipe: dict[str, object] = {"mpy_cross": version_text, "arch": arch, "flags": list(MPY_CROSS_FLAGS)}
+    recipe: dict[str, object] = {"mpy_cross": version_text, "arch": arch, "flags": list(MPY_CROSS_FLAGS),
+                                 "board_json": "device_view"}
     state_path = out_dir / STATE_FILE
     old = _load_state(state_path, recipe)
     wanted = sources(source, board_json)
@@ -219,6 +222,11 @@ def build_app(arch: str, *, source: Path = FIRMWARE_DIR, board_json: Path = BOAR
             out.parent.mkdir(parents=True, exist_ok=True)
             if compile_it:
                 _compile(src, out, device_path[:-4] + ".py", arch)
+            elif device_path == "board.json":
+                try:
+                    _write_atomic(out, boards.device_json(boards.load(src)))
+                except boards.BoardError as e:
+                    raise BuildError(str(e)) from None
             else:
                 _write_atomic(out, src.read_bytes())
             build.compiled.append(device_path)

@@ -135,7 +135,7 @@ def run_revoke(args: argparse.Namespace) -> int:
             if answer.strip() != rec.device_id:
                 raise CommandError("not revoked")
         broker = Broker(args.broker_dir)
-        if pki.load(broker.pki_dir, "ca") is None:
+        if not (broker.pki_dir / "ca.crt").exists():
             raise CommandError(f"no site broker in {args.broker_dir}: give --broker-dir")
         outcome = devices.revoke(inv, broker, args.device_id, installer_name(args.installer))
     for problem in outcome.reload.problems:

@@ -80,7 +80,8 @@ class UnsupportedChip(FlashError):
 class ImageMissing(FlashError):
     def __init__(self, path: Path) -> None:
         super().__init__(f"no firmware image at {path}: download the MicroPython .bin for your board "
-                         "from https://micropython.org/download/ (ESP32_GENERIC for an ESP32-WROOM-32)")
+                         "from https://micropython.org/download/ESP32_GENERIC/ (the SPIRAM build for the "
+                         "reference board's ESP32-WROVER-E, the plain one for the lean board's ESP32-WROOM-32)")
 
 
 class ImageInvalid(FlashError):
@@ -100,6 +101,10 @@ class WrongChip(FlashError):
         super().__init__(f"image is for {image_chip}, board is {board_chip}: {path.name} would not boot; "
                          f"download the {board_chip} firmware from https://micropython.org/download/")
         self.image_chip, self.board_chip = image_chip, board_chip
+
+
+class WrongVariant(FlashError):
+    """The right chip, but the MicroPython build for another board (SPIRAM or not)."""
 
 
 class ImageTooLarge(FlashError):
@@ -419,6 +424,29 @@ def check_image(path: Path, chip: str, flash_size: int | None = None) -> ImageIn
         raise ImageTooLarge(f"{image.path.name} needs {image.offset + image.size} bytes of flash, the board "
                             f"has {flash_size}: use the build for {flash_size // (1024 * 1024)}MB boards")
     return image
+
+
+def image_machine(path: Path, machines: list[str]) -> str | None:
+    """Which of `machines` (MicroPython board names as sys.implementation._machine gives them,
+    e.g. "Generic ESP32 module with SPIRAM with ESP32") the image was built as: the name is a
+    C string in the image's read-only data. None when it holds none of them."""
+    data = Path(path).read_bytes()
+    found = [m for m in machines if m.encode() + b"\x00" in data]
+    return max(found, key=len) if found else None
+
+
+def check_variant(path: Path, want: str, variant: str, others: dict[str, str]) -> bool:
+    """Refuses an image built as another board's MicroPython (`others`: machine -> what to call
+    it, e.g. "ESP32_GENERIC, the lean board's"); True when the image is `want`, False when it
+    cannot be told (a custom build: the caller warns)."""
+    found = image_machine(path, [want, *others])
+    if found == want:
+        return True
+    if found is not None:
+        raise WrongVariant(f"{Path(path).name} is the MicroPython build \"{found}\" ({others[found]}); this board "
+                           f"takes {variant} (\"{want}\"): download it from https://micropython.org/download/"
+                           "ESP32_GENERIC/, or pick the board that image is for with --board")
+    return False
 
 
 # --- flash operations ---------------------------------------------------------------------

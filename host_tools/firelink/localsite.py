@@ -132,13 +132,16 @@ class LocalSite:
 
     def __init__(self, directory: Path, device_id: str, device_config: dict[str, Any] | None = None,
                  heapsize: str | None = None, sinks: list[Sink] | None = None,
-                 monitor_client_id: str = "firelink-local-monitor", firmware: Path | None = None) -> None:
-        """`heapsize` and `firmware` (a directory with main.py or a build): None for firelink.virtual's defaults."""
+                 monitor_client_id: str = "firelink-local-monitor", firmware: Path | None = None,
+                 board: dict[str, Any] | None = None) -> None:
+        """`heapsize`, `firmware` (a directory with main.py or a build) and `board` (a definition,
+        firelink.boards): None for firelink.virtual's defaults."""
         self.dir = Path(directory)
         self.firmware = firmware
         self.device_id = device_id
         self.device_config = dict(device_config or {})
         self.heapsize = heapsize
+        self.board = board
         self.watch = Watch()
         self.sinks: list[Sink] = [self.watch, *(sinks or [])]
         self.monitor_client_id = monitor_client_id
@@ -182,8 +185,9 @@ class LocalSite:
     # --- starting ---
     def start_broker(self, timeout_s: float = 10.0) -> Broker:
         b = Broker(self.broker_dir, port=free_port(), tls_port=free_port())
-        self.device_account, _ = b.add_device(self.device_id)
-        self.monitor_account = b.add_monitor()
+        # This run's own credentials, whatever an earlier run left in the directory.
+        self.device_account, _ = b.add_device(self.device_id, rotate=True)
+        self.monitor_account = b.add_monitor(rotate=True)
         self.broker = b
         try:
             b.start(timeout_s)
@@ -218,7 +222,7 @@ class LocalSite:
         config = {"device_id": self.device_id, "site": "FireLink on this PC",
                   "broker": {"host": self.broker.bind, "port": self.broker.port}, **self.device_config}
         secrets = {"mqtt_username": self.device_account.username, "mqtt_password": self.device_account.password}
-        virtual.create(self.device_dir, config, secrets)
+        virtual.create(self.device_dir, config, secrets, board=self.board)
         # Held before it starts, so that close() stops it even if Ctrl-C lands inside start().
         self.device = VirtualDevice(self.device_dir, firmware=self.firmware)
         try:

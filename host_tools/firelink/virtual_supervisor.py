@@ -260,7 +260,10 @@ class Supervisor:
             argv += ["-c", "import main"]
         self._child = subprocess.Popen(argv, stdin=self._dev_slave, stdout=self._dev_slave,
                                        stderr=self._dev_slave, cwd=self.dir, env=env,
-                                       preexec_fn=_take_controlling_tty, close_fds=True)
+                                       preexec_fn=_take_controlling_tty, close_fds=True,
+                                       # The board's flash is its own: what the firmware or
+                                       # provisioning writes there (secrets.json, keys) is 0600.
+                                       umask=0o077)
         self._mode = mode
         if mode == "main":
             self.boots += 1

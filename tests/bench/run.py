@@ -20,6 +20,8 @@ under the MicroPython unix port, its heap capped with `-X heapsize`). The scenar
 4. heap: the heartbeat's `heap_peak` (the most heap in use right after a collection, sampled at
    each heartbeat), with the console checked for MemoryError and the supervisor for restarts.
 5. the micro-benchmarks tests/bench/bench_outbox.py and bench_mqtt.py under the unix port.
+6. the flash model (tests/bench/bench_flash.py): latency, backlog, block writes per event and per
+   idle day with typical and worst-case flash write times, each on a site of its own.
 
 The exit status is 0 when every part ran, whatever the figures; 1 when one could not run.
 """
@@ -45,7 +47,7 @@ from firelink import build, virtual
 from firelink.localsite import LocalSite, SiteError
 from firelink.monitor_devices import WENT_ONLINE
 from firelink.monitor_store import Event
-from tests.bench import bench_jig
+from tests.bench import bench_flash, bench_jig
 from tests.tooling import ROOT, firmware_env, micropython_binary
 
 DEVICE_ID = "fl-02000000be01"  # as long as a default id ("fl-" + the MAC in hex): the topic's real size
@@ -462,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backlog", type=int, default=1000, help="events made while the link is down (default: %(default)s)")
     p.add_argument("--heapsize", default="256k", help="the device's MicroPython heap (default: %(default)s)")
     p.add_argument("--no-micro", action="store_true", help="skip bench_outbox.py and bench_mqtt.py")
+    p.add_argument("--no-flash", action="store_true", help="skip the flash-model runs (bench_flash.py)")
+    p.add_argument("--flash-changes", type=int, default=100, help="fire changes per flash model (default: %(default)s; "
+                   "a quarter for the worst case)")
+    p.add_argument("--flash-backlog", type=int, default=300, help="backlog events per flash model (default: "
+                   "%(default)s; a fifth for the worst case)")
+    p.add_argument("--flash-idle-s", type=float, default=60.0, help="idle spell per flash model (default: %(default)s)")
     args = p.parse_args(argv)
 
     console = Console()
@@ -558,6 +566,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         site.close()
 
+    if not failed and not args.no_flash:
+        try:
+            summary += bench_flash.run(args, app, console)
+        except (SiteError, BenchError, RuntimeError) as e:
+            failed = f"flash bench: {e}"
+        except KeyboardInterrupt:
+            failed = "interrupted"
     t = Table(title=f"FireLink bench summary ({time.monotonic() - started:.0f} s; device on loopback, "
                     f"-X heapsize={args.heapsize})", title_justify="left")
     t.add_column("figure")

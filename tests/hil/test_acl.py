@@ -30,7 +30,7 @@ def test_device_credentials_cannot_reach_outside_the_device_prefix(centre: Centr
     copied = Peer(site.host, site.port, dut_secrets["mqtt_username"], dut_secrets["mqtt_password"],
                   client_id=f"{dev}-copied-credentials")
     assert not copied.connect().is_failure
-    centre_peer = Peer(site.host, site.port, site.monitor_user, site.monitor_pass)
+    centre_peer = Peer(site.host, site.port, site.centre_user, site.centre_pass)
     assert not centre_peer.connect().is_failure
     try:
         for topic in (f"firelink/{OTHER}/#", "firelink/+/event", "firelink/#"):

@@ -26,7 +26,7 @@ def dut_config(dut_config: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def silent_centre(site: BrokerFixture) -> Iterator[Peer]:
-    peer = Peer(site.host, site.port, site.monitor_user, site.monitor_pass)
+    peer = Peer(site.host, site.port, site.centre_user, site.centre_pass)
     assert not peer.connect().is_failure
     assert not peer.subscribe(f"firelink/{site.device_user}/event")[0].is_failure
     yield peer

@@ -1,5 +1,5 @@
-"""hardware/board.json: the ESP32 checks (firelink.boardcheck), the generated pin map
-(firelink.boarddoc) and the rule that nothing else repeats a pin number."""
+"""hardware/boards/*.json: the ESP32 checks (firelink.boardcheck) with each module's pin facts,
+the generated pin maps (firelink.boarddoc) and the rule that nothing else repeats a pin number."""
 from __future__ import annotations
 
 import copy
@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 
-from firelink import boardcheck, boarddoc
+from firelink import boardcheck, boarddoc, boards
 from firelink.boardcheck import CONSOLE, FLASH, INPUT_ONLY, MODULE_GPIOS, STRAPPING, Problem, check
 from tests.tooling import FIRMWARE, ROOT, micropython_binary
 
-BOARD_JSON = ROOT / "hardware" / "board.json"
-PINMAP = ROOT / "hardware" / "pinmap.md"
+BOARD_JSON = ROOT / "hardware" / "boards" / "reference.json"
 README = ROOT / "hardware" / "README.md"
 
 
@@ -26,8 +25,13 @@ Board = dict[str, Any]
 
 
 def real() -> Board:
+    """The reference board; the rule tests mutate it."""
     board: Board = boardcheck.load(BOARD_JSON)
     return board
+
+
+def lean() -> Board:
+    return boards.load(boards.LEAN)
 
 
 def added(mutate: Callable[[Board], object], base: Callable[[], Board] = real) -> list[str]:
@@ -52,12 +56,25 @@ def gpio(where: str) -> int:
 
 # --- the reference board ---
 
-def test_reference_board_passes_every_check() -> None:
-    assert [str(p) for p in check(real())] == []
+@pytest.mark.parametrize("name", boards.names())
+def test_every_board_passes_every_check(name: str) -> None:
+    assert [str(p) for p in check(boards.load(name))] == []
 
 
-def test_reference_board_defaults_are_accepted_by_the_firmware(tmp_path: Path) -> None:
-    out = run_firmware('print(json.dumps(config.validate({}, board)[1]))', tmp_path)
+def test_the_reference_and_lean_boards() -> None:
+    ref, small = real(), lean()
+    assert boards.names() == ["lean", "reference"] and boards.DEFAULT == "reference"
+    assert (ref["module"], small["module"]) == ("ESP32-WROVER-E", "ESP32-WROOM-32")
+    assert boards.firmware(ref) == boards.Firmware("ESP32_GENERIC-SPIRAM", "Generic ESP32 module with SPIRAM with ESP32")
+    assert boards.firmware(small) == boards.Firmware("ESP32_GENERIC", "Generic ESP32 module with ESP32")
+    assert boardcheck.MODULES["ESP32-WROVER-E"].psram and not boardcheck.MODULES["ESP32-WROOM-32"].psram
+    # The same panel wiring on both: a site can take either board.
+    assert ref["inputs"] == small["inputs"] and ref["default_inputs"] == small["default_inputs"]
+
+
+@pytest.mark.parametrize("name", boards.names())
+def test_board_defaults_are_accepted_by_the_firmware(tmp_path: Path, name: str) -> None:
+    out = run_firmware('print(json.dumps(config.validate({}, board)[1]))', tmp_path, boards.path(name))
     assert json.loads(out) == []
 
 
@@ -79,8 +96,8 @@ def test_kinds_and_contacts_are_the_firmware_s(tmp_path: Path) -> None:
     assert accepted == mine
 
 
-def run_firmware(body: str, cwd: Path) -> str:
-    code = f"import json\nfrom fl import config\nboard = json.load(open({str(BOARD_JSON)!r}))\n{body}"
+def run_firmware(body: str, cwd: Path, board_json: Path = BOARD_JSON) -> str:
+    code = f"import json\nfrom fl import config\nboard = json.load(open({str(board_json)!r}))\n{body}"
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(FIRMWARE), ".frozen"]))
     r = subprocess.run([micropython_binary(), "-c", code], check=False, cwd=cwd, env=env, capture_output=True, text=True,
                        timeout=30)
@@ -109,8 +126,41 @@ DELETE = object()
 
 
 def test_rule_module_pin() -> None:
-    assert added(set_path("inputs.in3.gpio", 20)) == ["inputs.in3: GPIO 20 is not a pin of the ESP32-WROOM-32"]
-    assert added(set_path("outputs.buzzer.gpio", 37)) == ["outputs.buzzer: GPIO 37 is not a pin of the ESP32-WROOM-32"]
+    assert added(set_path("inputs.in3.gpio", 20)) == ["inputs.in3: GPIO 20 is not a pin of the ESP32-WROVER-E"]
+    assert added(set_path("outputs.buzzer.gpio", 37), lean) == [
+        "outputs.buzzer: GPIO 37 is not a pin of the ESP32-WROOM-32"]
+
+
+def test_rule_module() -> None:
+    assert added(set_path("module", "ESP32-C3-MINI-1")) == [
+        'module: expected one of ESP32-WROOM-32, ESP32-WROVER-E, got "ESP32-C3-MINI-1"; '
+        "its pins are checked as an ESP32-WROOM-32's"]
+
+
+@pytest.mark.parametrize("pin", [16, 17])
+def test_rule_psram_pins_taken_on_the_wrover(pin: int) -> None:
+    assert added(set_path("outputs.buzzer.gpio", pin)) == [
+        f"outputs.buzzer: GPIO {pin} is wired to the ESP32-WROVER-E's PSRAM (GPIO 16 and 17 are taken inside the "
+        "module): use another pin"]
+    b = lean()
+    b["outputs"]["buzzer"]["gpio"] = pin
+    assert [p.rule for p in check(b) if p.rule == "psram"] == []  # the WROOM-32 has no PSRAM (its modem uses them)
+
+
+@pytest.mark.parametrize("pin", [36, 39])
+def test_rule_irq_pin_never_a_digital_input_on_36_or_39(pin: int) -> None:
+    ch = next(ch for ch, spec in real()["inputs"].items() if spec["gpio"] == pin)
+    assert real()["inputs"][ch]["adc"] is True  # analog there today: polled, allowed
+    assert added(set_path(f"inputs.{ch}.adc", False)) == [
+        f"inputs.{ch}: GPIO {pin} ({boardcheck.NO_IRQ[pin]}) as a digital input is watched with a pin interrupt, and "
+        "ESP32 errata 3.11 gives GPIO 36 and 39 false edges (an 80 ns pull-down) whenever Wi-Fi or the ADC powers "
+        "up: use another pin, or wire it as an analog (adc: true) input, which is polled"]
+    # A default input on that channel must be an EOL (analog) one, too.
+    found = added(lambda b: b["default_inputs"].append({"name": "valve", "kind": "supervisory", "channel": ch,
+                                                        "zone": 40}))
+    assert found == [f"default_inputs[6].eol: channel {ch} is GPIO {pin}: without eol the input is digital, watched "
+                     "with a pin interrupt, and ESP32 errata 3.11 gives GPIO 36 and 39 false edges whenever Wi-Fi or "
+                     "the ADC powers up"]
 
 
 def test_rule_every_pin_used_once() -> None:
@@ -278,7 +328,9 @@ def test_rule_structure() -> None:
 def test_every_rule_has_a_test() -> None:
     """Adding a rule to RULES means adding a test here that breaks it."""
     source = Path(__file__).read_text(encoding="utf-8")
-    names = {"structure": "test_rule_structure", "module-pin": "test_rule_module_pin",
+    names = {"structure": "test_rule_structure", "module-pin": "test_rule_module_pin", "module": "test_rule_module",
+             "psram": "test_rule_psram_pins_taken_on_the_wrover",
+             "irq-pin": "test_rule_irq_pin_never_a_digital_input_on_36_or_39",
              "pin-once": "test_rule_every_pin_used_once", "strapping": "test_rule_no_strapping_pin",
              "flash": "test_rule_no_flash_pin", "console": "test_rule_no_console_pin",
              "pull": "test_rule_no_internal_pull_on_input_only_pins", "adc1": "test_rule_adc_only_on_adc1",
@@ -305,19 +357,40 @@ def test_boardcheck_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == "board.json: modem.uart: expected 1 or 2 (UART 0 is the console), got 0  [modem]\n"
     good.write_text("{")
     assert boardcheck.main([str(good)]) == 2
+    assert boardcheck.main([]) == 0  # every board in hardware/boards/
+    assert capsys.readouterr().out == "lean.json: no problems\nreference.json: no problems\n"
+    assert boardcheck.main(["nope"]) == 2
+    assert "no board 'nope': the boards are lean, reference" in capsys.readouterr().err
+
+
+def test_boardcheck_states_its_facts_itself() -> None:
+    """A user's clone has no reference folder beside it: the facts and their sources are in the code."""
+    assert "shared/reference" not in Path(boardcheck.__file__).read_text(encoding="utf-8")
 
 
 # --- the generated pin map ---
 
-def test_pinmap_md_is_what_boarddoc_renders_now() -> None:
-    assert PINMAP.exists(), f"hardware/pinmap.md is missing: run `{boarddoc.COMMAND}` from the repository root"
-    assert PINMAP.read_text(encoding="utf-8") == boarddoc.render(real()), (
-        f"hardware/pinmap.md differs from board.json: run `{boarddoc.COMMAND}` from the repository root and commit it")
+@pytest.mark.parametrize("name", boards.names())
+def test_pinmap_md_is_what_boarddoc_renders_now(name: str) -> None:
+    pinmap = boarddoc.pinmap_path(name)
+    assert pinmap.exists(), f"{pinmap.name} is missing: run `{boarddoc.COMMAND}` from the repository root"
+    assert pinmap.read_text(encoding="utf-8") == boarddoc.render_board(name), (
+        f"{pinmap.name} differs from hardware/boards/{name}.json: run `{boarddoc.COMMAND}` from the repository "
+        "root and commit it")
+    assert sorted(p.name for p in (ROOT / "hardware").glob("pinmap*.md")) == [
+        f"pinmap-{n}.md" for n in boards.names()]
 
 
 def test_pinmap_says_how_it_is_made() -> None:
-    first = boarddoc.render(real()).splitlines()[0]
-    assert first == (f"<!-- generated from hardware/board.json by `{boarddoc.COMMAND}`; do not edit by hand -->")
+    first = boarddoc.render_board("lean").splitlines()[0]
+    assert first == (f"<!-- generated from hardware/boards/lean.json by `{boarddoc.COMMAND}`; do not edit by hand -->")
+
+
+def test_pinmaps_name_each_board_s_firmware_and_psram_pins() -> None:
+    ref, small = boarddoc.render_board("reference"), boarddoc.render_board("lean")
+    assert "MicroPython `ESP32_GENERIC-SPIRAM`" in ref and "the module's PSRAM: GPIO 16, 17" in ref
+    assert "MicroPython `ESP32_GENERIC`" in small and "PSRAM: GPIO" not in small
+    assert "errata 3.11" in ref and "errata 3.11" in small
 
 
 def test_pinmap_lists_every_pin_once_in_its_pin_table() -> None:
@@ -343,14 +416,14 @@ def test_boarddoc_refuses_a_broken_board() -> None:
 
 
 def test_boarddoc_cli_prints_the_document(capsys: pytest.CaptureFixture[str]) -> None:
-    assert boarddoc.main([str(BOARD_JSON)]) == 0
-    assert capsys.readouterr().out == boarddoc.render(real())
+    assert boarddoc.main(["lean"]) == 0
+    assert capsys.readouterr().out == boarddoc.render_board("lean")
 
 
 # --- nothing else repeats a pin number ---
 
 def test_hardware_readme_repeats_no_pin_number() -> None:
     text = README.read_text(encoding="utf-8")
-    assert "pinmap.md" in text
+    assert "pinmap-reference.md" in text and "pinmap-lean.md" in text
     found = re.findall(r"\b(?:GPIO|IO|pin|pins)\s*\d+", text, flags=re.IGNORECASE)
     assert found == [], f"hardware/README.md names pins by number ({found}): refer to pinmap.md instead"

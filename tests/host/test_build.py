@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from firelink import build
+from firelink import boards, build
 from firelink.progress import RecordingReporter
 from tests.tooling import FIRMWARE, ROOT, micropython_binary
 
-BOARD_JSON = ROOT / "hardware" / "board.json"
+BOARD_JSON = ROOT / "hardware" / "boards" / "reference.json"
 # Modules that need the ESP32's hardware modules (machine.Pin, network, esp32) to import.
 HARDWARE_ONLY = {"fl.hal.esp32"}
 
@@ -55,10 +55,16 @@ def test_real_firmware_builds_to_mpy_for_xtensawin(tmp_path: Path) -> None:
     expected = {p[:-3] + ".mpy" for p in py_sources} | {"main.py", "boot.py", "board.json"}
     assert set(app.files) == expected
     assert sorted(app.compiled) == sorted(expected) and app.reused == []
-    # main.py and boot.py stay source (MicroPython runs only those as .py); board.json as is
-    for name, src in (("main.py", FIRMWARE / "main.py"), ("boot.py", FIRMWARE / "boot.py"),
-                      ("board.json", BOARD_JSON)):
+    # main.py and boot.py stay source (MicroPython runs only those as .py)
+    for name, src in (("main.py", FIRMWARE / "main.py"), ("boot.py", FIRMWARE / "boot.py")):
         assert app.files[name].local.read_bytes() == src.read_bytes()
+    # board.json: the definition without what only people read (the firmware keeps it in RAM)
+    shipped = json.loads(app.files["board.json"].local.read_bytes())
+    definition = json.loads(BOARD_JSON.read_text())
+    assert shipped == boards.device_view(definition) and shipped["inputs"] == {
+        ch: {k: v for k, v in spec.items() if k != "label"} for ch, spec in definition["inputs"].items()}
+    assert "label" not in app.files["board.json"].local.read_text() and "notes" not in shipped
+    assert app.files["board.json"].size < BOARD_JSON.stat().st_size * 0.6
     # every module is .mpy v6 from mpy-cross; the manifest's hashes and sizes are the files'
     for path, entry in app.files.items():
         assert entry.local == app.directory / path

@@ -19,7 +19,7 @@ from firelink.progress import RecordingReporter
 from tests.host.mp_pty import PtyBoard
 from tests.tooling import FIRMWARE, ROOT
 
-BOARD_JSON = ROOT / "hardware" / "board.json"
+BOARD_JSON = ROOT / "hardware" / "boards" / "reference.json"
 
 
 def sha(data: bytes) -> str:
@@ -232,7 +232,7 @@ def test_stale_app_files_go_and_device_data_stays(pty_board: PtyBoard, app_src: 
     (d / "fl" / "hal" / "retired.mpy").write_bytes(b"M\x06\x00\x1f")
     (d / "fl" / "store.mpy.tmp").write_bytes(b"half")
     (d / "main.py.tmp").write_bytes(b"half")  # main.py will be written: this is overwritten
-    (d / "board.json").write_bytes(BOARD_JSON.read_bytes())  # already right: skipped...
+    (d / "board.json").write_bytes(app.files["board.json"].local.read_bytes())  # already right: skipped...
     (d / "board.json.tmp").write_bytes(b"half")  # ...so its leftover .tmp is removed
     (d / "config.json").write_text('{"device_id": "fl-1"}')  # the board's own data
     (d / "sim").mkdir()

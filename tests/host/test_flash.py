@@ -17,7 +17,7 @@ from esptool.logger import log
 from esptool.targets import CHIP_DEFS
 from esptool.util import FatalError
 
-from firelink import flash, flash_cmd
+from firelink import boards, flash, flash_cmd
 from firelink.build import build_app
 from firelink.cli import CommandError
 from firelink.device import wait_for_repl
@@ -401,7 +401,7 @@ def test_flash_command_from_blank_board_to_deployed_app(esptool_fake: FakeEsptoo
                                     "write_flash", "verify_flash", "reset_chip"]
     out = capsys.readouterr().out
     assert "24:6f:28:aa:bb:cc" in out and "flash 4MB" in out and "done in" in out
-    app = build_app("xtensawin", source=app_src, board_json=ROOT / "hardware" / "board.json",
+    app = build_app("xtensawin", source=app_src, board_json=ROOT / "hardware" / "boards" / "reference.json",
                     build_root=tmp_path / "build")
     assert app.compiled == []  # the command built exactly this, for xtensawin
     for path, entry in app.files.items():
@@ -415,6 +415,44 @@ def test_flash_command_refuses_an_image_for_another_chip(esptool_fake: FakeEspto
     with pytest.raises(CommandError, match="^image is for ESP32-S3, board is ESP32"):
         run_flash(["--port", port, "--firmware", str(fw)])
     assert "erase_flash" not in esptool_fake.names() and "write_flash" not in esptool_fake.names()
+
+
+SPIRAM = b"Generic ESP32 module with SPIRAM with ESP32\x00"
+PLAIN = b"Generic ESP32 module with ESP32\x00"
+
+
+def _built_as(tmp_path: Path, name: str, machine: bytes) -> Path:
+    """An image whose read-only data names the board it was built for, as MicroPython's does."""
+    return make_firmware(tmp_path / name, "ESP32", app_payload=os.urandom(3000) + machine + os.urandom(3000))
+
+
+def test_image_variant_is_read_from_the_image(tmp_path: Path) -> None:
+    names = [SPIRAM[:-1].decode(), PLAIN[:-1].decode()]
+    assert flash.image_machine(_built_as(tmp_path, "a.bin", SPIRAM), names) == names[0]
+    assert flash.image_machine(_built_as(tmp_path, "b.bin", PLAIN), names) == names[1]
+    assert flash.image_machine(make_firmware(tmp_path / "c.bin", "ESP32"), names) is None
+
+
+@pytest.mark.parametrize("board, wrong, right", [("reference", PLAIN, SPIRAM), ("lean", SPIRAM, PLAIN)])
+def test_flash_command_refuses_the_other_board_s_build(esptool_fake: FakeEsptool, port: str, tmp_path: Path,
+                                                       board: str, wrong: bytes, right: bytes) -> None:
+    fw = _built_as(tmp_path, "fw.bin", wrong)
+    with pytest.raises(CommandError, match=r"^fw.bin is the MicroPython build .* this board takes "
+                                           r"ESP32_GENERIC(-SPIRAM)? \(") as e:
+        run_flash(["--board", board, "--port", port, "--firmware", str(fw)])
+    assert ("SPIRAM" in str(e.value).split("this board takes")[1]) == (board == "reference")
+    assert esptool_fake.calls == []  # refused before the board was touched
+    ok = _built_as(tmp_path, "ok.bin", right)
+    assert flash.check_variant(ok, right[:-1].decode(), "x", {wrong[:-1].decode(): "the other"}) is True
+
+
+def test_an_ESP32_at_the_REPL_must_run_its_board_s_build() -> None:
+    ref = boards.firmware(boards.load("reference"))
+    flash_cmd._check_running_build("esp32", SPIRAM[:-1].decode(), ref, Path("reference.json"))
+    flash_cmd._check_running_build("linux", "linux [GCC 14] version", ref, Path("reference.json"))  # the pty board
+    with pytest.raises(CommandError, match='runs MicroPython built as "Generic ESP32 module with ESP32", but '
+                                           "reference.json takes ESP32_GENERIC-SPIRAM"):
+        flash_cmd._check_running_build("esp32", PLAIN[:-1].decode(), ref, Path("reference.json"))
 
 
 def test_flash_command_checks_the_file_before_the_board(esptool_fake: FakeEsptool, port: str,

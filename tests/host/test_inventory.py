@@ -109,7 +109,7 @@ def test_installer_name_defaults_to_the_os_user() -> None:
 @pytest.fixture(scope="module")
 def site_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     b = Broker(tmp_path_factory.mktemp("broker"), port=free_port(), tls_port=free_port())
-    b.add_monitor("mon-pass")
+    b.add_monitor("mon-pass-strong-enough-2026")
     b.start()
     yield b
     b.stop()

@@ -306,14 +306,14 @@ def test_an_unknown_port_is_refused(site: Site, board: VirtualDevice, provisione
     assert_untouched(board, before, mark)
 
 
-def test_a_wrong_monitor_password_is_refused_by_the_broker_before_the_board_is_touched(
+def test_a_wrong_monitor_password_is_refused_before_the_board_is_touched(
         site: Site, board: VirtualDevice, provisioned: Provisioned) -> None:
     before, mark = snapshot(board), board.log_position()
     with pytest.raises(ProvisionError) as info:
         site.provision(board, monitor_password="not-the-password")
     r = info.value.result
     assert r.failed() is not None and r.failed().name == "broker"  # type: ignore[union-attr]
-    assert "refused the 'monitor' account: Not authorized: check --monitor-password" in str(info.value)
+    assert "the broker's 'monitor' account refuses this password: check --monitor-password" in str(info.value)
     assert r.check("settings").status == "pass" and r.check("board").status == "skipped"
     assert_untouched(board, before, mark)
 

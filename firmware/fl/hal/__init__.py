@@ -2,12 +2,15 @@
 
 A board object offers (see sim.py for the reference implementation):
   name                                  "esp32" | "sim"
-  board_info() -> dict                  hardware/board.json as deployed on the device
+  board_info() -> dict                  board.json as deployed on the device (firelink.boards)
+  release_info()                        boot is over: drop the parsed board.json (heap)
   unique_id() -> bytes                  6-byte MAC
   reset_cause() -> str                  power_on | watchdog | brownout | software | hard | deepsleep | unknown
   digital_input(channel) -> obj         .value() -> raw level 0/1 (pull-up: contact closed reads 0)
   analog_input(channel) -> obj          .read_raw() -> 0..4095, .read_mv() -> millivolts at the pin
-  async wait_inputs(timeout_ms)         returns early when an input may have changed (IRQ / control file)
+  wait_inputs(timeout_ms) -> awaitable  returns early when an input may have changed (IRQ / control
+                                        file); allocates nothing per call (fl/edgewait.py)
+  on_mains(present)                     mains state: Wi-Fi power save off on mains, on on battery
   output(name, on)                      led_status, led_fault, buzzer
   watchdog(timeout_ms) -> obj           .feed()
   relax_watchdog()                      long timeout once the app has stopped for the REPL

@@ -14,7 +14,8 @@ import time
 import machine
 import network
 
-from fl import clock, link
+from fl import clock, link, ticks
+from fl.edgewait import EdgeWait
 from fl.log import Logger
 
 _log = Logger("esp32")
@@ -33,6 +34,11 @@ NTP_DELTA = 2208988800  # 1900-01-01 to 1970-01-01
 # console does not leave the transmitter stopped for long.
 REPL_WATCHDOG_MS = 10 * 60 * 1000
 _RESET_MARKER = "reset.cause"
+# ESP32 errata 3.11: GPIO 36 and 39 are pulled low for ~80 ns whenever an RTC peripheral (Wi-Fi,
+# the ADC) powers up, so an interrupt there fires on edges that never happened. A digital input
+# on them is read by the scan (every IDLE_MS at worst) without an interrupt; boardcheck refuses
+# boards that put one there.
+_NO_IRQ = (36, 39)
 
 
 class Board:
@@ -40,21 +46,33 @@ class Board:
 
     def __init__(self):
         self._info = None
-        self._flag = asyncio.ThreadSafeFlag()
+        self._edges = EdgeWait()
         # Bound once here so the IRQ handler allocates nothing when it runs.
         self._irq_handler = self._on_edge
         self._synced = False
-        self._outputs = {}
-        self._battery = None
+        self._outputs = {}  # name -> (Pin, active_high)
+        self._battery = None  # (ADC, divider)
+        self._wifi = None
+        self._mains = True
 
     def _on_edge(self, pin):
-        self._flag.set()
+        self._edges.flag.set()
 
     def board_info(self):
         if self._info is None:
             with open("board.json") as f:
                 self._info = json.load(f)
         return self._info
+
+    def release_info(self):
+        """Boot is over: make what the rest of the run needs from board.json (output pins, the
+        battery ADC), then drop the parsed file (≈6 KB of heap on the ESP32). board_info()
+        reads it again if anything asks later."""
+        info = self.board_info()
+        for name in info["outputs"]:
+            self._output(name)
+        self._battery_adc()
+        self._info = None
 
     def unique_id(self):
         return network.WLAN(network.STA_IF).config("mac")
@@ -88,30 +106,46 @@ class Board:
         spec = self._gpio(channel)
         pull = machine.Pin.PULL_UP if spec.get("pull") == "internal" else None
         pin = machine.Pin(spec["gpio"], machine.Pin.IN, pull)
-        pin.irq(handler=self._irq_handler, trigger=machine.Pin.IRQ_FALLING | machine.Pin.IRQ_RISING)
+        if spec["gpio"] not in _NO_IRQ:
+            pin.irq(handler=self._irq_handler, trigger=machine.Pin.IRQ_FALLING | machine.Pin.IRQ_RISING)
         return pin
 
     def analog_input(self, channel):
         return _AnalogIn(self._gpio(channel)["gpio"])
 
-    def battery_mv(self):
-        spec = self.board_info()["battery"]
+    def _battery_adc(self):
         if self._battery is None:
-            self._battery = _AnalogIn(spec["gpio"])
-        return int(self._battery.read_mv() * spec["divider"])
+            spec = self.board_info()["battery"]
+            self._battery = (_AnalogIn(spec["gpio"]), spec["divider"])
+        return self._battery
 
-    async def wait_inputs(self, timeout_ms):
-        try:
-            await asyncio.wait_for_ms(self._flag.wait(), timeout_ms)
-        except asyncio.TimeoutError:
-            pass
+    def battery_mv(self):
+        adc, divider = self._battery_adc()
+        return int(adc.read_mv() * divider)
+
+    def wait_inputs(self, timeout_ms):
+        """Awaitable (not a coroutine: nothing allocated per scan): ends after timeout_ms or on
+        an input edge."""
+        return self._edges.wait(timeout_ms)
+
+    def _output(self, name):
+        out = self._outputs.get(name)
+        if out is None:
+            spec = self.board_info()["outputs"][name]
+            out = self._outputs[name] = (machine.Pin(spec["gpio"], machine.Pin.OUT), spec.get("active_high", True))
+        return out
 
     def output(self, name, on):
-        pin = self._outputs.get(name)
-        spec = self.board_info()["outputs"][name]
-        if pin is None:
-            pin = self._outputs[name] = machine.Pin(spec["gpio"], machine.Pin.OUT)
-        pin.value(1 if bool(on) == spec.get("active_high", True) else 0)
+        pin, active_high = self._output(name)
+        pin.value(1 if bool(on) == active_high else 0)
+
+    def on_mains(self, present):
+        """Wi-Fi power save off while on mains: modem sleep holds received packets for up to a
+        beacon interval (100-300 ms per round trip, an ack included); on battery it saves
+        tens of mA, so it comes back on."""
+        self._mains = present
+        if self._wifi is not None:
+            self._wifi.power_save(not present)
 
     def watchdog(self, timeout_ms):
         return machine.WDT(timeout=timeout_ms)
@@ -139,8 +173,8 @@ class Board:
                 query = bytearray(48)
                 query[0] = 0x1B
                 s.sendto(query, addr)
-                deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
-                while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+                deadline = ticks.add(ticks.ms(), timeout_ms)
+                while ticks.diff(deadline, ticks.ms()) > 0:
                     try:
                         msg = s.recv(48)
                         break
@@ -168,7 +202,9 @@ class Board:
             return False
 
     def paths(self, config):
-        return [_WifiPath(config.get("wifi", {}), config.get("_secrets", {}).get("wifi_password", ""))]
+        self._wifi = _WifiPath(config.get("wifi", {}), config.get("_secrets", {}).get("wifi_password", ""),
+                               power_save=not self._mains)
+        return [self._wifi]
 
     def storage_free(self):
         st = os.statvfs("/")
@@ -192,19 +228,33 @@ class _AnalogIn:
 class _WifiPath(link.Path):
     name = "wifi"
 
-    def __init__(self, wifi_config, password):
+    def __init__(self, wifi_config, password, power_save=False):
         super().__init__()
         self._ssid = wifi_config.get("ssid", "")
         self._password = password
         self._wlan = None
+        self._power_save = power_save
 
     def _if(self):
         if self._wlan is None:
             self._wlan = network.WLAN(network.STA_IF)
             self._wlan.active(True)
+            self._apply_power_save()
             # ifname (for SO_BINDTODEVICE) is set only once a second path exists: with one
             # interface the default route is already right.
         return self._wlan
+
+    def power_save(self, on):
+        self._power_save = on
+        if self._wlan is not None:
+            self._apply_power_save()
+
+    def _apply_power_save(self):
+        wlan = self._wlan
+        try:
+            wlan.config(pm=wlan.PM_PERFORMANCE if self._power_save else wlan.PM_NONE)
+        except (OSError, ValueError, AttributeError) as e:  # firmware without pm: leave it as it is
+            _log.warn("wifi: cannot set power save: %r", e)
 
     def is_up(self):
         return self._if().isconnected()
@@ -218,8 +268,8 @@ class _WifiPath(link.Path):
         except OSError:
             pass
         wlan.connect(self._ssid, self._password)
-        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
-        while time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        deadline = ticks.add(ticks.ms(), timeout_ms)
+        while ticks.diff(deadline, ticks.ms()) > 0:
             if wlan.isconnected():
                 return True
             await asyncio.sleep_ms(200)

@@ -4,34 +4,69 @@ world (contacts, ADC lines, links, signal, clock) is driven through `sim/control
 control.json (written atomically by the host tools or tests; every key optional):
   {"inputs": {"in1": 0, "in6": 2100},   raw level for digital channels, raw ADC for analogue
    "battery_mv": 3900, "links": {"wifi": true}, "rssi": -58, "clock_synced": true}
-Outputs (LEDs, buzzer) are mirrored to `sim/outputs.json`. The reset cause comes from
+Outputs (LEDs, buzzer) are mirrored to `sim/outputs.json`, and so is the Wi-Fi power-save
+setting (`wifi_power_save`, which the ESP32 turns off while on mains). The reset cause comes from
 $FL_RESET_CAUSE; a reset ends the process with a status the supervisor understands
 (3 watchdog, 4 software) so that it can start it again like a board would reboot.
+
+Flash is modelled: every block write the firmware makes (fl/store.py counts them) stalls the
+interpreter for the time a 4 KB littlefs block rewrite takes on the reference SPI NOR flash,
+as the ESP32's CPU stalls while its flash is busy. $FL_FLASH_MODEL picks it: `typical`
+(default: 50 ms, a ≈45 ms sector erase plus programming), `worst` (450 ms: a 400 ms erase),
+`off`, or a number of ms. The count since boot and the model are in `sim/flash.json`
+(`{"block_writes": n, "stall_ms": ms}`), rewritten within FLASH_STATS_MS of a change; the
+sim's own files (control, outputs, stats) are not the device's flash and cost nothing.
 """
 import asyncio
 import gc
 import json
 import os
 import sys
-import time
 
-from fl import link, store
+from fl import link, store, ticks
+from fl.edgewait import EdgeWait
 from fl.log import Logger
 
 _log = Logger("sim")
 CONTROL = "sim/control.json"
 OUTPUTS = "sim/outputs.json"
 POLL_MS = 10
+FLASH = "sim/flash.json"
+FLASH_MODELS = {"off": 0, "typical": 50, "worst": 450}
+FLASH_STATS_MS = 200
+
+
+def flash_model_ms(spec):
+    """ms per block write for an $FL_FLASH_MODEL value; ValueError names what is allowed."""
+    spec = (spec or "typical").strip().lower()
+    if spec in FLASH_MODELS:
+        return FLASH_MODELS[spec]
+    try:
+        ms = int(spec)
+    except ValueError:
+        ms = -1
+    if not 0 <= ms <= 5000:
+        raise ValueError("FL_FLASH_MODEL %r: want off, typical, worst or 0..5000 ms" % spec)
+    return ms
+
+
+def _write_sim_file(path, data):
+    # The sim's own files are the test rig's, not the device's flash: not charged.
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
 EXIT_STATUS = {"watchdog": 3, "software": 4}
+_NONE = {}  # read-only: a missing section, without a new dict per read
 
 
 def _find_board_json():
     for path in (os.getenv("FL_BOARD"), "board.json"):
         if path and store.exists(path):
             return path
-    # Running from the source tree: firmware/fl/hal/sim.py -> hardware/board.json
+    # Running from the source tree: firmware/fl/hal/sim.py -> the default board (host_tools firelink.boards)
     here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-    return here + "/../../../hardware/board.json"
+    return here + "/../../../hardware/boards/reference.json"
 
 
 class Board:
@@ -41,9 +76,21 @@ class Board:
         self._info = None
         self._control_raw = None
         self.control = {}
-        self._last_poll = time.ticks_add(time.ticks_ms(), -POLL_MS)
+        self._last_poll = ticks.add(ticks.ms(), -POLL_MS)
         self._outputs = {}
+        # The simulated hardware: a task reads control.json every POLL_MS and raises an "edge"
+        # on a change, as the ESP32's pin interrupts do; the scan waits on it the same way.
+        self._edges = EdgeWait()
+        self._poller = None
+        self._mains = True
         store.ensure_dir("sim")
+        try:
+            store.stall_ms = flash_model_ms(os.getenv("FL_FLASH_MODEL"))
+        except ValueError as e:
+            _log.error("%s: using typical", e)
+            store.stall_ms = FLASH_MODELS["typical"]
+        self._flash_seen = -1
+        self._flash_at = ticks.ms()
         self.refresh(force=True)
 
     # --- identity and boot ---
@@ -52,6 +99,10 @@ class Board:
             with open(_find_board_json()) as f:
                 self._info = json.load(f)
         return self._info
+
+    def release_info(self):
+        """Boot is over: the parsed board.json goes (board_info() reads it again if asked)."""
+        self._info = None
 
     def unique_id(self):
         mac = os.getenv("FL_SIM_MAC")
@@ -73,10 +124,14 @@ class Board:
     # --- the outside world ---
     def refresh(self, force=False):
         """Re-reads control.json at most every POLL_MS; returns True if it changed."""
-        now = time.ticks_ms()
-        if not force and time.ticks_diff(now, self._last_poll) < POLL_MS:
+        now = ticks.ms()
+        if not force and ticks.diff(now, self._last_poll) < POLL_MS:
             return False
         self._last_poll = now
+        if store.block_writes != self._flash_seen and ticks.diff(now, self._flash_at) >= FLASH_STATS_MS:
+            self._flash_seen = store.block_writes
+            self._flash_at = now
+            _write_sim_file(FLASH, b'{"block_writes":%d,"stall_ms":%d}' % (store.block_writes, store.stall_ms))
         raw = store.read_bytes(CONTROL)
         if raw == self._control_raw:
             return False
@@ -86,17 +141,23 @@ class Board:
         except ValueError:
             _log.warn("ignoring malformed %s", CONTROL)
             return False
+        self._edges.flag.set()  # whoever read it first, the scan must look
         return True
 
-    async def wait_inputs(self, timeout_ms):
-        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
-        while time.ticks_diff(deadline, time.ticks_ms()) > 0:
-            if self.refresh():
-                return
+    async def _poll(self):
+        while True:
             await asyncio.sleep_ms(POLL_MS)
+            self.refresh()
+
+    def wait_inputs(self, timeout_ms):
+        """Awaitable (not a coroutine: nothing allocated per scan): ends after timeout_ms or
+        when control.json changed."""
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll())
+        return self._edges.wait(timeout_ms)
 
     def _input_value(self, channel, default):
-        v = self.control.get("inputs", {}).get(channel)
+        v = self.control.get("inputs", _NONE).get(channel)
         return default if v is None else v
 
     def digital_input(self, channel):
@@ -112,7 +173,12 @@ class Board:
         on = bool(on)
         if self._outputs.get(name) != on:
             self._outputs[name] = on
-            store.write_atomic(OUTPUTS, json.dumps(self._outputs).encode())
+            _write_sim_file(OUTPUTS, json.dumps(self._outputs).encode())
+
+    def on_mains(self, present):
+        """As the ESP32: Wi-Fi power save off while on mains, on while on battery."""
+        self._mains = present
+        self.output("wifi_power_save", not present)
 
     # --- services ---
     def watchdog(self, timeout_ms):
@@ -152,10 +218,10 @@ class _AnalogIn:
     def __init__(self, board, channel):
         self._board = board
         self.channel = channel
+        self._default = board.board_info()["eol"]["nominal"]["normal"]  # board.json is gone after boot
 
     def read_raw(self):
-        default = self._board.board_info()["eol"]["nominal"]["normal"]
-        return int(self._board._input_value(self.channel, default))
+        return int(self._board._input_value(self.channel, self._default))
 
     def read_mv(self):
         return self.read_raw() * 3300 // 4095
@@ -169,13 +235,13 @@ class _Watchdog:
     def __init__(self, board, timeout_ms):
         self._board = board
         self._timeout_ms = timeout_ms
-        self._fed = time.ticks_ms()
+        self._fed = ticks.ms()
 
     def feed(self):
-        self._fed = time.ticks_ms()
+        self._fed = ticks.ms()
 
     def expired(self):
-        return time.ticks_diff(time.ticks_ms(), self._fed) > self._timeout_ms
+        return ticks.diff(ticks.ms(), self._fed) > self._timeout_ms
 
     def check(self):
         if self.expired():
