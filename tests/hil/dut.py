@@ -50,6 +50,8 @@ CAPABILITIES = {
     "signal": "set the radio signal strength the device reads: the virtual device only",
     "battery": "set the battery voltage the device reads: the virtual device only",
     "raw": "set an input to a raw level or ADC count: the virtual device only",
+    "flash": "reach the device's flash as files on this host: the virtual device only",
+    "ticks": "start the device's tick counter near its wrap ($FL_TICKS_START): the virtual device only",
 }
 # Why a board, even on the jig, cannot do what only the virtual device does.
 BOARD_LIMITS = {
@@ -59,6 +61,8 @@ BOARD_LIMITS = {
     "signal": "a board's radio signal is the air's, not the suite's",
     "battery": "the jig has no adjustable supply on the battery input",
     "raw": "the jig drives inputs through switches and resistors (states), not raw levels",
+    "flash": "a board's flash is reached through its REPL, not as files on this host",
+    "ticks": "a board's tick counter starts where its ROM starts it",
 }
 # A booting ESP32's ROM line, or the virtual device's supervisor starting the firmware.
 BOOT_LINE = r"rst:0x|\[virtual\] booting"
