@@ -49,7 +49,7 @@ from firelink import build, virtual
 from firelink.localsite import LocalSite, SiteError
 from firelink.monitor_devices import WENT_ONLINE
 from firelink.monitor_store import Event
-from tests.bench import bench_flash, bench_monitor, bench_wire
+from tests.bench import bench_flash, bench_jig, bench_monitor, bench_wire
 from tests.tooling import ROOT, firmware_env, micropython_binary
 
 DEVICE_ID = "fl-02000000be01"  # as long as a default id ("fl-" + the MAC in hex): the topic's real size
@@ -537,6 +537,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"[red]{heap.memory_errors} MemoryError, {heap.boots} boots[/]"))
         if not clean:
             failed = "the device hit MemoryError or restarted during the scenario"
+
+        jig_lat = bench_jig.measure(site, min(args.changes, 100), console)  # last: it power-cycles the device
+        console.print(bench_jig.table(jig_lat, percentile))
+        summary.append(("fire latency via the jig p50 / p95 / p99",
+                        " / ".join(f"{percentile(jig_lat.seconds, p) * 1000:.0f}" for p in (50, 95, 99)) + " ms",
+                        "from the jig's edge stamp (simulated jig on a pty)"))
 
         if not args.no_micro:
             account, _ = broker.add_device("fl-mqttbench")  # bench_mqtt.py publishes as its own device
