@@ -20,6 +20,8 @@ under the MicroPython unix port, its heap capped with `-X heapsize`). The scenar
 4. heap: the heartbeat's `heap_peak` (the most heap in use right after a collection, sampled at
    each heartbeat), with the console checked for MemoryError and the supervisor for restarts.
 5. the micro-benchmarks tests/bench/bench_outbox.py and bench_mqtt.py under the unix port.
+6. heap (tests/bench/bench_heap.py): the smallest heap the alarm scenario passes in, import cost
+   per module, garbage per idle input scan.
 
 The exit status is 0 when every part ran, whatever the figures; 1 when one could not run.
 """
@@ -45,6 +47,7 @@ from firelink import build, virtual
 from firelink.localsite import LocalSite, SiteError
 from firelink.monitor_devices import WENT_ONLINE
 from firelink.monitor_store import Event
+from tests.bench import bench_heap
 from tests.tooling import ROOT, firmware_env, micropython_binary
 
 DEVICE_ID = "fl-02000000be01"  # as long as a default id ("fl-" + the MAC in hex): the topic's real size
@@ -461,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backlog", type=int, default=1000, help="events made while the link is down (default: %(default)s)")
     p.add_argument("--heapsize", default="256k", help="the device's MicroPython heap (default: %(default)s)")
     p.add_argument("--no-micro", action="store_true", help="skip bench_outbox.py and bench_mqtt.py")
+    p.add_argument("--no-heap", action="store_true", help="skip bench_heap.py (smallest heap, import costs, idle scan)")
     args = p.parse_args(argv)
 
     console = Console()
@@ -550,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         failed = "interrupted"
     finally:
         site.close()
+    if not args.no_heap and failed != "interrupted":
+        failed = bench_heap.run_part(args.dir / "heap", console, summary) or failed
 
     t = Table(title=f"FireLink bench summary ({time.monotonic() - started:.0f} s; device on loopback, "
                     f"-X heapsize={args.heapsize})", title_justify="left")
