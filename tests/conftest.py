@@ -1,9 +1,13 @@
 """Fixtures shared by the firmware, host and HIL suites."""
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+import os
 
 import pytest
 
@@ -11,19 +15,58 @@ from firelink import pki
 from firelink.broker import Broker, free_port
 
 TEST_DEVICE = "fl-test1"
+# The simulated flash's write stall (fl/hal/sim.py) is off for the suites so that they stay fast
+# (a new virtual device pre-allocates its outbox: 65 block writes, 3 s at the typical 50 ms);
+# `make bench` measures with it, and FL_FLASH_MODEL=typical (or worst) runs the suites with it.
+os.environ.setdefault("FL_FLASH_MODEL", "off")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     # Options live here, at the tests' root: pytest reads options only from start-up conftests.
     parser.addoption("--dut", default="virtual",
                      help="HIL device under test: 'virtual' (the firmware under the unix port) or a serial port")
+    parser.addoption("--jig", default=None,
+                     help="HIL test jig: 'sim' (the jig firmware under the unix port, driving the virtual device) "
+                          "or the jig's serial port; without it a board's scenarios needing the jig are skipped")
+    parser.addoption("--broker-host", default=None,
+                     help="HIL: the address the device reaches the suite's broker at (the link proxy listens "
+                          "there); a board needs this PC's address on its network. Default 127.0.0.1")
     parser.addoption("--port", default=None, help="serial port of a real ESP32 for tests marked hardware")
     parser.addoption("--firmware", default=None, help="MicroPython .bin that the hardware tests flash")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # As root, our own base directory under /tmp: pytest's shared /tmp/pytest-of-root is reset
+    # to 0700 by every pytest session on the machine, and mosquitto's user must pass (below).
+    if os.geteuid() == 0 and not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="firelink-pytest-")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _passable_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run as root (CI, this machine), mosquitto drops to its own user and re-reads its files from
+    the broker directory on every reload: the 0700 temporary directories must let it pass
+    (o+x: not listable, files inside keep their own modes), as /var/lib would in the field."""
+    base = tmp_path_factory.getbasetemp()
+    base.chmod(base.stat().st_mode | 0o001)
+    made = tmp_path_factory.mktemp
+
+    def mktemp(basename: str, numbered: bool = True) -> Path:
+        path = made(basename, numbered)
+        path.chmod(path.stat().st_mode | 0o001)
+        return path
+
+    tmp_path_factory.mktemp = mktemp  # type: ignore[method-assign]
+
+
 @dataclass
 class BrokerFixture:
-    """A running mosquitto with one test device and the monitor account."""
+    """A running mosquitto with one test device, the monitor account and a second centre account.
+
+    The broker binds each client id to its account, so only one client at a time can be the
+    monitor: a test's own client acting as the centre next to a running monitor uses the
+    `centre_*` account (same rights, its own client id)."""
 
     broker: Broker
     device_user: str
@@ -31,6 +74,8 @@ class BrokerFixture:
     monitor_user: str
     monitor_pass: str
     wrong_ca_der: Path
+    centre_user: str = ""
+    centre_pass: str = ""
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -48,12 +93,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerFixture]:
     b = Broker(state, port=free_port(), tls_port=free_port())
     device, _ = b.add_device(TEST_DEVICE)
     monitor = b.add_monitor()
+    centre = b.add_centre("centre-test")
     wrong = pki.make_ca("Not the site CA")
     wrong_path = state / "wrong-ca.crt.der"
     wrong_path.write_bytes(wrong.cert_der)
     b.start()
     pk = b.pki_dir
-    fx = BrokerFixture(b, device.username, device.password, monitor.username, monitor.password, wrong_path)
+    fx = BrokerFixture(b, device.username, device.password, monitor.username, monitor.password, wrong_path,
+                       centre.username, centre.password)
     fx.env = {
         "FL_BROKER_HOST": b.bind,
         "FL_BROKER_PORT": str(b.port),
@@ -63,6 +110,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerFixture]:
         "FL_DEVICE_PASS": device.password,
         "FL_MONITOR_USER": monitor.username,
         "FL_MONITOR_PASS": monitor.password,
+        "FL_CENTRE_USER": centre.username,
+        "FL_CENTRE_PASS": centre.password,
         "FL_CA_DER": str(pk / "ca.crt.der"),
         "FL_DEVICE_CERT_DER": str(pk / "devices" / f"{TEST_DEVICE}.crt.der"),
         "FL_DEVICE_KEY_DER": str(pk / "devices" / f"{TEST_DEVICE}.key.der"),
@@ -70,3 +119,56 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerFixture]:
     }
     yield fx
     b.stop()
+
+
+@dataclass
+class FreshAccounts:
+    env: dict[str, str]
+
+
+def wait_accepted(host: str, port: int, username: str, password: str, timeout_s: float = 10.0) -> None:
+    """Until the broker (reloading its password file after a SIGHUP) accepts this account."""
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        codes: list[object] = []
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
+        c.username_pw_set(username, password)
+        c.on_connect = lambda client, userdata, flags, rc, props: codes.append(rc)
+        c.connect(host, port, keepalive=10)
+        c.loop_start()
+        while not codes and time.monotonic() < deadline:
+            time.sleep(0.02)
+        c.loop_stop()
+        c.disconnect()
+        if codes and not codes[0].is_failure:  # type: ignore[attr-defined]
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"the broker did not accept {username!r} within {timeout_s} s")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def fresh_accounts(broker: BrokerFixture) -> FreshAccounts:
+    """A device account and two centre accounts of this test's own. The broker binds client ids to
+    accounts, so sessions (and what they queued) are per account: fresh ones keep a test from
+    receiving what an earlier test left queued, and let it run two centre clients at once."""
+    import secrets as _secrets
+
+    tag = _secrets.token_hex(4)
+    device, _ = broker.broker.add_device(f"fl-t{tag}")
+    first = broker.broker.add_centre(f"centre-t{tag}-1")
+    second = broker.broker.add_centre(f"centre-t{tag}-2")
+    for account in (device, first, second):
+        wait_accepted(broker.host, broker.port, account.username, account.password)
+    pk = broker.broker.pki_dir / "devices"
+    return FreshAccounts({
+        "FL_DEVICE_ID": device.username, "FL_DEVICE_USER": device.username, "FL_DEVICE_PASS": device.password,
+        "FL_MONITOR_USER": first.username, "FL_MONITOR_PASS": first.password,
+        "FL_CENTRE_USER": second.username, "FL_CENTRE_PASS": second.password,
+        "FL_DEVICE_CERT_DER": str(pk / f"{device.username}.crt.der"),
+        "FL_DEVICE_KEY_DER": str(pk / f"{device.username}.key.der"),
+    })

@@ -3,23 +3,32 @@
 Boot order matters: the outbox and sequence numbers come first so that nothing that
 happens afterwards can be lost; inputs are watched before any network exists; a bad
 config only narrows what runs, never the watching of inputs.
+
+What the centre has been told is kept across reboots (fl/reported.py): every input change
+and fault is reported as the difference between that and what the device sees now, so a
+reboot sends the restore of what cleared meanwhile and never a second `new` for what is
+still active. A fault carried over from before the reboot is restored once this boot has
+shown it gone: at once for what boot decides (configuration, storage, ...), after the first
+connection for the broker's faults, when the path is up for a path fault, once no fire
+awaits its ack for 354.
 """
 import asyncio
 import json
 import time
 
-from fl import VERSION, log
+from fl import VERSION, log, ticks
 from fl.clock import Clock
 from fl.commands import Commands
 from fl.events import Sequencer
 from fl.health import Health
 from fl.heartbeat import Heartbeat
 from fl.indicators import Indicators
-from fl.inputs import Inputs, event_for
+from fl.inputs import CODES, FIRE_KINDS, LINE_TROUBLE, NORMAL, ACTIVE, OPEN, SHORT, Inputs
 from fl.link import LinkManager
 from fl.mqtt import MQTTClient
 from fl.outbox import Outbox
 from fl.recorder import Recorder
+from fl.reported import Reported
 from fl.sender import AckWatch, Sender
 from fl.store import read_bytes
 from fl.watchdog import Watchdog
@@ -30,7 +39,11 @@ CONFIG_DETAIL_MAX = 900
 CLOCK_RESYNC_MS = 6 * 3600 * 1000  # RTC drift stays far inside a receiver's -40/+20 s window
 CLOCK_RETRY_MS = 60 * 1000
 TLS_CLOCK_WAIT_MS = 30 * 1000
+CLOCK_SYNC_MS = 5000  # one clock sync, lookups included
+CLOCK_PAUSE_MS = 1000
 STORAGE_RETRY_S = 30
+SEQ_BLOCK = 256  # the floor on flash for when the outbox cannot tell: one write per 256 events
+STATE_FLUSH_S = 3  # an ack (not in the outbox's journal) is on flash within this
 # Health faults → the Contact ID code of the event that reports each; `task_<part>` (a part
 # that failed and was restarted) is 307 too. Other faults show in the heartbeat only.
 FAULT_CODES = {"centre_ack": "354", "path_wifi": "351", "path_cellular": "352"}
@@ -54,7 +67,6 @@ class App:
         self._healthy_after_ms = healthy_after_s * 1000
         self.health = Health()
         self.progress = 0  # housekeeping's, for the watchdog
-        self._partial = {}  # input name -> ((old, new), events already recorded for that change)
         self.reset_cause = board.reset_cause()
         if loaded is None:
             from fl.boot import load_config
@@ -67,15 +79,28 @@ class App:
         self.prefix = TOPIC_ROOT + self.device_id + "/"
         self.clock = Clock(board)
 
-        # Nothing may be recorded before these two exist.
+        # Nothing may be recorded before these exist.
         self.outbox = Outbox(capacity=cfg["outbox_capacity"])
-        self.recorder = Recorder(self.outbox, Sequencer(), self.clock, self.health)
+        self.reported = Reported()
+        self.recorder = Recorder(self.outbox, Sequencer(block=SEQ_BLOCK), self.clock, self.health, self.reported)
+        self.ack_watch = AckWatch(cfg["centre_ack_timeout_s"], self.health)
+        ts, synced = self.clock.now()
+        self.ack_watch.restore(self.reported.acks, ts, synced is True)
+        for event_id, ets, esynced in self.recorder.replayed_fires:
+            self.ack_watch.restore({event_id: [ets + cfg["centre_ack_timeout_s"] if esynced else 0,
+                                               cfg["centre_ack_timeout_s"] * 1000]}, ts, synced is True)
+        self.recorder.before_checkpoint = self._snapshot_acks
+        self._state_dirty_s = 0
+        self._input_names = set(s["name"] for s in cfg["inputs"])
+        self._carried = None  # faults reported before the reboot, not yet shown gone or active
         self.health.listen(self._on_fault)
         for name, detail in list(self.health.faults.items()):  # raised while the recorder opened
             self._on_fault(name, True, detail)
         _log.info("FireLink %s on %s as %s, reset cause %s, %d events waiting", VERSION, board.name,
                   self.device_id, self.reset_cause, len(self.outbox))
-        self.recorder.record("305", "new", 0, "", "status", detail=self.reset_cause)
+        # What stays active as the centre was told: no second `new` follows for these.
+        self.recorder.record("305", "new", 0, "", "status", detail=self.reset_cause, more=self._active_json())
+        self.recorder.restore_levels()
         if safe_mode:
             failed = guard.failed_boots if guard else 0
             _log.error("SAFE MODE after %d boots that never got healthy: alarm path only", failed)
@@ -98,7 +123,6 @@ class App:
         for p in paths:
             p.fault_delay_ms = cfg["path_fault_delay_s"] * 1000
         self.links = LinkManager(paths, health=self.health)
-        self.ack_watch = AckWatch(cfg["centre_ack_timeout_s"], self.health)
         self.mqtt = self._make_mqtt(cfg)
         self.commands = Commands(self.recorder, self.mqtt, self.prefix + "cmd/result")
         self.sender = Sender(self.outbox, self.mqtt, self.prefix + "event", self.recorder.queued, self.health)
@@ -131,31 +155,98 @@ class App:
             subscriptions=[(self.prefix + "ack", 1), (self.prefix + "cmd", 1)],
             on_message=self._on_message, backoff_max_s=b["backoff_max_s"], health=self.health)
 
+    def _active_json(self):
+        """The 305's `"active": ["code:name", ...]`: as many as fit beside the event."""
+        room = self.outbox.max_payload - 180
+        items = []
+        for code, name, _, _ in self.reported.active():
+            item = json.dumps(code + ":" + name)
+            if len(item) + 1 > room:
+                break
+            room -= len(item) + 1
+            items.append(item)
+        return ',"active":[%s]' % ",".join(items)
+
     # --- what flows in ---
     def _on_input(self, spec, old, new):
-        name = spec["name"]
-        _log.info("input %s: %s -> %s", name, old, new)
-        if spec["kind"] == "mains":
+        """Reports what the input's new state means that the centre was not told: line trouble
+        (380) and the input's own condition are each reported on change only. One change can
+        mean two events (380 restore, then the fire); if recording raises, the inputs retry
+        the change and what was recorded already is not recorded again."""
+        name, kind = spec["name"], spec["kind"]
+        if kind == "mains":
             self.board.on_mains(new != "active")
-        # One change can mean two events (380 restore, then the fire). If recording raises, the
-        # inputs retry the whole change: skip what an earlier try already recorded.
-        done = self._partial.pop(name, (None, 0))
-        skip = done[1] if done[0] == (old, new) else 0
-        for i, (code, q, cls) in enumerate(event_for(spec["kind"], old, new, self.inputs.prior(name))):
-            if i < skip:
-                continue
-            try:
-                event = self.recorder.record(code, q, spec["zone"], name, cls)
-            except Exception:
-                self._partial[name] = ((old, new), i)
-                raise
-            if cls == "fire" and q == "new":
+        if old != new and not (old == "boot" and new == NORMAL):
+            _log.info("input %s: %s -> %s", name, old, new)
+        own = CODES[kind]
+        own_cls = "fire" if kind in FIRE_KINDS else "fault"
+        rep = self.reported
+        trouble = new == OPEN or new == SHORT
+        told_trouble = rep.is_active(LINE_TROUBLE, name)
+        told_own = rep.is_active(own, name)
+        # In line trouble the input's own condition is unknown: it stays as told.
+        own_now = told_own if trouble else new == ACTIVE
+        if told_trouble and not trouble:
+            self.recorder.record(LINE_TROUBLE, "restore", spec["zone"], name, "fault")
+        if own_now != told_own:
+            event = self.recorder.record(own, "new" if own_now else "restore", spec["zone"], name, own_cls)
+            if own_cls == "fire" and own_now:
                 self.ack_watch.expect(event.id)
+        if trouble and not told_trouble:
+            self.recorder.record(LINE_TROUBLE, "new", spec["zone"], name, "fault")
 
     def _on_fault(self, name, active, detail):
         code = fault_code(name)
-        if code:
+        if code and self.reported.is_active(code, name) != active:
             self.recorder.record(code, "new" if active else "restore", 0, name, "fault", detail=detail or None)
+
+    def _restore_carried_faults(self):
+        """Restores each fault the centre was told of before the reboot once this boot has
+        shown it gone (see the module's doc). Housekeeping asks every second; nothing to look
+        at (and nothing allocated) once each is settled."""
+        if self._carried is None:
+            self._carried = [(code, name) for code, name, _, cls in self.reported.active()
+                             if cls == "fault" and name not in self._input_names and fault_code(name) == code]
+        k = 0
+        while k < len(self._carried):
+            code, name = self._carried[k]
+            if name in self.health.faults or not self.reported.is_active(code, name):
+                self._carried.pop(k)  # active again, or restored: reported as it changes from now on
+                continue
+            k += 1
+            if name.startswith("mqtt_") or name == "broker_unreachable":
+                gone = self.mqtt.connected
+            elif name.startswith("path_"):
+                gone = False
+                for p in self.links.paths:
+                    if "path_" + p.name == name:
+                        gone = p.is_up()
+            elif name == "centre_ack":
+                gone = self.ack_watch.pending() == 0
+            else:
+                gone = True
+            if gone:
+                _log.info("%s cleared since the reboot: restore", name)
+                self.recorder.record(code, "restore", 0, name, "fault")
+
+    def _snapshot_acks(self):
+        ts, synced = self.clock.now()
+        self.reported.acks = self.ack_watch.snapshot(ts, synced is True)
+        self.ack_watch.changed = False
+
+    def _keep_state(self):
+        """Checkpoints the reported state when due: what the outbox cannot replay (acks, lost
+        ranges not yet declared) within STATE_FLUSH_S, the rest every CHECKPOINT_EVERY events."""
+        rep = self.reported
+        if self.ack_watch.changed or self.outbox.lost != rep.lost:
+            rep.dirty = True
+        if not rep.due():
+            self._state_dirty_s = 0
+            return
+        self._state_dirty_s += 1
+        if self._state_dirty_s >= STATE_FLUSH_S or not rep.dirty:
+            self._state_dirty_s = 0
+            self.recorder.checkpoint()
 
     def _on_message(self, topic, payload):
         if topic == self.prefix + "ack":
@@ -169,18 +260,33 @@ class App:
 
     # --- running ---
     async def run(self):
+        await self.start_inputs()
+        await self._run_parts()
+
+    async def start_inputs(self):
+        """Inputs read steadily, reported against what the centre was told before the boot."""
         await self.inputs.start()
         _log.info("inputs: %s", self.inputs.states())
+        # Abnormal inputs were reported from boot; normal ones may owe the centre a restore.
+        for spec in self.inputs.specs:
+            if self.inputs.states()[spec["name"]] == NORMAL:
+                try:
+                    self._on_input(spec, "boot", NORMAL)
+                except Exception as e:  # noqa: BLE001 - the next change or boot reports it
+                    _log.error("restore of %s at boot failed: %r", spec["name"], e)
+        self._restore_carried_faults()
+
+    async def _run_parts(self):
         b = self.config["broker"]
         # A task may legitimately sit in one bounded wait this long (a connect, a PUBACK, a
         # Wi-Fi association); longer without progress means it is stuck.
         publish_ms = b["puback_timeout_ms"] + 5000 + 15000
         allowances = {"inputs": 5000, "sender": publish_ms, "heartbeat": publish_ms, "links": 60000,
                       "mqtt": b["connect_timeout_ms"] + 2 * b["puback_timeout_ms"] + 15000, "ack_watch": 5000,
-                      "indicators": 5000, "housekeeping": 30000}
+                      "indicators": 5000, "housekeeping": 30000, "commands": publish_ms}
         parts = (("inputs", self.inputs), ("links", self.links), ("mqtt", self.mqtt), ("sender", self.sender),
                  ("ack_watch", self.ack_watch), ("heartbeat", self.heartbeat), ("indicators", self.indicators),
-                 ("housekeeping", self))
+                 ("commands", self.commands), ("housekeeping", self))
         for name, obj in parts:
             self.watchdog.watch(name, obj, allowances[name])
         tasks = [asyncio.create_task(self._supervise(name, obj)) for name, obj in parts]
@@ -218,13 +324,18 @@ class App:
         first connection a bounded chance to sync it, then connect whatever happened (a
         refused certificate is reported as a fault and retried)."""
         if self.config["broker"]["tls"] and not self.board.clock_synced():
-            deadline = time.ticks_add(time.ticks_ms(), TLS_CLOCK_WAIT_MS)
-            while not self.board.clock_synced() and time.ticks_diff(deadline, time.ticks_ms()) > 0:
-                if self.links.current() is not None:
-                    await self.board.sync_clock(5000)
-                else:
-                    await asyncio.sleep_ms(500)
+            deadline = ticks.after(TLS_CLOCK_WAIT_MS)
+            while not self.board.clock_synced() and not ticks.due(deadline):
+                path = self.links.current()
+                if path is None or not await self._sync_clock(path, min(CLOCK_SYNC_MS, ticks.left(deadline))):
+                    # Paced whatever happened: an attempt that fails at once (no server, a
+                    # refusal) must not turn this into a loop that never yields.
+                    await asyncio.sleep_ms(CLOCK_PAUSE_MS)
         await self.mqtt.run()
+
+    async def _sync_clock(self, path, timeout_ms):
+        """SNTP over path, on the event loop and bounded by timeout_ms (fl.sntp)."""
+        return await self.board.sync_clock(path, self.config["ntp_servers"], timeout_ms)
 
     async def _housekeeping(self):
         """Slow chores: set the clock once a path is up (TLS verification and event times need
@@ -234,8 +345,9 @@ class App:
         offline_ms = 0
         storage_retry_s = 0
         test_every_ms = self.config["periodic_test_s"] * 1000
-        next_test = time.ticks_add(time.ticks_ms(), test_every_ms)
-        next_sync = time.ticks_ms()
+        # Up to a week: beyond what ticks.add accepts on the board (2^29 ms), so a countdown.
+        next_test = ticks.Countdown(test_every_ms)
+        next_sync = ticks.Countdown(0)  # may wait days for a path: a deadline's age would wrap
         fault_delay_ms = self.config["path_fault_delay_s"] * 1000
         while True:
             await asyncio.sleep_ms(1000)
@@ -247,17 +359,21 @@ class App:
                 self.health.set_fault("broker_unreachable", True, self.mqtt.last_error[:80])
             elif self.mqtt.connected:
                 self.health.set_fault("broker_unreachable", False)
-            if time.ticks_diff(time.ticks_ms(), next_sync) >= 0 and self.links.current() is not None:
-                synced = await self.board.sync_clock(5000)
-                next_sync = time.ticks_add(time.ticks_ms(), CLOCK_RESYNC_MS if synced else CLOCK_RETRY_MS)
+            path = self.links.current()
+            if next_sync.due() and path is not None:
+                synced = await self._sync_clock(path, CLOCK_SYNC_MS)
+                next_sync.start(CLOCK_RESYNC_MS if synced else CLOCK_RETRY_MS)
             if self._guard is not None and connected_ms < self._healthy_after_ms:
                 connected_ms = connected_ms + 1000 if self.mqtt.connected else 0
                 if connected_ms >= self._healthy_after_ms:
                     self._guard.healthy()
                     _log.info("healthy: boot counter cleared")
-            if time.ticks_diff(time.ticks_ms(), next_test) >= 0:
-                next_test = time.ticks_add(next_test, test_every_ms)
+            if next_test.due():
+                next_test.extend(test_every_ms)
                 self._periodic_test()
+            self._restore_carried_faults()
+            self.recorder.declare_lost()
+            self._keep_state()
             if not self.outbox.storage_fault:
                 storage_retry_s = 0
             elif storage_retry_s > 0:
@@ -280,6 +396,8 @@ class App:
 
     async def shutdown(self, timeout_ms=2000):
         """Clean stop: says `offline` itself so the centre does not wait for the will."""
+        self.outbox.flush_removals()
+        self.recorder.checkpoint()
         try:
             await asyncio.wait_for_ms(self.mqtt.disconnect(self._status("offline")), timeout_ms)
         except (asyncio.TimeoutError, OSError) as e:

@@ -9,19 +9,27 @@ Only the centre can publish there (the broker's ACL). One command so far:
 
 Anything else is answered `{"id", "cmd", "ok": false, "error": "..."}` and logged. Tests closer
 than MIN_TEST_INTERVAL_MS apart are refused ("busy"): a replayed or looping command must not
-fill the event log. `handle()` runs inside the MQTT receive loop, so it never waits: the answer
-is published by a task of its own (a publish waits for a PUBACK that this loop reads).
+fill the event log.
+
+`handle()` runs inside the MQTT receive loop, so it never waits and, when the device is busy,
+never allocates: it copies the command into one of QUEUE_SLOTS buffers made at boot, and one
+task (`run()`) parses, executes and answers them one at a time (a publish waits for a PUBACK
+that the receive loop reads, so the answer cannot be sent from there). A command arriving
+while every slot is full is only counted; once the queue has drained, one answer
+`{"id": null, "cmd": null, "ok": false, "error": "busy: n command(s) refused"}` tells the
+centre how many were dropped. A burst of a thousand costs a counter, not a thousand tasks.
 """
 import asyncio
 import json
-import time
 
+from fl import ticks
 from fl.log import Logger
 
 _log = Logger("cmd")
 MAX_BYTES = 256  # a command is a few dozen bytes; anything larger is refused unparsed
 MAX_REF = 32
 MIN_TEST_INTERVAL_MS = 2000
+QUEUE_SLOTS = 4
 
 
 class Commands:
@@ -30,14 +38,70 @@ class Commands:
         self._mqtt = mqtt
         self._topic = result_topic
         self._last_test = None  # ticks_ms of the last recorded test
+        # The queue: QUEUE_SLOTS fixed buffers in a ring; _lens[i] is the command's length
+        # (more than MAX_BYTES: too large, not copied).
+        self._bufs = [bytearray(MAX_BYTES) for _ in range(QUEUE_SLOTS)]
+        self._mvs = [memoryview(b) for b in self._bufs]
+        self._lens = [0] * QUEUE_SLOTS
+        self._head = 0  # next to run
+        self._count = 0  # queued
+        self._busy = 0  # refused since the last busy answer
+        self._ready = asyncio.Event()
         self.handled = 0
         self.refused = 0
+        self.busy = 0  # refused because the queue was full, ever
+        self.progress = 0
 
     def handle(self, payload):
-        """One message from the cmd topic. Records what it asks for, then answers."""
+        """One message from the cmd topic: queued, or counted as refused when the queue is full.
+        Returns whether it was queued. Allocates nothing when refusing."""
+        if self._count >= QUEUE_SLOTS:
+            self._busy += 1
+            self.busy += 1
+            return False
+        i = (self._head + self._count) % QUEUE_SLOTS
+        n = len(payload)
+        if n <= MAX_BYTES:
+            self._mvs[i][:n] = payload
+        self._lens[i] = n
+        self._count += 1
+        self._ready.set()
+        return True
+
+    async def run(self):
+        """Executes the queued commands one at a time and answers each."""
+        while True:
+            self.progress += 1
+            if not self._count:
+                if self._busy:
+                    n, self._busy = self._busy, 0
+                    self.refused += n
+                    _log.warn("refused %d command(s): busy", n)
+                    await self._answer({"id": None, "cmd": None, "ok": False,
+                                        "error": "busy: %d command(s) refused" % n})
+                    continue
+                self._ready.clear()
+                try:
+                    # Wake now and then so the watchdog sees progress while nothing comes.
+                    await asyncio.wait_for_ms(self._ready.wait(), 5000)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            i = self._head
+            n = self._lens[i]
+            # The copy frees the slot before anything that waits: the receive loop may fill it.
+            payload = bytes(self._mvs[i][:n]) if n <= MAX_BYTES else n
+            self._head = (i + 1) % QUEUE_SLOTS
+            self._count -= 1
+            await self._answer(self.execute(payload))
+
+    def execute(self, payload):
+        """Parses and runs one command (bytes, or the length of one too large to keep); returns
+        the answer."""
         ref, name = None, None
+        size = payload if type(payload) is int else len(payload)
         try:
-            if len(payload) > MAX_BYTES:
+            if size > MAX_BYTES:
                 raise ValueError("command larger than %d bytes" % MAX_BYTES)
             msg = json.loads(payload)
             if type(msg) is not dict:
@@ -52,25 +116,23 @@ class Commands:
             result = self._test(ref)
         except (ValueError, TypeError) as e:
             self.refused += 1
-            _log.warn("refused command (%d bytes): %s", len(payload), e)
+            _log.warn("refused command (%d bytes): %s", size, e)
             result = {"id": ref, "cmd": name if type(name) is str else None, "ok": False, "error": str(e)}
         self.handled += 1
-        self._answer(result)
         return result
 
     def _test(self, ref):
-        now = time.ticks_ms()
-        if self._last_test is not None and time.ticks_diff(now, self._last_test) < MIN_TEST_INTERVAL_MS:
+        now = ticks.ms()
+        # recent(): a stamp from days ago (wrapped ticks) is not mistaken for a fresh one.
+        if ticks.recent(self._last_test, MIN_TEST_INTERVAL_MS):
             raise ValueError("busy: a test was recorded less than %d ms ago" % MIN_TEST_INTERVAL_MS)
         ev = self._recorder.record("601", "new", 0, "", "status", detail="remote test" + (" " + ref if ref else ""))
         self._last_test = now
         _log.info("test event %s (seq %d) recorded on request %s", ev.id, ev.seq, ref)
         return {"id": ref, "cmd": "test", "ok": True, "event": ev.id, "seq": ev.seq}
 
-    def _answer(self, result):
-        asyncio.create_task(self._publish(json.dumps(result).encode()))
-
-    async def _publish(self, body):
-        # Best effort: the event itself is already on flash and reaches the centre anyway.
+    async def _answer(self, result):
+        # Best effort: a recorded event is already on flash and reaches the centre anyway.
+        body = json.dumps(result).encode()
         if not await self._mqtt.publish(self._topic, body, qos=1):
             _log.warn("command result not delivered (%d bytes)", len(body))

@@ -24,6 +24,7 @@ SECRET_KEYS = ("mqtt_username", "mqtt_password", "wifi_password", "tls_ca", "tls
 TLS_FILES = {"tls_ca": "ca.der", "tls_cert": "device.der", "tls_key": "device.key.der"}
 MAX_BYTES = 16384  # far above any real config; keeps a corrupt file from eating the heap
 DEFAULT_DEVICE_ID = "fl-device"
+NTP_SERVERS = ("pool.ntp.org", "dhcp")
 
 _ID = ("str", 1, 32, "abcdefghijklmnopqrstuvwxyz0123456789-_", "[a-z0-9-_]")
 _NAME = ("str", 1, 24, "abcdefghijklmnopqrstuvwxyz0123456789_", "[a-z0-9_]")
@@ -33,7 +34,7 @@ _HEX64 = ("str", 64, 64, "0123456789abcdefABCDEF", None)
 _TOP = (
     ("device_id", _ID, None),
     ("site", ("str", 0, 64, None, None), ""),
-    ("heartbeat_s", ("int", 5, 86400), 60),
+    ("heartbeat_s", ("int", 5, 86400), 3600),  # full health hourly; liveness is keepalive + will
     ("centre_ack_timeout_s", ("int", 5, 3600), 100),
     ("path_fault_delay_s", ("int", 5, 3600), 90),
     ("periodic_test_s", ("int", 60, 604800), 86400),
@@ -44,13 +45,13 @@ _BROKER = (
     ("host", R_HOST, "127.0.0.1"),
     ("tls", ("bool",), False),
     ("server_hostname", ("host?",), None),
-    ("keepalive_s", ("int", 10, 1200), 60),
+    ("keepalive_s", ("int", 10, 1200), 100),  # the broker's will fires after 1.5x: 150 s < 3 min
     ("connect_timeout_ms", ("int", 1000, 120000), 10000),
     ("puback_timeout_ms", ("int", 1000, 120000), 10000),
     ("backoff_max_s", ("int", 1, 3600), 60),
 )
 _TOP_KEYS = ("device_id", "site", "heartbeat_s", "centre_ack_timeout_s", "path_fault_delay_s", "periodic_test_s", "outbox_capacity",
-             "log_level",
+             "log_level", "ntp_servers",
              "broker", "wifi", "cellular", "inputs")
 _BROKER_KEYS = ("host", "port", "tls", "server_hostname", "keepalive_s", "connect_timeout_ms",
                 "puback_timeout_ms", "ping_interval_s", "backoff_max_s")
@@ -122,6 +123,7 @@ def _validate(raw, board_info, default_device_id, file, problems):
         config[key] = rep.take(raw, key, "", rule, default)
     if config["device_id"] is None:
         config["device_id"] = default_device_id or DEFAULT_DEVICE_ID
+    config["ntp_servers"] = _ntp_servers(raw, rep)
     config["broker"] = _broker(rep.section(raw, "broker"), rep)
     wifi = rep.section(raw, "wifi")
     rep.unknown(wifi, ("ssid",), "wifi.")
@@ -133,18 +135,35 @@ def _validate(raw, board_info, default_device_id, file, problems):
     return config
 
 
+def default_ping_s(keepalive_s):
+    return keepalive_s - max(1, keepalive_s // 20)
+
+
+def _ntp_servers(raw, rep):
+    """1..4 NTP servers tried in order: host names, IPv4 addresses (host:port allowed) or
+    "dhcp" (the path's own, see fl.link.Path.dhcp_ntp)."""
+    if "ntp_servers" not in raw:
+        return list(NTP_SERVERS)
+    v = raw["ntp_servers"]
+    if type(v) is list and 0 < len(v) <= 4 and all(_ok(R_HOST, s) for s in v):
+        return v
+    rep.expected("ntp_servers", 'a list of 1..4 host names, IPv4 addresses or "dhcp"', v, "; using the default")
+    return list(NTP_SERVERS)
+
+
 def _broker(raw, rep):
     rep.unknown(raw, _BROKER_KEYS, "broker.")
     b = {}
     for key, rule, default in _BROKER:
         b[key] = rep.take(raw, key, "broker.", rule, default)
     b["port"] = rep.take(raw, "port", "broker.", ("int", 1, 65535), 8883 if b["tls"] else 1883)
-    # Pinging within the keepalive keeps the session up and finds a dead broker in bounded time.
+    # A ping after this long without sending anything keeps the session within its keepalive
+    # (a margin for the board's timers) and finds a dead broker in bounded time.
     ka = b["keepalive_s"]
-    ping = raw.get("ping_interval_s", ka // 4)
+    ping = raw.get("ping_interval_s", default_ping_s(ka))
     if not _ok(("int", 1, ka), ping):
         rep.expected("broker.ping_interval_s", "an integer 1..%d (at most broker.keepalive_s)" % ka, ping)
-        ping = ka // 4
+        ping = default_ping_s(ka)
     b["ping_interval_s"] = ping
     return b
 

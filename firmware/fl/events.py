@@ -5,9 +5,12 @@ ours), a per-device sequence number and an id that stays the same on every retra
 Classes `fire` and `fault` are kept apart on the wire (Decree 105 Art. 25.2.b); `status`
 covers tests, log levels and the like. Fire goes first: priority fire 0 < fault 1 < status 2.
 
-Sequence numbers survive reboots without a flash write per event: `Sequencer` persists a
-reserved high-water mark one block ahead, so after a reset numbering continues from the mark
-and the numbers skipped in between are never issued (gaps are normal; repeats never are).
+Sequence numbers continue exactly across reboots without a flash write of their own: every
+event is written to the outbox with its seq as the record's number, so at boot the newest
+record on flash (delivered or not) says where numbering stands. `Sequencer` also keeps a
+reserved high-water mark one block ahead on flash, written once per block: it is the floor
+used when the outbox cannot tell (wiped, unreadable, made smaller), so a number is never
+issued twice; only then is a range skipped.
 """
 import binascii
 import json
@@ -63,6 +66,8 @@ def _check(ev):
         raise ValueError("bad seq %r: want an int >= 0" % (ev.seq,))
     if type(ev.ts) is not int or ev.ts < 0:
         raise ValueError("bad ts %r: want an int >= 0 (UTC seconds)" % (ev.ts,))
+    if ev.ms is not None and (type(ev.ms) is not int or not 0 <= ev.ms <= 999):
+        raise ValueError("bad ms %r: want an int 0..999 (milliseconds within ts)" % (ev.ms,))
     if type(ev.tsync) is not bool:
         raise ValueError("bad tsync %r: want true or false" % (ev.tsync,))
     if not valid_code(ev.code):
@@ -80,11 +85,12 @@ def _check(ev):
 
 
 class Event:
-    __slots__ = ("id", "seq", "ts", "tsync", "code", "q", "zone", "input", "cls", "detail")
+    __slots__ = ("id", "seq", "ts", "ms", "tsync", "code", "q", "zone", "input", "cls", "detail", "more")
 
-    def __init__(self, seq, ts, tsync, code, q, zone, input, cls, detail=None, id=None):
+    def __init__(self, seq, ts, tsync, code, q, zone, input, cls, detail=None, id=None, ms=None, more=None):
         self.seq = seq
         self.ts = ts
+        self.ms = ms  # milliseconds within ts; None for records written before it existed
         self.tsync = tsync
         self.code = code
         self.q = q
@@ -93,6 +99,9 @@ class Event:
         self.cls = cls
         self.detail = detail
         self.id = make_id(seq) if id is None else id
+        # Further keys, already JSON (',"lost":[[5,9]]'): the 624's lost ranges, the 305's
+        # conditions still active. Not read back by the firmware.
+        self.more = more
 
     def check(self):
         """Raises ValueError if any field is malformed; returns self."""
@@ -106,11 +115,13 @@ class Event:
     def to_json(self):
         """Compact JSON bytes, keys in a fixed order so the same event gives the same bytes."""
         d = json.dumps
-        s = '{"id":%s,"seq":%d,"ts":%d,"tsync":%s,"code":%s,"q":%s,"zone":%d,"input":%s,"class":%s' % (
-            d(self.id), self.seq, self.ts, "true" if self.tsync else "false", d(self.code), d(self.q),
-            self.zone, d(self.input), d(self.cls))
+        s = '{"id":%s,"seq":%d,"ts":%d%s,"tsync":%s,"code":%s,"q":%s,"zone":%d,"input":%s,"class":%s' % (
+            d(self.id), self.seq, self.ts, "" if self.ms is None else ',"ms":%d' % self.ms,
+            "true" if self.tsync else "false", d(self.code), d(self.q), self.zone, d(self.input), d(self.cls))
         if self.detail is not None:
             s += ',"detail":' + d(self.detail)
+        if self.more:
+            s += self.more
         return (s + "}").encode()
 
     @staticmethod
@@ -127,7 +138,7 @@ class Event:
             if k not in o:
                 raise ValueError("event lacks key %r" % (k,))
         ev = Event(o["seq"], o["ts"], o["tsync"], o["code"], o["q"], o["zone"], o["input"],
-                   o["class"], o.get("detail"), o["id"])
+                   o["class"], o.get("detail"), o["id"], o.get("ms"))
         if "detail" in o and o["detail"] is None:
             raise ValueError("bad detail None: omit the key instead")
         _check(ev)
@@ -141,21 +152,41 @@ class Event:
 # --- sequence numbers ---------------------------------------------------------------
 
 _SEQ_MAGIC = b"FLSQ"
+_SEQ_MAGIC2 = b"FLS2"
 
 
-def _seq_image(mark):
-    body = struct.pack("<4sI", _SEQ_MAGIC, mark)
+def _seq_image(mark, trust=0):
+    if not trust:
+        body = struct.pack("<4sI", _SEQ_MAGIC, mark)
+    else:
+        body = struct.pack("<4sII", _SEQ_MAGIC2, mark, trust)
     return body + struct.pack("<I", binascii.crc32(body))
+
+
+def _seq_read(data):
+    """(mark, trust) from a seq file's bytes, or None if they are torn or garbled. `trust`: the
+    outbox's newest record tells where numbering stands only if it is numbered at least this
+    (a number issued while flash refused the outbox's writes is not on flash)."""
+    if data is None or len(data) < 12:
+        return None
+    if data[:4] == _SEQ_MAGIC and len(data) == 12:
+        mark, crc = struct.unpack("<II", data[4:])
+        trust = 0
+        n = 8
+    elif data[:4] == _SEQ_MAGIC2 and len(data) == 16:
+        mark, trust, crc = struct.unpack("<III", data[4:])
+        n = 12
+    else:
+        return None
+    if binascii.crc32(data[:n]) != crc:
+        return None
+    return mark, trust
 
 
 def _seq_parse(data):
     """The mark in a seq file's bytes, or None if they are torn or garbled."""
-    if data is None or len(data) != 12 or data[:4] != _SEQ_MAGIC:
-        return None
-    mark, crc = struct.unpack("<II", data[4:])
-    if binascii.crc32(data[:8]) != crc:
-        return None
-    return mark
+    r = _seq_read(data)
+    return None if r is None else r[0]
 
 
 class Sequencer:
@@ -170,6 +201,10 @@ class Sequencer:
     delivery), and event ids stay unique through their random half regardless.
     `recovery`: "primary", "backup" (primary missing or corrupt), "fresh" (no file at all,
     a new device) or "lost" (files present but none valid).
+
+    `resume(newest, complete)` (the recorder, at boot) continues right after the newest number
+    the outbox holds when it can be trusted; `skipped` then says which range, if any, had to
+    be skipped, and `recovery` becomes "outbox" when numbering continued exactly.
     """
 
     def __init__(self, path="seq.dat", block=32):
@@ -179,7 +214,9 @@ class Sequencer:
         self.backup = path + ".bak"
         self.block = block
         self.storage_fault = None
+        self.skipped = None
         best = None
+        trust = 0
         found = False
         primary = None
         for p in (path, path + ".tmp", self.backup, self.backup + ".tmp"):
@@ -187,18 +224,62 @@ class Sequencer:
             if data is None:
                 continue
             found = True
-            m = _seq_parse(data)
+            r = _seq_read(data)
             if p == path:
-                primary = m
-            if m is not None and (best is None or m > best):
-                best = m
+                primary = r
+            if r is not None and (best is None or r[0] > best):
+                best, trust = r
+        self._have_mark = best is not None
         if best is None:
             self.recovery = "lost" if found else "fresh"
             best = 1
         else:
             self.recovery = "primary" if primary is not None else "backup"
         self._next = best if best > 0 else 1
+        self._trust = trust
         self._reserved = self._next  # nothing of the new boot is reserved yet
+
+    def resume(self, newest, complete):
+        """At boot: `newest` is the highest number among the outbox's records (0 if none),
+        `complete` whether the outbox loaded every file. Continues at newest + 1 when that is
+        known to follow the last number issued (the mark on flash is above it); otherwise at
+        the mark (never a repeat), noting the skipped range."""
+        mark = self._next
+        if self._have_mark and complete and newest > 0 and self._trust <= newest < mark:
+            self._next = newest + 1
+            self._reserved = mark  # still reserved on flash: no write until numbering reaches it
+            self.recovery = "outbox"
+            return
+        if not self._have_mark:
+            # A new device, or both copies unreadable: the outbox is all there is.
+            self.at_least(newest)
+            return
+        if newest >= mark:
+            self._next = newest + 1
+        elif self.recovery != "fresh" and newest + 1 < mark:
+            self.skipped = (newest + 1, mark - 1)
+
+    def unstored(self, seq):
+        """A number went out with its record held in RAM (flash refused the outbox): the
+        outbox's newest record no longer tells where numbering stands until one numbered at
+        least `seq` is on flash. Persisted so that a reboot never issues `seq` again."""
+        if self._trust >= seq:
+            return
+        self._trust = seq
+        self._write(max(self._reserved, seq + self.block))
+
+    def _write(self, mark):
+        img = _seq_image(mark, self._trust)
+        try:
+            # Primary first, then backup: a cut between them leaves the higher mark in
+            # the primary and a mark no lower than any issued number in the backup.
+            store.write_atomic(self.path, img)
+            store.write_atomic(self.backup, img)
+            self.storage_fault = None
+        except OSError as e:
+            # Keep numbering in RAM: an alarm is worth more than a gap-free sequence.
+            self.storage_fault = "seq store write failed: %s" % (e,)
+        self._reserved = mark
 
     def at_least(self, n):
         """The next number issued will be greater than n."""
@@ -212,18 +293,7 @@ class Sequencer:
     def take(self):
         """The next sequence number; the mark is persisted before a number past it is issued."""
         if self._next >= self._reserved:
-            mark = self._next + self.block
-            img = _seq_image(mark)
-            try:
-                # Primary first, then backup: a cut between them leaves the higher mark in
-                # the primary and a mark no lower than any issued number in the backup.
-                store.write_atomic(self.path, img)
-                store.write_atomic(self.backup, img)
-                self.storage_fault = None
-            except OSError as e:
-                # Keep numbering in RAM: an alarm is worth more than a gap-free sequence.
-                self.storage_fault = "seq store write failed: %s" % (e,)
-            self._reserved = mark
+            self._write(self._next + self.block)
         n = self._next
         self._next = n + 1
         return n

@@ -10,8 +10,8 @@ settling, else it sleeps until the board signals an edge or IDLE_MS passes (anal
 raise no interrupt, so they are polled at that rate).
 """
 import asyncio
-import time
 
+from fl import ticks
 from fl.log import Logger
 
 NORMAL = "normal"
@@ -35,7 +35,7 @@ FIRE_KINDS = ("fire", "smoke", "heat", "manual")
 LINE_TROUBLE = "380"
 
 _log = Logger("inputs")
-_now = time.ticks_ms  # tests replace it with a fake clock
+_now = ticks.ms  # tests replace it with a fake clock
 _DIGITAL = 0
 _EOL = 1
 _BATTERY = 2
@@ -112,7 +112,7 @@ class Inputs:
                     return ACTIVE
                 return NORMAL if raw < self._normal_max else OPEN
             now = _now()
-            if self._batt_at is not None and time.ticks_diff(now, self._batt_at) < BATTERY_EVERY_MS:
+            if self._batt_at is not None and ticks.diff(now, self._batt_at) < BATTERY_EVERY_MS:
                 return self._batt
             mv = self._board.battery_mv()
             if mv < self._low_mv:
@@ -162,9 +162,9 @@ class Inputs:
                 if s is not None and s != self._state[i]:
                     self._state[i] = s
                     self._since[i] = now
-                if time.ticks_diff(now, self._since[i]) < min(self.specs[i]["debounce_ms"], BOOT_STABLE_MS):
+                if ticks.diff(now, self._since[i]) < min(self.specs[i]["debounce_ms"], BOOT_STABLE_MS):
                     steady = False
-            if steady or time.ticks_diff(now, t0) >= settle_ms:
+            if steady or ticks.diff(now, t0) >= settle_ms:
                 break
             try:
                 await self._board.wait_inputs(SETTLE_MS)
@@ -210,7 +210,7 @@ class Inputs:
                 if s == OPEN or s == SHORT:
                     hold = max(hold, LINE_FAULT_MS)
                 self._hold[i] = hold
-            if time.ticks_diff(now, self._since[i]) >= self._hold[i]:
+            if ticks.diff(now, self._since[i]) >= self._hold[i]:
                 self._cand[i] = None
                 # Committed only once reported: if on_change raised, the change is owed and
                 # retried on the next scan (no `settling`: no 5 ms hot loop).
@@ -230,7 +230,7 @@ class Inputs:
                 wait_ms = self.scan()
                 t0 = _now()
                 await self._board.wait_inputs(wait_ms)
-                if time.ticks_diff(_now(), t0) < MIN_GAP_MS:
+                if ticks.diff(_now(), t0) < MIN_GAP_MS:
                     await asyncio.sleep_ms(MIN_GAP_MS)
             except Exception as e:  # noqa: B902 - the inputs must keep being watched
                 if self._health:

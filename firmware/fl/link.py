@@ -7,9 +7,8 @@ path's recovery: the sender keeps them in the outbox and the manager offers whic
 is up.
 """
 import asyncio
-import time
 
-from fl import netio
+from fl import netio, ticks
 from fl.log import Logger
 
 _log = Logger("link")
@@ -23,7 +22,8 @@ class Path:
     """Base for a concrete path (the hardware layer subclasses it).
 
     Subclasses implement: `async bring_up(timeout_ms) -> bool`, `is_up() -> bool`,
-    `signal_dbm() -> int | None`, and may set `ifname` for socket binding."""
+    `signal_dbm() -> int | None`, `dns_servers()`, `dhcp_ntp()`, and may set `ifname` for
+    socket binding."""
 
     name = "path"
     ifname = None
@@ -43,6 +43,14 @@ class Path:
         raise NotImplementedError
 
     def signal_dbm(self):
+        return None
+
+    def dns_servers(self):
+        """The DNS servers this path's network gives (IPv4, optionally :port), e.g. by DHCP."""
+        return ()
+
+    def dhcp_ntp(self):
+        """The NTP server this path's network offers (config "dhcp"), or None."""
         return None
 
     async def open(self, addr, timeout_ms, ssl_ctx=None, server_hostname=None):
@@ -106,14 +114,14 @@ class LinkManager:
         was_up = False
         retry_ms = 0
         # A path that is down at boot counts as down from boot.
-        p.down_since = None if p.is_up() else time.ticks_ms()
+        p.down_since = None if p.is_up() else ticks.ms()
         while True:
             self.progress += 1
             up = p.is_up()
             if was_up and not up:
                 _log.warn("%s went down: closing its sockets", p.name)
                 p.close_all()
-                p.down_since = time.ticks_ms()
+                p.down_since = ticks.ms()
                 p.failures += 1
                 if self._health:
                     self._health.count("link_%s_down" % p.name)
@@ -125,7 +133,7 @@ class LinkManager:
                 self._notify()
             was_up = up
             if not up and p.down_since is not None and self._health is not None \
-                    and time.ticks_diff(time.ticks_ms(), p.down_since) >= p.fault_delay_ms:
+                    and ticks.diff(ticks.ms(), p.down_since) >= p.fault_delay_ms:
                 self._health.set_fault("path_" + p.name, True, "%s down" % p.name)
             elif up and self._health is not None:
                 self._health.set_fault("path_" + p.name, False)

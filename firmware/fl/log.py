@@ -3,7 +3,7 @@
 MicroPython has no logging module. Secrets never reach this module: callers log names,
 never values, of credentials.
 """
-import time
+from fl import ticks
 
 DEBUG = 10
 INFO = 20
@@ -23,7 +23,7 @@ def _emit(lvl, src, msg, args):
             msg = msg % args
         except (TypeError, ValueError):
             msg = "%s %r" % (msg, args)
-    line = "%d %s %s: %s" % (time.ticks_ms(), _NAMES[lvl], src, msg)
+    line = "%d %s %s: %s" % (ticks.ms(), _NAMES[lvl], src, msg)
     print(line)
     if tap is not None:
         tap(line)

@@ -4,44 +4,52 @@ Bytes live in `fl.mqtt_codec`; this module owns the connection and its clocks:
 - one socket at a time, opened over `links.current()` and dropped when that path goes down
   or a preferred one comes up;
 - every wait has a deadline: connect (TCP + TLS handshake + CONNACK), each write, each
-  PUBACK/SUBACK, and the broker's silence: a PINGREQ goes out every `ping_interval_s`
-  whatever else flows, and no packet within `ping_timeout_ms` after it means the chain is dead;
+  PUBACK/SUBACK, and the broker's silence: a PINGREQ goes out once nothing was sent for
+  `ping_interval_s` (default: the keepalive less 5 %, so only as often as the keepalive needs:
+  on a metered link pings are most of the bytes), and no packet within `ping_timeout_ms`
+  after it means the chain is dead (a PUBLISH's PUBACK deadline proves it while traffic flows);
 - QoS 1 publishes each wait on their own packet id, several in flight, woken by their PUBACK
   (no polling); one supervisor task enforces all the deadlines, so a publish allocates no
   timer. A missing PUBACK drops the connection. Nothing is retried here: the sender keeps
-  each message in its flash outbox and publishes it again with dup=True once reconnected;
+  each message in its flash outbox and publishes it again with dup=True once reconnected.
+  The session (CleanSession=0) remembers the packet id of each PUBLISH written but never
+  acknowledged, so such a resend goes out with its original id and DUP=1 for as long as the
+  broker keeps the session (MQTT 3.1.1 §4.4); a CONNACK without a session ends them all;
 - any failure closes the socket and retries after a capped exponential backoff with jitter,
   cut short by a path coming up or by kick() (the sender's, while a fire waits); the broker's
   name is looked up once and again only after a failure, at most every 10 minutes;
   refusals, TLS and authentication problems are logged plainly and raised as health faults;
 - broker bytes that break the spec are logged and ignored while the framing holds, and drop
-  the connection when it does not. The receive loop never dies on EOF or a bad callback.
+  the connection when it does not. The receive loop (fl.mqtt_rx) never dies on EOF or a bad
+  callback. A SUBACK's return codes are matched to the topics: a topic without one is refused.
 
 Buffers are allocated once in the constructor: one for what goes out, one for what comes in.
 """
 import asyncio
 import os
-import time
 
 from fl import bufpool
 from fl import mqtt_codec as codec
-from fl import netio
+from fl import mqtt_rx, netio, ticks
 from fl.log import Logger
+from fl.mqtt_rx import ConnectionLost
 
 _log = Logger("mqtt")
 _TICK_MS = 5000  # the supervisor and the backoff wake at least this often: `progress` for the watchdog
 _BACKOFF_MIN_MS = 1000
-# getaddrinfo blocks the whole event loop (~10 s on the ESP32 when DNS is down), so a resolved
-# address is kept: looked up again only after a connect to it failed, and at most this often.
+# A lookup (fl.dns: asyncio over UDP, never getaddrinfo) can still cost an attempt seconds when
+# DNS is down, so a resolved address is kept: looked up again only after a connect to it
+# failed, and at most this often.
 _RERESOLVE_MS = 600000
-# With no address at all, a lookup that blocked (DNS down, not a quick refusal) is not repeated
-# sooner than this, whatever asks for an attempt (backoff, kick()).
-_DNS_RETRY_MS = 60000
+# With no address at all, a lookup that took long (DNS down, not a quick refusal) is not repeated
+# sooner than this, whatever asks for an attempt (backoff, kick()). Short: a lookup blocks
+# nothing any more, and a fire must not wait a minute after the resolver comes back.
+_DNS_RETRY_MS = 5000
 _DNS_SLOW_MS = 1000
-
-
-class ConnectionLost(Exception):
-    """Internal: the connection is no longer usable; str() says why."""
+# Unacknowledged PUBLISHes whose packet id the session keeps for a resend (the sender has one
+# event in flight at a time; heartbeats and answers are never resent and age out).
+_SESSION_UNACKED = 4
+_DNS_TIMEOUT_MS = 5000  # one lookup of the broker's name, within the connect timeout
 
 
 class Refused(Exception):
@@ -55,7 +63,7 @@ class TLSFailed(Exception):
 
 
 def _ms_left(deadline):
-    return max(0, time.ticks_diff(deadline, time.ticks_ms()))
+    return max(0, ticks.diff(deadline, ticks.ms()))
 
 
 def _is_ip(host):
@@ -81,13 +89,17 @@ async def _wait(ev, timeout_ms):
 
 
 class MQTTClient:
+    log = _log  # for fl.mqtt_rx
+    describe = staticmethod(_describe)
+
     def __init__(self, links, client_id, host, port, *, username=None, password=None, keepalive_s=60,
                  ping_interval_s=None, ping_timeout_ms=None, connect_timeout_ms=10000, puback_timeout_ms=10000,
                  write_timeout_ms=5000, ssl_params=None, will=None, birth=None, subscriptions=(),
                  on_message=None, max_packet=2048, backoff_max_s=60, health=None):
         if not 0 < keepalive_s < 65536:
             raise ValueError("keepalive_s must be 1..65535 (0 would turn supervision off)")
-        ping_ms = int((ping_interval_s if ping_interval_s is not None else keepalive_s / 4) * 1000)
+        ping_ms = int((ping_interval_s if ping_interval_s is not None else
+                       keepalive_s - max(1, keepalive_s // 20)) * 1000)
         if not 0 < ping_ms <= keepalive_s * 1000:
             raise ValueError("ping_interval_s must be > 0 and <= keepalive_s")
         for _, q in subscriptions:
@@ -145,7 +157,9 @@ class MQTTClient:
         self._stopping = False
         self._supervising = False
         self._sup_at = 0  # when the supervisor wakes next (ticks_ms)
+        self._tx_at = 0  # ticks_ms of the last packet written: the keepalive counts from it
         self._pid = 0
+        self._unacked = []  # [pid, topic, payload]: written, never acked, this session (_SESSION_UNACKED)
         self._inflight = {}  # packet id -> asyncio.Event, removed and set by its PUBACK
         self._deadlines = {}  # packet id -> (ticks_ms deadline, timeout_ms), for the supervisor
         self._events = []  # spare Events, reused
@@ -207,7 +221,7 @@ class MQTTClient:
             return False
         if timeout_ms is None:
             timeout_ms = self._puback_timeout_ms
-        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
+        deadline = ticks.add(ticks.ms(), timeout_ms)
         while self._draining:  # the shared buffer below must not change under a pending write
             await self._drained.wait()
         s = self._stream
@@ -217,7 +231,14 @@ class MQTTClient:
         ev = None
         pid = 0
         if qos:
-            pid = self._new_pid()
+            # A resend keeps the id the session knows it by; a message the session never saw
+            # (first send, or after a reboot or a lost session) is new: a fresh id, no DUP.
+            pid = self._session_pid(topic, payload) if dup else 0
+            dup = pid != 0
+            if not pid:
+                pid = self._new_pid()
+        else:
+            dup = False  # §3.3.1.1: DUP is 0 on every QoS 0 message
         n = codec.publish_into(self._tx, topic, payload, qos, retain, dup, pid)  # ValueError: caller's bug
         if qos:
             ev = self._events.pop() if self._events else asyncio.Event()
@@ -225,14 +246,17 @@ class MQTTClient:
             self._inflight[pid] = ev  # before the write: the PUBACK may beat us back
             if not _setup:
                 self._deadlines[pid] = (deadline, timeout_ms)
-                if self._supervising and time.ticks_diff(self._sup_at, deadline) > 0:
+                if self._supervising and ticks.diff(self._sup_at, deadline) > 0:
                     self._wake.set()  # sooner than the supervisor planned to look
         try:
+            self._tx_at = ticks.ms()
             s.write(self._txmv[:n])  # usually taken whole: no lock, no await
             if s.out_buf:
                 await self._drain(min(timeout_ms, self._write_timeout_ms))
         except Exception as e:
             self._forget(pid, ev)
+            if pid and not _setup:
+                self._keep_unacked(pid, topic, payload)  # part of it may have reached the broker
             self._drop("PUBLISH not written: %s" % _describe(e), epoch)
             return False
         if dup:
@@ -246,6 +270,8 @@ class MQTTClient:
             got = True
         acked = self._inflight.get(pid) is not ev  # the PUBACK handler removes it; a drop leaves it
         self._forget(pid, ev)
+        if not acked and not _setup:
+            self._keep_unacked(pid, topic, payload)
         if not got and not self._stopping:
             self._drop("no PUBACK for packet %d within %d ms" % (pid, timeout_ms), epoch)
         return acked
@@ -292,6 +318,9 @@ class MQTTClient:
                     await self._connect(path)
                     failures = 0
                     await self._supervise()
+                    # Notices and kicks from while the session was up are stale now: the
+                    # backoff after this drop is honoured, ended only by what comes after it.
+                    self._link_flag = self._kicked = False
                 except Exception as e:
                     self._failed(e)
                 self._close()
@@ -324,14 +353,14 @@ class MQTTClient:
 
     async def _connect(self, path):
         self.attempts += 1
-        t0 = time.ticks_ms()
-        deadline = time.ticks_add(t0, self._connect_timeout_ms)
+        t0 = ticks.ms()
+        deadline = ticks.add(t0, self._connect_timeout_ms)
         tls = self._ssl_params is not None
         try:
             ctx = self._tls_context()
         except (ValueError, OSError) as e:
             raise TLSFailed("TLS credentials not usable (CA, certificate or key; DER expected): %s" % _describe(e))
-        addr = self._address()
+        addr = await self._address(path, min(_DNS_TIMEOUT_MS, self._connect_timeout_ms))
         hostname = self._ssl_params.get("server_hostname") or self._host if tls else None
         try:
             stream, raw = await path.open(addr, self._connect_timeout_ms, ctx, hostname)
@@ -346,6 +375,7 @@ class MQTTClient:
         try:
             # With TLS the whole handshake runs inside this first write and its drain, before
             # the receive task touches the socket.
+            self._tx_at = ticks.ms()
             stream.write(self._connect_pkt)
             if stream.out_buf:
                 await asyncio.wait_for_ms(stream.drain(), _ms_left(deadline))
@@ -354,7 +384,7 @@ class MQTTClient:
                 raise ConnectionLost("connect timed out after %d ms%s" % (
                     self._connect_timeout_ms, " in the TLS handshake" if tls else ""))
             raise self._tls_failure(e) or e
-        self._rx_task = asyncio.create_task(self._rx_loop(self._epoch))
+        self._rx_task = asyncio.create_task(mqtt_rx.rx_loop(self, self._epoch))
         if not await _wait(self._reply, _ms_left(deadline)):
             raise ConnectionLost("no CONNACK within %d ms" % self._connect_timeout_ms)
         if self._connack is None:
@@ -362,6 +392,10 @@ class MQTTClient:
         session_present, rc = self._connack
         if rc:
             raise Refused(rc)
+        if not session_present and self._unacked:
+            # The broker holds no session: what it never acknowledged is new to it now.
+            _log.info("no session at the broker: %d unacknowledged message(s) go out as new", len(self._unacked))
+            self._unacked = []
         if self._subs:
             await self._subscribe()
         if self._birth:
@@ -378,7 +412,7 @@ class MQTTClient:
         for name in ("mqtt_auth", "mqtt_refused", "mqtt_tls"):
             self._fault(name, False)
         _log.info("connected to %s:%d over %s%s in %d ms (session %s)", self._host, self._port, path.name,
-                  " with TLS" if tls else "", time.ticks_diff(time.ticks_ms(), t0),
+                  " with TLS" if tls else "", ticks.diff(ticks.ms(), t0),
                   "resumed" if session_present else "new")
 
     async def _subscribe(self):
@@ -392,7 +426,13 @@ class MQTTClient:
             raise ConnectionLost(self.last_error or "dropped while subscribing")
         if not got or self._suback is None:
             raise ConnectionLost("no SUBACK within %d ms" % self._puback_timeout_ms)
-        refused = [t for (t, _), rc in zip(self._subs, self._suback) if rc == codec.SUBACK_FAILURE]
+        codes = self._suback
+        if len(codes) != len(self._subs):
+            # §3.9.3: one return code per topic, in order. A topic without one was not granted.
+            self.bad_packets += 1
+            self._count("mqtt_bad_packets")
+            _log.warn("SUBACK has %d return code(s) for %d topic(s)", len(codes), len(self._subs))
+        refused = [t for i, (t, _) in enumerate(self._subs) if i >= len(codes) or codes[i] == codec.SUBACK_FAILURE]
         if refused:
             msg = "broker refused subscription to %s" % ", ".join(refused)
             _log.error("%s", msg)
@@ -400,13 +440,13 @@ class MQTTClient:
         else:
             self._fault("mqtt_subscribe", False)
 
-    def _address(self):
+    async def _address(self, path, timeout_ms):
         """The broker's address. Looks it up only when there is none yet, or when a connect to
         the one we have failed and the last lookup is _RERESOLVE_MS old: never on every retry
-        (each lookup may block the loop for seconds). A failed re-lookup keeps the old one."""
-        now = time.ticks_ms()
+        (each lookup may take seconds). A failed re-lookup keeps the old one."""
+        now = ticks.ms()
         if self._addr_at is not None:
-            age = time.ticks_diff(now, self._addr_at)
+            age = ticks.diff(now, self._addr_at)
             if age < 0:
                 age = _RERESOLVE_MS  # ticks wrapped: days since the last lookup
             if self._addr is not None:
@@ -417,10 +457,10 @@ class MQTTClient:
                     self._host, self._dns_error, (self._addr_hold - age) // 1000 + 1))
         self.resolves += 1
         try:
-            addr = netio.resolve(self._host, self._port)
+            addr = await netio.resolve(self._host, self._port, path, timeout_ms)
         except Exception as e:
-            took = time.ticks_diff(time.ticks_ms(), now)
-            self._addr_at = time.ticks_ms()
+            took = ticks.diff(ticks.ms(), now)
+            self._addr_at = ticks.ms()
             self._addr_hold = _DNS_RETRY_MS if took >= _DNS_SLOW_MS else 0
             self._dns_error = _describe(e)
             if self._addr is None:
@@ -458,11 +498,10 @@ class MQTTClient:
             self._note_error(msg)
 
     async def _supervise(self):
-        """Returns when the connection is gone. Pings at a fixed rhythm whatever else flows:
-        simple, and the broker's answer is the only proof that the whole chain still works.
+        """Returns when the connection is gone. Pings once nothing was sent for the ping
+        interval (what went out meanwhile is answered by PUBACKs with deadlines of their own).
         Also the one timer for every publish waiting on its PUBACK."""
         epoch = self._epoch
-        next_ping = time.ticks_add(time.ticks_ms(), self._ping_ms)
         ping_at = None
         ping_rx = 0
         self._supervising = True
@@ -479,22 +518,23 @@ class MQTTClient:
                 if self._links.current() is not path:
                     self._drop("moving from %s to a preferred path" % path.name)
                     return
-                now = time.ticks_ms()
-                wake = time.ticks_add(now, _TICK_MS)
+                now = ticks.ms()
+                wake = ticks.add(now, _TICK_MS)
                 for pid in self._deadlines:
                     d, timeout_ms = self._deadlines[pid]
-                    if time.ticks_diff(d, now) <= 0:
+                    if ticks.diff(d, now) <= 0:
                         self._drop("no PUBACK for packet %d within %d ms" % (pid, timeout_ms))
                         return
-                    if time.ticks_diff(d, wake) < 0:
+                    if ticks.diff(d, wake) < 0:
                         wake = d
+                next_ping = ticks.add(self._tx_at, self._ping_ms)
                 if ping_at is not None:
                     if self._rx_count != ping_rx:
                         ping_at = None
-                    elif time.ticks_diff(now, ping_at) >= self._ping_timeout_ms:
+                    elif ticks.diff(now, ping_at) >= self._ping_timeout_ms:
                         self._drop("no PINGRESP within %d ms: broker or path is dead" % self._ping_timeout_ms)
                         return
-                if time.ticks_diff(now, next_ping) >= 0:
+                if ticks.diff(now, next_ping) >= 0:
                     try:
                         await self._send(codec.PINGREQ_PACKET)
                     except Exception as e:
@@ -503,18 +543,15 @@ class MQTTClient:
                     self.pings += 1
                     if ping_at is None:
                         ping_at, ping_rx = now, self._rx_count
-                    next_ping = time.ticks_add(next_ping, self._ping_ms)
-                    if time.ticks_diff(next_ping, now) <= 0:
-                        next_ping = time.ticks_add(now, self._ping_ms)
                     continue  # the send yielded: look at everything again before sleeping
-                if time.ticks_diff(next_ping, wake) < 0:
+                if ticks.diff(next_ping, wake) < 0:
                     wake = next_ping
                 if ping_at is not None:
-                    d = time.ticks_add(ping_at, self._ping_timeout_ms)
-                    if time.ticks_diff(d, wake) < 0:
+                    d = ticks.add(ping_at, self._ping_timeout_ms)
+                    if ticks.diff(d, wake) < 0:
                         wake = d
                 self._sup_at = wake
-                await _wait(self._wake, max(1, time.ticks_diff(wake, now)))
+                await _wait(self._wake, max(1, ticks.diff(wake, now)))
         finally:
             self._supervising = False
 
@@ -561,6 +598,7 @@ class MQTTClient:
         s = self._stream
         if s is None:
             raise ConnectionLost("not connected")
+        self._tx_at = ticks.ms()
         s.write(pkt)  # asyncio's Stream writes at once and keeps only what the socket did not take
         if s.out_buf:
             await self._drain(self._write_timeout_ms)
@@ -579,9 +617,39 @@ class MQTTClient:
         pid = self._pid
         while True:
             pid = pid + 1 if pid < 65535 else 1
-            if pid not in self._inflight and pid != self._sub_pid:
+            if pid not in self._inflight and pid != self._sub_pid and not self._held(pid):
                 self._pid = pid
                 return pid
+
+    def _held(self, pid):
+        for e in self._unacked:
+            if e[0] == pid:
+                return True
+        return False
+
+    def _session_pid(self, topic, payload):
+        """The packet id this session gave the same message, if it was never acknowledged."""
+        for e in self._unacked:
+            if e[2] == payload and e[1] == topic and e[0] not in self._inflight:
+                return e[0]
+        return 0
+
+    def _keep_unacked(self, pid, topic, payload):
+        if self._held(pid):
+            return
+        if len(self._unacked) >= _SESSION_UNACKED:
+            self._unacked.pop(0)  # the oldest: if it is ever resent, it goes out as new
+        self._unacked.append([pid, topic, payload])
+
+    def _acked(self, pid):
+        """A PUBACK: wakes its publish() and ends the session's hold on the id."""
+        ev = self._inflight.pop(pid, None)
+        if ev is not None:
+            ev.set()
+        for i, e in enumerate(self._unacked):
+            if e[0] == pid:
+                del self._unacked[i]
+                break
 
     def _forget(self, pid, ev):
         if ev is None:
@@ -592,139 +660,6 @@ class MQTTClient:
         if len(self._events) < 8:
             self._events.append(ev)
 
-    # --- receiving ---
-    async def _read(self, off):
-        """Reads what is there into rx[off:]; returns the count. EOF is an error."""
-        while True:
-            n = await self._stream.readinto(self._rxmv[off:])
-            if n:
-                return n
-            if n == 0:
-                raise ConnectionLost("broker closed the connection")
-            # None: TLS had only part of a record; wait for the rest
-
-    async def _rx_loop(self, epoch):
-        rx, mv, s = self._rx, self._rxmv, self._stream
-        try:
-            while True:
-                hdr = codec.parse_header(rx, self._rs, self._re)  # MalformedPacket: framing lost
-                if hdr is not None:
-                    first, n, hl = hdr
-                    if n > self._max_packet:
-                        await self._drop_oversized(first, n, hl)
-                        continue
-                    end = self._rs + hl + n
-                    if end <= self._re:
-                        body = mv[self._rs + hl:end]
-                        self._rs = end
-                        self._rx_count += 1
-                        self.progress += 1
-                        pid = self._dispatch(first, body)
-                        if pid:  # after delivery: a crash before it means the broker offers it again
-                            await self._send(codec.puback(pid))
-                        if self._rs == self._re:
-                            self._rs = self._re = 0
-                        continue
-                if self._rs:  # move the partial packet to the front so it can grow to full size
-                    k = self._re - self._rs
-                    mv[0:k] = mv[self._rs:self._re]
-                    self._rs, self._re = 0, k
-                n = await s.readinto(mv[self._re:])
-                if n:
-                    self._re += n
-                elif n == 0:
-                    raise ConnectionLost("broker closed the connection")
-                # None: TLS had only part of a record; wait for the rest
-        except codec.MalformedPacket as e:
-            self.bad_packets += 1
-            self._count("mqtt_bad_packets")
-            self._drop("framing lost, malformed packet from broker: %s" % e, epoch)
-        except Exception as e:
-            tls = self._tls_failure(e)
-            if tls is not None:
-                self._fault("mqtt_tls", True, str(tls))
-                self._drop(str(tls), epoch)
-            else:
-                self._drop(str(e) if isinstance(e, ConnectionLost) else "receive failed: %s" % _describe(e), epoch)
-
-    async def _drop_oversized(self, first, n, hl):
-        """Reads past a packet bigger than max_packet in buffer-sized chunks. A QoS 1 PUBLISH is
-        still acknowledged, or the broker would offer it again on every reconnect."""
-        self.oversized += 1
-        self._count("mqtt_oversized")
-        _log.warn("ignoring oversized packet from broker: type %d, %d bytes (max %d)", first >> 4, n,
-                  self._max_packet)
-        mv = self._rxmv
-        total = hl + n
-        pid = 0
-        if first & 0xF6 == 0x32:  # PUBLISH QoS 1: read on until its topic and packet id are in
-            if self._rs:
-                k = self._re - self._rs
-                mv[0:k] = mv[self._rs:self._re]
-                self._rs, self._re = 0, k
-            want = min(len(mv), total)
-            while self._re < want:
-                self._re += await self._read(self._re)
-            p = hl + 2 + ((mv[hl] << 8) | mv[hl + 1])
-            if p + 2 <= self._re:
-                pid = (mv[p] << 8) | mv[p + 1]
-        skip = total - (self._re - self._rs)
-        if skip <= 0:
-            self._rs += total
-        else:
-            self._rs = self._re = 0
-            while skip:
-                got = await self._read(0)
-                if got > skip:  # the next packet starts here
-                    self._rs, self._re = skip, got
-                    break
-                skip -= got
-        if pid:
-            await self._send(codec.puback(pid))
-
-    def _dispatch(self, first, body):
-        """Handles one packet; returns the packet id to acknowledge (incoming QoS 1), else 0."""
-        t = first >> 4
-        try:
-            if t == codec.PUBACK:
-                ev = self._inflight.pop(codec.decode_puback(first, body), None)
-                if ev is not None:
-                    ev.set()
-            elif t == codec.PUBLISH:
-                topic, payload, qos, retain, dup, pid = codec.decode_publish(first, body)
-                if qos > 1:
-                    raise codec.MalformedPacket("QoS %d PUBLISH on a QoS 1 subscription" % qos)
-                self._deliver(topic, bytes(payload))
-                return pid
-            elif t == codec.PINGRESP:
-                codec.decode_pingresp(first, body)
-                self.pongs += 1
-            elif t == codec.CONNACK and self._rx_count == 1:  # only as the first packet
-                self._connack = codec.decode_connack(first, body)
-                self._reply.set()
-            elif t == codec.SUBACK:
-                pid, codes = codec.decode_suback(first, body)
-                if pid == self._sub_pid and self._sub_pid:
-                    self._suback = codes
-                    self._reply.set()
-            else:
-                raise codec.MalformedPacket("unexpected packet type %d from broker" % t)
-        except codec.MalformedPacket as e:
-            self.bad_packets += 1
-            self._count("mqtt_bad_packets")
-            _log.warn("ignoring malformed packet from broker: %s", e)
-        return 0
-
-    def _deliver(self, topic, payload):
-        if self._on_message is None:
-            return
-        try:
-            self._on_message(topic, payload)
-        except Exception as e:
-            self.callback_errors += 1
-            self._count("mqtt_callback_errors")
-            _log.error("on_message failed for %s (%d bytes): %s", topic, len(payload), _describe(e))
-
     # --- waiting and bookkeeping ---
     def _on_link_change(self):
         self._link_flag = True
@@ -734,7 +669,7 @@ class MQTTClient:
         """Sleeps ms; returns early on disconnect(), on a link change if until_link, on a link
         change that leaves a path up if until_up (a path going down is no reason to hurry),
         on kick() if kickable."""
-        deadline = time.ticks_add(time.ticks_ms(), ms)
+        deadline = ticks.add(ticks.ms(), ms)
         while not self._stopping:
             if self._link_flag and (until_link or until_up and self._links.current() is not None):
                 return

@@ -19,6 +19,20 @@ When full, the oldest non-fire record gives up its slot to the new one (the newe
 worth more than an old one). If every slot holds fire, a new non-fire record is dropped and a
 new fire record is held in RAM until a slot frees: fire is never dropped. `dropped` counts.
 
+A caller may give each record its own insertion number (`put(..., order=seq)`: the recorder
+passes the event's sequence number), so handles, the newest record (`newest_order`) and the
+records dropped (`lost`, inclusive ranges) are in the caller's numbering.
+
+Removals are batched: `remove` takes the record out of the index at once and marks it removed
+on flash later, a file's pending removals in one write (`flush_removals`; when REMOVE_BATCH are
+pending, when the slot is reused, or when the sender finds nothing to send for a while). A
+power cut before the flush only sends those records again (receivers de-duplicate by id).
+
+Removed records keep their bytes until their slot is reused, and the index keeps their numbers:
+`records_after(n)` reads back every whole record newer than n (the reported-state checkpoint
+replays them at boot), and `on_overwrite` (if set) is called before a put reuses a slot whose
+record is newer than `keep_after`, so that checkpoint can be written before it is lost.
+
 `put` returns the Contact ID codes its caller must raise: "622" when fill reaches 50 %,
 "623" at 90 %, "624" when a record had to be dropped. Each fires once, then re-arms with
 hysteresis: 622 below 40 %, 623 below 80 %, and an overflow episode ends below 50 %. On
@@ -39,6 +53,7 @@ _FREE = const(0xFF)
 _BAD = const(0xFE)
 _SENT = const(0x80)
 _PRIO = const(0x7F)
+REMOVE_BATCH = const(32)
 
 
 class Outbox:
@@ -68,6 +83,11 @@ class Outbox:
         self.storage_fault = None
         self._bad_detail = None
         self.on_restore = None
+        self.on_drop = None  # on_drop(order): a record was dropped (the recorder re-declares what it carried)
+        self.on_overwrite = None
+        self.keep_after = 0
+        self.lost = []  # [first, last] ranges of dropped record numbers not yet declared
+        self._dead = []  # slots removed from the index, not yet marked removed on flash
         self._overflow = False
         for seg in range(self._file.segments):
             self._load(seg)
@@ -98,6 +118,7 @@ class Outbox:
                 if st[i] & _PRIO <= STATUS:
                     self._unindex(i)
             st[i] = _FREE
+            self._order[i] = 0
         try:
             self._file.load(seg, self._found)
         except OSError as e:
@@ -118,6 +139,8 @@ class Outbox:
             self._newest_slot = i
         if live:
             self._index(i, order, priority)
+        else:
+            self._order[i] = order  # kept: records_after() and on_overwrite look at removed ones too
 
     def _index(self, i, order, priority):
         self._state[i] = priority
@@ -160,6 +183,87 @@ class Outbox:
         """(fire, fault, status) records held, on flash and in RAM."""
         return tuple(self._depth)
 
+    def complete(self):
+        """True when every slot file loaded and no file lies beyond them (a capacity made
+        smaller): the newest record found is then the newest ever stored."""
+        return self._usable == self.capacity and not self._file.extra()
+
+    @property
+    def newest_order(self):
+        return self._newest_order
+
+    def records_after(self, order):
+        """Yields (order, payload) of every whole record (live or removed) numbered above
+        `order`, oldest first, one payload in RAM at a time; unreadable ones are left out."""
+        st, orders = self._state, self._order
+        found = []
+        for i in range(self.capacity):
+            if orders[i] > order and st[i] != _BAD:
+                found.append((orders[i], i))
+        found.sort()
+        for o, i in found:
+            try:
+                rec = self._file.read(i)
+            except OSError:
+                rec = None
+            if rec is not None and rec[0] == o:
+                yield rec
+        for r in self._ram:
+            if r[0] > order:
+                yield r[0], r[2]
+
+    def _lose(self, order):
+        """Notes a dropped record's number in the pending `lost` ranges."""
+        self.lose_range(order, order)
+        if self.on_drop is not None:
+            self.on_drop(order)
+
+    def lose_range(self, first, last):
+        """Adds first..last to the pending `lost` ranges, merged with what touches it."""
+        lost = self.lost
+        lost.append([first, last])
+        lost.sort()
+        k = 0
+        while k + 1 < len(lost):
+            if lost[k][1] + 1 >= lost[k + 1][0]:
+                if lost[k + 1][1] > lost[k][1]:
+                    lost[k][1] = lost[k + 1][1]
+                lost.pop(k + 1)
+            else:
+                k += 1
+
+    def declared(self, first, last):
+        """first..last was declared lost in an event: no longer pending."""
+        out = []
+        for a, b in self.lost:
+            if b < first or a > last:
+                out.append([a, b])
+                continue
+            if a < first:
+                out.append([a, first - 1])
+            if b > last:
+                out.append([last + 1, b])
+        self.lost = out
+
+    def held(self, order):
+        """True while record `order` is held in RAM (flash refused it)."""
+        return self._ram_find(order) is not None
+
+    def levels(self):
+        """(50 % raised, 90 % raised, in an overflow episode): kept by the reported state."""
+        return self._raised50, self._raised90, self._overflow
+
+    def set_levels(self, raised50, raised90, overflow):
+        """Restores what was reported before a reboot, so a level's restore is still sent."""
+        self._raised50, self._raised90, self._overflow = raised50, raised90, overflow
+
+    def begin_overflow(self):
+        """Starts an overflow episode (records were lost outside a put); False if in one."""
+        if self._overflow:
+            return False
+        self._overflow = True
+        return True
+
     def in_ram(self):
         """Records held in RAM only, which a power cut would lose."""
         return len(self._ram)
@@ -182,8 +286,9 @@ class Outbox:
 
     # --- put ------------------------------------------------------------------------
 
-    def put(self, priority, payload):
-        """Stores a record durably; returns the Contact ID codes the caller must raise."""
+    def put(self, priority, payload, order=None):
+        """Stores a record durably; returns the Contact ID codes the caller must raise.
+        `order`: the record's number (above every number stored before), by default the next."""
         if type(priority) is not int or not FIRE <= priority <= STATUS:
             raise ValueError("bad priority %r: want 0 fire, 1 fault or 2 status" % (priority,))
         if not isinstance(payload, (bytes, bytearray)):
@@ -191,7 +296,13 @@ class Outbox:
         if len(payload) > self.max_payload:
             raise ValueError("payload of %d bytes exceeds the %d a %d-byte slot holds"
                              % (len(payload), self.max_payload, self.slot_size))
-        order = self._next_order
+        if order is None:
+            order = self._next_order
+        elif order < self._next_order:
+            # The caller's numbering fell behind ours (an outbox from older firmware): keep the
+            # index consistent rather than reuse a number.
+            _log.warn("record number %d below %d: renumbered", order, self._next_order)
+            order = self._next_order
         self._next_order = order + 1
         overflow = placed = False
         if self._n_file < self._usable:
@@ -206,6 +317,7 @@ class Outbox:
                 if not self._overflow:
                     _log.warn("full of fire events: dropping new non-fire events")
                 self.dropped += 1
+                self._lose(order)
                 overflow = placed = True
         if not placed:
             overflow = self._hold(order, priority, payload) or overflow
@@ -217,9 +329,14 @@ class Outbox:
 
     def _store(self, i, order, priority, payload):
         """Writes a record into slot i; False (and a storage fault) if flash refused it."""
+        if self._order[i] > self.keep_after and self.on_overwrite is not None:
+            self.on_overwrite()
+        if i in self._dead:
+            self._dead.remove(i)  # the new record replaces the removed one: no mark needed
         try:
             self._file.write(i, order, priority, payload)
         except OSError as e:
+            self._order[i] = 0  # what is left in the slot is not a whole record
             self._fault("outbox write failed: %s; events held in RAM" % why(e))
             return False
         self._index(i, order, priority)
@@ -253,6 +370,7 @@ class Outbox:
         if not self._overflow:
             _log.warn("full: dropping the oldest non-fire events (first: priority %d)", p)
         self.dropped += 1
+        self._lose(self._order[i])
 
     def _hold(self, order, priority, payload):
         """Keeps a record in RAM; True if another had to be dropped for it."""
@@ -273,6 +391,7 @@ class Outbox:
                 if not self._overflow:
                     _log.warn("RAM hold full: dropping the oldest non-fire events")
                 self.dropped += 1
+                self._lose(r[0])
                 dropped = True
         ram.append([order, priority, bytes(payload)])
         self._depth[priority] += 1
@@ -311,6 +430,10 @@ class Outbox:
             self._overflow = True
             codes.append("624")
         return tuple(codes)
+
+    def rearm(self):
+        """Reports (on_restore) each level that no longer holds; remove() calls it too."""
+        self._rearm()
 
     def _rearm(self):
         n100, cap = len(self) * 100, self.capacity
@@ -392,6 +515,7 @@ class Outbox:
                 self._state[best] = _BAD
                 self._usable -= 1
                 self.dropped += 1
+                self._lose(best_o)
                 self._fault("outbox slot %d corrupt" % best, True)
                 return True  # look again
             payload = rec[1]
@@ -434,12 +558,10 @@ class Outbox:
         """After PUBACK. False if the record is gone already (dropped to make room)."""
         i = self._slot_of(handle)
         if i >= 0:
-            try:
-                self._file.kill(i)
-            except OSError as e:
-                # It may be sent again after a reboot; receivers de-duplicate by event id.
-                self._fault("outbox remove failed: %s" % why(e))
             self._unindex(i)
+            self._dead.append(i)
+            if len(self._dead) >= REMOVE_BATCH:
+                self.flush_removals()
         else:
             r = self._ram_find(handle)
             if r is None:
@@ -451,6 +573,23 @@ class Outbox:
         if self._ram:
             self._drain_ram()
         self._rearm()
+        return True
+
+    def removals_pending(self):
+        return len(self._dead)
+
+    def flush_removals(self):
+        """Marks the pending removals on flash, one write per file; False if flash refused."""
+        if not self._dead:
+            return True
+        dead = sorted(self._dead)
+        self._dead = []
+        try:
+            self._file.kill_many(dead)
+        except OSError as e:
+            # They may be sent again after a reboot; receivers de-duplicate by event id.
+            self._fault("outbox remove failed: %s" % why(e))
+            return False
         return True
 
     def retry_storage(self):

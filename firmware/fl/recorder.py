@@ -4,6 +4,16 @@
 and wakes the sender through `queued`. Outbox levels come back as `status` events: 622
 (50 %), 623 (90 %), 624 (overflow), each with q "new" when reached and q "restore" when the
 outbox re-arms (622 below 40 %, 623 below 80 %, 624 below 50 %: see fl/outbox.py).
+
+The outbox record of each event carries its seq as its number: numbering resumes exactly
+after the newest record at boot (fl/events.py Sequencer.resume), and the records the outbox
+drops are named by seq. Every 624 event declares them: `"lost": [[first, last], ...]`
+(inclusive, merged, at most MAX_LOST_PAIRS and as many as fit one slot); more are declared by
+further 624 events. If a 624 carrying ranges is dropped in turn, they (and its own seq) are
+declared again.
+
+With a `Reported` (fl/reported.py), each event recorded updates what the centre is told, and
+at boot the records newer than its checkpoint are replayed into it.
 """
 import asyncio
 
@@ -11,6 +21,8 @@ from fl.events import Event, PRIORITY, STATUS, make_id, valid_code
 from fl.log import Logger
 
 _log = Logger("recorder")
+MAX_LOST_PAIRS = 8
+_DECLARED_KEEP = 8  # 624 events whose ranges are re-declared if they are dropped
 
 
 def _int(t):
@@ -21,45 +33,90 @@ def _int(t):
 
 
 class Recorder:
-    def __init__(self, outbox, sequencer, clock, health):
+    def __init__(self, outbox, sequencer, clock, health, reported=None):
         self.outbox = outbox
         self.sequencer = sequencer
         self.clock = clock
         self.health = health
+        self.reported = reported
         self.queued = asyncio.Event()
+        self.before_checkpoint = None  # the app refreshes what the outbox cannot replay (acks)
+        self.replayed_fires = []  # [(event id, ts, tsync)] of fire `new` events replayed at boot
+        self._declared = {}  # seq of a 624 -> the ranges it declared
         self._dropped_seen = outbox.dropped
         # The outbox keeps the newest record's payload even after delivery: numbering resumes
-        # past it even if the sequence file was lost.
-        hint = 0
+        # right after it (its number is its seq; the payload's seq covers older outboxes).
+        hint = outbox.newest_order
         payload = outbox.newest_payload()
         if payload is not None:
             try:
-                hint = Event.from_json(payload).seq
+                hint = max(hint, Event.from_json(payload).seq)
             except ValueError as e:
                 _log.warn("newest outbox record unreadable: %s", e)
-        sequencer.at_least(hint)
+        sequencer.resume(hint, outbox.complete())
+        sequencer.at_least(outbox.newest_order)  # record numbers must keep growing
         if sequencer.recovery in ("backup", "lost"):
             _log.warn("sequence file %s: resuming at %d", sequencer.recovery, sequencer.peek())
             health.count("seq_recovered_" + sequencer.recovery)
+        if sequencer.skipped:
+            _log.warn("outbox cannot tell where numbering stands: seq %d..%d skipped", *sequencer.skipped)
+            health.count("seq_skipped")
         outbox.on_restore = self._level_restored
+        outbox.on_drop = self._dropped
+        if reported is not None:
+            self._replay()
         self._report()
         if len(outbox):
             self.queued.set()
 
-    def record(self, code, q, zone, input_name, cls, detail=None):
+    def _replay(self):
+        rep, ob = self.reported, self.outbox
+        n = 0
+        for _, payload in ob.records_after(rep.seq):
+            try:
+                ev = Event.from_json(payload)
+            except ValueError as e:
+                _log.warn("outbox record unreadable at replay: %s", e)
+                continue
+            rep.apply(ev.seq, ev.code, ev.q, ev.zone, ev.input, ev.cls)
+            if ev.cls == "fire" and ev.q == "new":
+                self.replayed_fires.append((ev.id, ev.ts, ev.tsync))
+            n += 1
+        if n:
+            _log.info("reported state: %d events replayed from the outbox past seq %d", n, rep.seq)
+        for r in rep.lost:
+            ob.lose_range(r[0], r[1])
+        ob.set_levels(rep.is_active("622", ""), rep.is_active("623", ""), rep.is_active("624", ""))
+        ob.keep_after = rep.seq
+        ob.on_overwrite = self.checkpoint
+
+    def checkpoint(self):
+        """Writes the reported state's checkpoint (also from inside a put: records nothing)."""
+        rep = self.reported
+        if rep is None:
+            return True
+        if self.before_checkpoint is not None:
+            self.before_checkpoint()
+        rep.lost = [list(r) for r in self.outbox.lost]
+        ok = rep.write()
+        if ok:
+            self.outbox.keep_after = rep.seq
+        return ok
+
+    def record(self, code, q, zone, input_name, cls, detail=None, more=None):
         """Builds the event, stores it durably, raises any outbox level events; returns it.
         ValueError for a malformed code, q, zone or class (a programming or configuration
         error), except for class fire: a fire is recorded anyway, as code 110 if its own
-        code is unusable, with the error in its detail."""
-        ev = self._record(code, q, zone, input_name, cls, detail)
+        code is unusable, with the error in its detail. `more`: further JSON keys."""
+        ev = self._record(code, q, zone, input_name, cls, detail, more)
         self.queued.set()
         return ev
 
-    def _record(self, code, q, zone, input_name, cls, detail):
-        ts, synced = self.clock.now()
+    def _record(self, code, q, zone, input_name, cls, detail, more=None):
+        ts, ms, synced = self.clock.stamp()
         ev = Event(0, _int(ts), synced is True, code, q, zone,
                    input_name if type(input_name) is str else str(input_name), cls,
-                   detail if detail is None or type(detail) is str else str(detail), "-")
+                   detail if detail is None or type(detail) is str else str(detail), "-", ms, more)
         try:
             ev.check()
         except ValueError as e:
@@ -73,13 +130,27 @@ class Recorder:
             ev.detail = "recorder: %s" % e
         ev.seq = self.sequencer.take()
         ev.id = make_id(ev.seq)
-        codes = self.outbox.put(PRIORITY[cls], self._fit(ev))
+        codes = self._put(ev)
         if cls == "fire":
             _log.info("fire %s %s zone %d seq %d", ev.code, ev.q, ev.zone, ev.seq)
         self.health.count("events")
         self._report()
         self._raise_levels(codes)
+        if len(self.outbox.lost) >= MAX_LOST_PAIRS:
+            # Many separate ranges: declare them now rather than hold a growing list (one
+            # declaration per event recorded at most, so a full outbox cannot loop here).
+            self._raise_levels(self._level_event("624", "new"))
         return ev
+
+    def _put(self, ev):
+        """Stores the event under its seq; then (and only then) the centre will be told."""
+        ob = self.outbox
+        codes = ob.put(PRIORITY[ev.cls], self._fit(ev), ev.seq)
+        if ob.held(ev.seq):
+            self.sequencer.unstored(ev.seq)  # not on flash: the outbox cannot vouch for this number
+        if self.reported is not None:
+            self.reported.apply(ev.seq, ev.code, ev.q, ev.zone, ev.input, ev.cls)
+        return codes
 
     def _raise_levels(self, codes):
         # Each level code fires once per arming, so this ends after at most three events.
@@ -92,13 +163,56 @@ class Recorder:
     def _level_event(self, code, q):
         ob = self.outbox
         detail = "outbox %d/%d, dropped %d" % (len(ob), ob.capacity, ob.dropped)
-        ts, synced = self.clock.now()
+        ts, ms, synced = self.clock.stamp()
         seq = self.sequencer.take()
-        ev = Event(seq, _int(ts), synced is True, code, q, 0, "", STATUS, detail)
-        _log.warn("outbox level %s %s: %s", code, q, detail)
-        codes = ob.put(PRIORITY[STATUS], self._fit(ev))
+        ev = Event(seq, _int(ts), synced is True, code, q, 0, "", STATUS, detail, None, ms)
+        declared = None
+        if code == "624" and ob.lost:
+            declared = self._attach_lost(ev)
+        _log.warn("outbox level %s %s: %s%s", code, q, detail, "; lost %s" % ev.more[8:] if declared else "")
+        codes = self._put(ev)
+        if declared:
+            for r in declared:
+                ob.declared(r[0], r[1])
+            self._declared[seq] = declared
+            while len(self._declared) > _DECLARED_KEEP:
+                del self._declared[min(self._declared)]
         self._report()
         return codes
+
+    def _attach_lost(self, ev):
+        """Puts as many lost ranges as fit one slot into the event; returns them."""
+        pairs = [list(r) for r in self.outbox.lost[:MAX_LOST_PAIRS]]
+        limit = self.outbox.max_payload
+        while True:
+            ev.more = ',"lost":[%s]' % ",".join("[%d,%d]" % (a, b) for a, b in pairs)
+            if len(ev.to_json()) <= limit or len(pairs) == 1:
+                break
+            if ev.detail:
+                ev.detail = None  # the ranges are worth more than the fill figures
+            else:
+                pairs.pop()
+        return pairs
+
+    def _dropped(self, seq):
+        # A 624 that declared ranges was dropped itself: they are owed again.
+        ranges = self._declared.pop(seq, None)
+        if ranges:
+            for a, b in ranges:
+                self.outbox.lose_range(a, b)
+
+    def declare_lost(self):
+        """Declares records lost outside a put (a corrupt slot found while sending) by starting
+        an overflow episode; the app's housekeeping calls this. True if it recorded."""
+        if not self.outbox.lost or not self.outbox.begin_overflow():
+            return False
+        self._raise_levels(self._level_event("624", "new"))
+        self.queued.set()
+        return True
+
+    def restore_levels(self):
+        """At boot: restores of levels reported before the reboot that no longer hold."""
+        self.outbox.rearm()
 
     def _level_restored(self, code):
         self._raise_levels(self._level_event(code, "restore"))
@@ -117,11 +231,15 @@ class Recorder:
             cut = max(len(payload) - limit, 1)
             ev.input = ev.input[:-cut] if cut < len(ev.input) else ""
             payload = ev.to_json()
+        if len(payload) > limit and ev.more:
+            ev.more = None  # extra keys are a courtesy; the event itself must go
+            payload = ev.to_json()
         return payload
 
     def _report(self):
         ob, seq, h = self.outbox, self.sequencer, self.health
-        h.set_fault("storage", ob.storage_fault is not None, ob.storage_fault or "")
+        fault = ob.storage_fault or (self.reported.storage_fault if self.reported is not None else None)
+        h.set_fault("storage", fault is not None, fault or "")
         h.set_fault("sequence", seq.storage_fault is not None, seq.storage_fault or "")
         d = ob.dropped - self._dropped_seen
         if d > 0:

@@ -2,17 +2,23 @@
 
 Also supervises the centre's acknowledgements: a fire event with no `ack` from the centre
 within the configured time (EN 54-21: 100 s) raises a local fault that is itself reported.
+The fire events awaited survive a reboot (fl/reported.py keeps `snapshot()`, the app gives it
+back to `restore()`), as due times that do not depend on the tick counter.
+
+Removals are marked on flash in batches (fl/outbox.py): the sender flushes them once nothing
+has been removed for REMOVE_FLUSH_MS and nothing waits, so an idle device writes nothing.
 """
 import asyncio
 import json
-import time
 
+from fl import ticks
 from fl.log import Logger
 
 _log = Logger("sender")
 PRIORITY_FIRE = 0
 KICK_MS = 2000  # while a fire waits, the reconnect backoff is cut to this; a dead broker is not hammered
 OVERDUE_MAX = 64  # overdue ids kept, so a centre that never acks cannot exhaust the heap
+REMOVE_FLUSH_MS = 5000
 
 
 class Sender:
@@ -27,6 +33,7 @@ class Sender:
         # One event for both reasons to look again while disconnected: an event was queued (a
         # fire must kick at once) or the connection came up.
         mqtt.signal_on_connect(wake)
+        self._removed_at = None  # ticks_ms of the last removal not yet marked on flash
         self.kicks = 0
         self.progress = 0
         self.sent = 0
@@ -35,10 +42,18 @@ class Sender:
     async def run(self):
         while True:
             self.progress += 1
+            if self._kicked_at is not None and not ticks.recent(self._kicked_at, KICK_MS):
+                # Forgotten once old (this loop turns at least every second), so a stamp can
+                # never look fresh again when the ticks come round (every 2^30 ms on the board).
+                self._kicked_at = None
             # Clear before looking so an event queued while we look still wakes us.
             self._wake.clear()
             item = self._outbox.peek()
             if item is None:
+                if self._removed_at is not None and \
+                        ticks.diff(ticks.ms(), self._removed_at) >= REMOVE_FLUSH_MS:
+                    self._removed_at = None
+                    self._outbox.flush_removals()
                 await _wait_event(self._wake, 1000)
                 continue
             handle, payload, sent_before = item
@@ -47,10 +62,10 @@ class Sender:
                 if self._outbox.priority(handle) == PRIORITY_FIRE:
                     # A fire must not wait out a backoff grown during an outage: end it now, but
                     # at most every KICK_MS so that a dead broker is not hammered.
-                    now = time.ticks_ms()
-                    left = 0 if self._kicked_at is None else KICK_MS - time.ticks_diff(now, self._kicked_at)
+                    # A stamp days old (or wrapped) is simply not recent: kick.
+                    left = KICK_MS - ticks.since(self._kicked_at) if ticks.recent(self._kicked_at, KICK_MS) else 0
                     if left <= 0:
-                        self._kicked_at = now
+                        self._kicked_at = ticks.ms()
                         self.kicks += 1
                         self._mqtt.kick()
                         left = KICK_MS
@@ -72,6 +87,7 @@ class Sender:
                 continue
             if ok:
                 self._outbox.remove(handle)
+                self._removed_at = ticks.ms() if self._outbox.removals_pending() else None
                 self.sent += 1
             else:
                 # The client drops and rebuilds the connection; the event stays in the outbox.
@@ -87,15 +103,44 @@ class AckWatch:
         self._pending = {}  # event id -> deadline (ticks_ms)
         self._overdue = set()
         self.untracked = 0  # overdue beyond OVERDUE_MAX: counted, not kept
+        self.changed = False  # an ack ended a wait: the app persists the awaited set soon
         self.progress = 0
         self.acked = 0
         self.rejected = 0
 
-    def expect(self, event_id):
-        self._pending[event_id] = time.ticks_add(time.ticks_ms(), self._timeout_ms)
+    def expect(self, event_id, left_ms=None):
+        left = self._timeout_ms if left_ms is None else max(0, min(int(left_ms), self._timeout_ms))
+        self._pending[event_id] = ticks.add(ticks.ms(), left)
 
     def pending(self):
         return len(self._pending)
+
+    def snapshot(self, now_ts, synced):
+        """{event id: [due_ts, left_ms]} of every fire event still awaiting its ack (overdue
+        ones with 0 left). due_ts is in RTC seconds when the clock is set, else 0: a tick
+        stamp would mean nothing after a reboot or across the 32-bit tick wrap."""
+        now = ticks.ms()
+        out = {}
+        for event_id, deadline in self._pending.items():
+            left = max(0, ticks.diff(deadline, now))
+            out[event_id] = [now_ts + (left + 999) // 1000 if synced else 0, left]
+        for event_id in self._overdue:
+            out[event_id] = [now_ts if synced else 0, 0]
+        return out
+
+    def restore(self, saved, now_ts, synced):
+        """Supervises again what a snapshot() held before a reboot: by the RTC when it and the
+        snapshot are both set, else with the time that was left then (never shorter)."""
+        for event_id, v in saved.items():
+            try:
+                due_ts, left = int(v[0]), int(v[1])
+            except (TypeError, ValueError, IndexError):
+                continue
+            if synced and due_ts > 0:
+                left = (due_ts - now_ts) * 1000
+            self.expect(event_id, left)
+        if saved:
+            _log.info("awaiting the centre's ack for %d fire event(s) from before the reboot", len(saved))
 
     def on_ack(self, payload):
         """Handles one `ack` message; anything malformed is logged and ignored."""
@@ -109,8 +154,10 @@ class AckWatch:
             _log.warn("ignoring malformed ack (%d bytes): %s", len(payload), e)
             return
         self.acked += 1
-        self._pending.pop(event_id, None)
+        if self._pending.pop(event_id, None) is not None:
+            self.changed = True
         if event_id in self._overdue:
+            self.changed = True
             self._overdue.discard(event_id)
             if not self._overdue:
                 self._health.set_fault("centre_ack", False)
@@ -118,10 +165,10 @@ class AckWatch:
     async def run(self):
         while True:
             self.progress += 1
-            now = time.ticks_ms()
-            late = [i for i, d in self._pending.items() if time.ticks_diff(now, d) >= 0]
+            now = ticks.ms()
+            late = [i for i, d in self._pending.items() if ticks.diff(now, d) >= 0]
             if len(late) > 1:  # oldest first: those are the ones kept past OVERDUE_MAX
-                late.sort(key=lambda i: time.ticks_diff(self._pending[i], now))
+                late.sort(key=lambda i: ticks.diff(self._pending[i], now))
             for event_id in late:
                 del self._pending[event_id]
                 if not self._overdue:

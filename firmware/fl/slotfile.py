@@ -19,6 +19,8 @@ not in one big file: littlefs (the ESP32 default) keeps files copy-on-write and 
 the middle of a file rewrites it from there to its end, so one 256 KB file could cost 256 KB
 of flash writes per event. In 4 KB files a slot write costs one block. Files are
 pre-allocated (zero-filled) when created, so a write never needs to grow a file.
+Removals are marked in batches (`kill_many`): the removals that fall in one file cost that
+file's block once.
 """
 import binascii
 import os
@@ -93,6 +95,7 @@ class SlotFile:
                     n += k
             finally:
                 f.close()
+                store.charge(store.blocks_for(want - max(have, 0)))
         f = self._open(fpath, "rb")
         try:
             for i in range(first, end):
@@ -103,6 +106,16 @@ class SlotFile:
                     found(i, order, p, self._live())
         finally:
             f.close()
+
+    def extra(self):
+        """True if files hold slots beyond the capacity (it was made smaller since)."""
+        if store.exists("%s/%d" % (self.path, self.segments)):
+            return True
+        first, end = self.segment(self.segments - 1)
+        try:
+            return os.stat("%s/%d" % (self.path, self.segments - 1))[6] > (end - first) * self.slot_size
+        except OSError:
+            return False
 
     def _check(self):
         """Payload length of the record in the buffer, or -1 if it is not a whole record."""
@@ -142,6 +155,7 @@ class SlotFile:
                 raise OSError(28)
         finally:
             f.close()  # littlefs commits the block here
+            store.charge()
 
     def write(self, slot, order, priority, payload):
         """Writes a record in one write; OSError if flash refuses it."""
@@ -151,6 +165,28 @@ class SlotFile:
     def kill(self, slot):
         """Marks the record in a slot removed (one 4-byte write); OSError if flash refuses it."""
         self._write_at(slot, self.slot_size - 4, _DEAD)
+
+    def kill_many(self, slots):
+        """Marks several records removed, one file (one block rewrite) at a time; `slots` must
+        be sorted. OSError if flash refuses (some may be marked, a removed record that is not
+        is only sent again after a reboot: receivers de-duplicate by event id)."""
+        done = 0
+        n = len(slots)
+        while done < n:
+            seg = slots[done] // self.per_segment
+            end = done
+            while end < n and slots[end] // self.per_segment == seg:
+                end += 1
+            f = self._open("%s/%d" % (self.path, seg), "r+b")
+            try:
+                for k in range(done, end):
+                    f.seek((slots[k] - seg * self.per_segment) * self.slot_size + self.slot_size - 4)
+                    if f.write(_DEAD) != 4:
+                        raise OSError(28)
+            finally:
+                f.close()
+                store.charge()
+            done = end
 
     def image(self, order, priority, payload):
         """The bytes a record occupies in its slot (tests tear these on purpose)."""

@@ -1,5 +1,31 @@
-"""Small files on the device's filesystem, replaced atomically."""
+"""Small files on the device's filesystem, replaced atomically, and the count of flash block
+writes every firmware write costs.
+
+The count models littlefs on SPI NOR (the ESP32 default): a write into a file rewrites at
+least the 4 KB block it touches (copy-on-write), and a rename or remove commits the directory's
+metadata block. Every firmware write to flash goes through `charge()`, so `block_writes` is the
+firmware's own figure on any board. On the simulated board `stall_ms` is set (fl/hal/sim.py)
+and each block write also blocks the interpreter that long, as a real flash erase stalls the
+ESP32's CPU (its code runs from the same chip).
+"""
 import os
+import time
+
+BLOCK = 4096
+block_writes = 0  # since boot
+stall_ms = 0  # per block write; the simulated board sets it
+
+
+def charge(blocks=1):
+    """Counts block rewrites (and stalls for them on the simulated board)."""
+    global block_writes
+    block_writes += blocks
+    if stall_ms:
+        time.sleep_ms(stall_ms * blocks)
+
+
+def blocks_for(nbytes):
+    return max(1, (nbytes + BLOCK - 1) // BLOCK)
 
 
 def read_bytes(path):
@@ -13,10 +39,12 @@ def read_bytes(path):
 
 def write_atomic(path, data):
     """Writes to a temporary file then renames it over `path`, so a power cut leaves
-    either the old or the new content, never a mix (littlefs and POSIX rename are atomic)."""
+    either the old or the new content, never a mix (littlefs and POSIX rename are atomic).
+    Costs a block for the data and one for the rename's metadata commit."""
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(data)
+    charge(blocks_for(len(data)))
     try:
         os.rename(tmp, path)
     except OSError:
@@ -26,6 +54,7 @@ def write_atomic(path, data):
         except OSError:
             pass
         os.rename(tmp, path)
+    charge()
 
 
 def exists(path):
@@ -39,3 +68,4 @@ def exists(path):
 def ensure_dir(path):
     if path and not exists(path):
         os.mkdir(path)
+        charge()

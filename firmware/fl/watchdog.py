@@ -6,8 +6,8 @@ resets. Idle services still tick (they wake at least every second), so an idle M
 never causes the fixed-interval reboots that peers' users complain about.
 """
 import asyncio
-import time
 
+from fl import ticks
 from fl.log import Logger
 
 _log = Logger("watchdog")
@@ -22,16 +22,16 @@ class Watchdog:
         self.stalled = None
 
     def watch(self, name, obj, allowance_ms=15000):
-        self._watched.append([name, obj, allowance_ms, obj.progress, time.ticks_ms()])
+        self._watched.append([name, obj, allowance_ms, obj.progress, ticks.ms()])
 
     def _check(self):
-        now = time.ticks_ms()
+        now = ticks.ms()
         for w in self._watched:
             value = w[1].progress
             if value != w[3]:
                 w[3] = value
                 w[4] = now
-            elif time.ticks_diff(now, w[4]) > w[2]:
+            elif ticks.diff(now, w[4]) > w[2]:
                 return w[0]
         return None
 

@@ -3,7 +3,7 @@
 The device puts the class (`fire`, `fault`, `status`) in every event itself; this table gives
 the operator a meaning for the code and lets the monitor notice a device that classes a
 fire code as something else, or a non-fire code as fire (a line fault must never look like
-fire). Source: ../shared/reference/contact-id.md and docs/protocol.md. Kept host-side
+fire), or sends a code nobody defined. The table and its rules are docs/contact-id.md. Kept host-side
 because the firmware's `fl/events.py` is MicroPython code (it imports the device store), not a
 host library; a test keeps the two tables to the same codes.
 """
@@ -66,22 +66,29 @@ CODES: dict[str, Code] = _table(
 def meaning(code: str) -> str:
     """The code's meaning, or a label that says the code is not in the table."""
     known = CODES.get(code)
-    return known.meaning if known else f"unknown code {code}"
+    if known:
+        return known.meaning
+    return f"fire alarm, code {code}" if is_fire_code(code) else f"unknown code {code}"
 
 
 def is_fire_code(code: str) -> bool:
-    """Contact ID puts every fire alarm in the 1xx range (110-119 fire, 12x panic, 13x burglary...);
+    """Contact ID puts every alarm in the 1xx range (110-119 fire, 12x panic, 13x burglary...);
     of those only 110-119 are fire."""
-    return len(code) == 3 and code.startswith("11")
+    return len(code) == 3 and code.startswith("11") and code.isdigit()
 
 
 def class_mismatch(code: str, cls: str) -> str | None:
-    """Why the class a device sent does not fit the code, or None when it fits.
+    """Why the class a device sent does not fit the code, or None when it fits; the centre shows
+    such an event as suspect, never as a plain fire (docs/contact-id.md).
 
-    Only the fire / not-fire split is checked: that is the line Decree 105 Art. 25.2.b draws,
-    and the one a wrongly wired input would cross."""
-    if is_fire_code(code) and cls != FIRE:
-        return f"fire code {code} sent with class {cls!r}"
-    if not is_fire_code(code) and cls == FIRE:
+    Class `fire` only with a fire code (110-119), a fire code only with class `fire`: that is
+    the line Decree 105 Art. 25.2.b draws, and the one a wrongly wired input would cross. A
+    code outside the table is suspect in any class. Between `fault` and `status` the device
+    decides (the firmware sends 608 and the event log levels as `status`)."""
+    if is_fire_code(code):
+        return None if cls == FIRE else f"fire code {code} sent with class {cls!r}"
+    if cls == FIRE:
         return f"non-fire code {code} ({meaning(code)}) sent with class 'fire'"
+    if code not in CODES:
+        return f"code {code} is not a Contact ID code this centre knows"
     return None

@@ -185,8 +185,9 @@ class LocalSite:
     # --- starting ---
     def start_broker(self, timeout_s: float = 10.0) -> Broker:
         b = Broker(self.broker_dir, port=free_port(), tls_port=free_port())
-        self.device_account, _ = b.add_device(self.device_id)
-        self.monitor_account = b.add_monitor()
+        # This run's own credentials, whatever an earlier run left in the directory.
+        self.device_account, _ = b.add_device(self.device_id, rotate=True)
+        self.monitor_account = b.add_monitor(rotate=True)
         self.broker = b
         try:
             b.start(timeout_s)

@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--username", default="monitor", help="broker account (default: %(default)s)")
     p.add_argument("--password", default=None,
                    help=f"broker password (default: ${PASSWORD_ENV}, which keeps it out of the process list)")
-    p.add_argument("--client-id", default="firelink-monitor",
-                   help="MQTT client id; keep it stable so the broker holds messages while the monitor restarts "
-                        "(default: %(default)s)")
+    p.add_argument("--client-id", default="monitor",
+                   help="MQTT client id; keep it stable so the broker holds messages while the monitor restarts. "
+                        "A FireLink site broker replaces it with the account name (default: %(default)s)")
     p.add_argument("--tls", action="store_true", help="connect with TLS")
     p.add_argument("--ca", type=Path, help="CA certificate (PEM) for --tls")
     p.add_argument("--cert", type=Path, help="client certificate (PEM), when the listener asks for one")
@@ -47,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="supervision time for one device; repeatable")
     p.add_argument("--gap-grace-s", type=float, default=60.0,
                    help="report missing sequence numbers still missing after this long (default: %(default)s)")
+    p.add_argument("--reconnect-grace-s", type=float, default=75.0,
+                   help="after the monitor gets its broker back, how long a device may take to reconnect before "
+                        "its `offline` is shown (default: %(default)s; the devices' backoff caps at 60 s)")
+    p.add_argument("--flood-events", type=int, default=100,
+                   help="more events than this from one device within --flood-window-s is a flood: one fault, "
+                        "events stored but not shown one by one (default: %(default)s)")
+    p.add_argument("--flood-window-s", type=float, default=2.0, help="(default: %(default)s)")
     p.add_argument("--connect-timeout-s", type=float, default=10.0, help="(default: %(default)s)")
     stop = p.add_mutually_exclusive_group()
     stop.add_argument("--exit-after-events", type=int, metavar="N", help="exit once N new events have arrived")
@@ -66,13 +73,17 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
             raise CommandError(f"--device-supervision wants DEVICE=SECONDS, not {item!r}") from None
     if (args.cert is None) != (args.key is None):
         raise CommandError("--cert and --key go together")
+    if args.flood_events < 1 or args.flood_window_s <= 0 or args.reconnect_grace_s < 0:
+        raise CommandError("--flood-events, --flood-window-s must be positive, --reconnect-grace-s not negative")
     return MonitorConfig(
         host=args.host, port=args.port, username=args.username,
         password=args.password if args.password is not None else os.environ.get(PASSWORD_ENV),
         client_id=args.client_id, tls=args.tls or bool(args.ca or args.cert), ca=args.ca, cert=args.cert,
-        key=args.key, gap_grace_s=args.gap_grace_s,
+        key=args.key, gap_grace_s=args.gap_grace_s, flood_events=args.flood_events,
+        flood_window_s=args.flood_window_s,
         supervision=Supervision(fixed_s=args.supervision_s, per_device=per_device,
-                                margin_s=args.supervision_margin_s, default_heartbeat_s=args.heartbeat_s))
+                                margin_s=args.supervision_margin_s, default_heartbeat_s=args.heartbeat_s,
+                                reconnect_grace_s=args.reconnect_grace_s))
 
 
 class _Countdown(Sink):
@@ -124,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if monitor.failure is not None:
         raise CommandError(f"monitor stopped: {monitor.failure}")
     s = monitor.stats
-    err.print(f"{s.messages} messages, {s.events} events, {s.duplicates} duplicates, {s.malformed} malformed, "
-              f"{s.acks_sent} acks sent")
+    err.print(f"{s.messages} messages, {s.events} events, {s.duplicates} duplicates, {s.malformed} quarantined, "
+              f"{s.suspect} suspect, {s.floods} floods, {s.acks_sent} acks sent")
     return 0
 
 

@@ -6,7 +6,14 @@ supervision time ("device lost", EN 50136 path supervision as seen from the rece
 which gaps in a device's sequence numbers have stayed open long enough to report.
 
 States: `unknown` (known only from an old retained status), `online`, `offline` (the device
-said so, or the broker published its last will) and `lost` (silent past its supervision time).
+said so, or the broker published its last will), `lost` (silent past its supervision time)
+and `revoked` (the site broker withdrew its account: not supervised, never "lost").
+
+The centre's own broker outage is not the devices' (issue 9 §7): an `offline` is held for
+`offline_hold_s` before it is shown, so the wills the broker fires as it shuts down (just
+before the monitor's own connection drops) are never shown; after the monitor reconnects,
+every `offline` (held, or replayed retained) waits `reconnect_grace_s` for the device to come
+back, and is shown only if it does not.
 """
 from __future__ import annotations
 
@@ -15,12 +22,13 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from firelink.monitor_store import Device
+from firelink.monitor_payload import Heartbeat
+from firelink.monitor_store import Device, subtract
 
-UNKNOWN, ONLINE, OFFLINE, LOST = "unknown", "online", "offline", "lost"
+UNKNOWN, ONLINE, OFFLINE, LOST, REVOKED = "unknown", "online", "offline", "lost", "revoked"
 
 # Changes the monitor reports, besides plain updates.
-WENT_ONLINE, WENT_OFFLINE, WENT_LOST, CAME_BACK = "online", "offline", "lost", "back"
+WENT_ONLINE, WENT_OFFLINE, WENT_LOST, CAME_BACK, WENT_REVOKED = "online", "offline", "lost", "back", "revoked"
 
 DEFAULT_HEARTBEAT_S = 60.0  # protocol.md: `heartbeat_s` default
 
@@ -37,12 +45,18 @@ class Supervision:
     default_heartbeat_s: float = DEFAULT_HEARTBEAT_S
     learn: bool = True
     min_spacing_s: float = 0.2  # closer heartbeats were queued somewhere and say nothing about the interval
+    next_factor: float = 2.0  # TEAM contract: lost when a heartbeat is overdue by 2 x next_s + 60 s
+    next_margin_s: float = 60.0
+    offline_hold_s: float = 2.0  # an `offline` waits this long: was it the broker shutting down?
+    reconnect_grace_s: float = 75.0  # after the monitor's reconnect: > the devices' 60 s backoff cap
 
-    def time_for(self, device: str, learned_heartbeat_s: float | None) -> float:
+    def time_for(self, device: str, learned_heartbeat_s: float | None, next_s: float | None = None) -> float:
         if device in self.per_device:
             return self.per_device[device]
         if self.fixed_s is not None:
             return self.fixed_s
+        if next_s is not None:  # the device said when its next heartbeat is due
+            return self.next_factor * next_s + self.next_margin_s
         interval = learned_heartbeat_s if (self.learn and learned_heartbeat_s) else self.default_heartbeat_s
         return self.factor * interval + self.margin_s
 
@@ -56,11 +70,17 @@ class _Gap:
 
 
 class SeqTracker:
-    """One device's sequence numbers: the lowest and highest held, and the runs missing between them."""
+    """One device's sequence numbers: the lowest and highest held, the runs missing between them,
+    and the ranges the device declared lost (TEAM contract: `lost` on its 624 event), which are
+    a loss already reported, not a gap."""
 
     def __init__(self, lo: int | None = None, hi: int | None = None) -> None:
         self.lo, self.hi = lo, hi
         self.gaps: list[_Gap] = []
+        self.declared: list[tuple[int, int]] = []
+
+    def _open(self, first: int, last: int, now: float) -> list[_Gap]:
+        return [_Gap(a, b, now) for a, b in subtract((first, last), self.declared)]
 
     def add(self, seq: int, now: float) -> bool:
         """Records a new event's seq; returns whether it arrived late (after a higher seq)."""
@@ -69,12 +89,12 @@ class SeqTracker:
             return False
         if seq > self.hi:
             if seq > self.hi + 1:
-                self.gaps.append(_Gap(self.hi + 1, seq - 1, now))
+                self.gaps += self._open(self.hi + 1, seq - 1, now)
             self.hi = seq
             return False
         if seq < self.lo:
             if seq < self.lo - 1:
-                self.gaps.insert(0, _Gap(seq + 1, self.lo - 1, now))
+                self.gaps[0:0] = self._open(seq + 1, self.lo - 1, now)
             self.lo = seq
             return True
         for i, g in enumerate(self.gaps):
@@ -82,6 +102,17 @@ class SeqTracker:
                 parts = [_Gap(a, b, g.since, g.reported) for a, b in ((g.first, seq - 1), (seq + 1, g.last)) if a <= b]
                 self.gaps[i:i + 1] = parts
                 break
+        return True
+
+    def declare_lost(self, first: int, last: int) -> bool:
+        """The device says it dropped first..last: no longer a gap. Returns whether it is news."""
+        if (first, last) in self.declared:
+            return False
+        self.declared.append((first, last))
+        kept = []
+        for g in self.gaps:
+            kept += [_Gap(a, b, g.since, g.reported) for a, b in subtract((g.first, g.last), [(first, last)])]
+        self.gaps = kept
         return True
 
     def missing(self) -> int:
@@ -107,19 +138,44 @@ class DeviceBook:
         self.dirty: set[str] = set()
         self._spacings: dict[str, deque[float]] = {}
         self._last_hb: dict[str, float] = {}
+        self._next_s: dict[str, float] = {}
         self._base = now  # supervision counts from here at the earliest: the centre cannot hear while down
         self._suspended = False
+        self._connected_before = False
+        self._grace_until = 0.0  # after a reconnect: `offline` waits until then for the device to return
+        self._resumed_at = now
+        # device -> [when its `offline` is shown unless heard, when it came, whether the monitor's own
+        # outage may explain it (then a return cancels it; otherwise the return shows it, late).
+        self.pending_offline: dict[str, list[Any]] = {}
+        self.early: list[tuple[Device, str]] = []  # changes dated before the one being returned
         for name, d in devices.items():
+            # The last heartbeat's promise outlives a monitor restart (it was checked when stored).
+            next_s = (d.last_heartbeat or {}).get("next_s")
+            if isinstance(next_s, (int, float)) and not isinstance(next_s, bool) and next_s > 0:
+                self._next_s[name] = float(next_s)
             self._set_supervision(d)
 
     # --- supervision of the centre's own connection ---
     def suspend(self) -> None:
-        """The monitor lost the broker: silence now says nothing about the devices."""
+        """The monitor lost the broker: silence now says nothing about the devices, and an
+        `offline` just received may be a will the broker fired as it went down."""
         self._suspended = True
+        for pending in self.pending_offline.values():
+            pending[0], pending[2] = float("inf"), True
 
     def resume(self, now: float) -> None:
         self._suspended = False
         self._base = now
+        self._resumed_at = now
+        if self._connected_before:
+            self._grace_until = now + self.supervision.reconnect_grace_s
+            for pending in self.pending_offline.values():
+                pending[0] = self._grace_until
+        self._connected_before = True
+
+    @property
+    def suspended(self) -> bool:
+        return self._suspended
 
     # --- devices ---
     def get(self, name: str, now: float) -> Device:
@@ -131,7 +187,7 @@ class DeviceBook:
         return d
 
     def _set_supervision(self, d: Device) -> None:
-        d.supervision_s = self.supervision.time_for(d.device, d.heartbeat_s)
+        d.supervision_s = self.supervision.time_for(d.device, d.heartbeat_s, self._next_s.get(d.device))
 
     def _to(self, d: Device, state: str, now: float) -> None:
         d.state, d.state_since = state, now
@@ -142,6 +198,11 @@ class DeviceBook:
         d = self.get(name, now)
         d.last_heard = now
         self.dirty.add(name)
+        pending = self.pending_offline.pop(name, None)
+        if pending is not None and not pending[2] and d.state == ONLINE:
+            # A real drop, shorter than the hold: shown now, with its own time, then the return.
+            self._to(d, OFFLINE, pending[1])
+            self.early.append((replace(d, faults=dict(d.faults)), WENT_OFFLINE))
         if d.state == ONLINE:
             return None
         change = CAME_BACK if d.state == LOST else WENT_ONLINE
@@ -158,33 +219,53 @@ class DeviceBook:
         if isinstance(reset, str):
             d.reset = reset
         self.dirty.add(name)
+        if state == REVOKED:
+            self.pending_offline.pop(name, None)
+            if d.state == REVOKED:
+                return None
+            self._to(d, REVOKED, now)
+            return WENT_REVOKED
         if state == OFFLINE:
             # Not "heard": the broker publishes the last will for a device that is gone.
-            if d.state in (OFFLINE, LOST):
+            if d.state in (OFFLINE, LOST, REVOKED) or name in self.pending_offline:
                 return None
-            self._to(d, OFFLINE, now)
-            return WENT_OFFLINE
+            if retained and now >= self._grace_until:
+                return self._offline(d, now)  # at monitor start: the broker's word, at once
+            hold, tainted = now + self.supervision.offline_hold_s, self._suspended
+            if now < self._grace_until and (retained or not (d.last_heard and d.last_heard >= self._resumed_at)):
+                hold, tainted = max(hold, self._grace_until), True  # not heard since the reconnect: the grace
+            self.pending_offline[name] = [float("inf") if self._suspended else hold, now, tainted]
+            return None
         if retained:
             return None  # an `unknown` device stays so until it speaks (or its supervision runs out)
         return self.heard(name, now)
 
-    def heartbeat(self, name: str, hb: dict[str, Any], now: float) -> str | None:
+    def _offline(self, d: Device, now: float) -> str | None:
+        self.pending_offline.pop(d.device, None)
+        if d.state in (OFFLINE, LOST, REVOKED):
+            return None
+        self._to(d, OFFLINE, now)
+        return WENT_OFFLINE
+
+    def heartbeat(self, name: str, hb: Heartbeat, now: float) -> str | None:
+        """A checked heartbeat (monitor_payload.parse_heartbeat)."""
         d = self.get(name, now)
         change = self.heard(name, now)
-        d.last_heartbeat = hb
-        link: dict[str, Any] = hb["link"] if isinstance(hb.get("link"), dict) else {}
-        outbox: dict[str, Any] = hb["outbox"] if isinstance(hb.get("outbox"), dict) else {}
-        d.link_path = _typed(link.get("path"), str, d.link_path)
-        d.signal_dbm = _typed(link.get("signal_dbm"), int, d.signal_dbm)
-        d.outbox_depth = _typed(outbox.get("depth"), int, d.outbox_depth)
-        d.fw = _typed(hb.get("fw"), str, d.fw)
-        d.reset = _typed(hb.get("reset"), str, d.reset)
-        faults = hb.get("faults")
-        d.faults = faults if isinstance(faults, dict) else d.faults
-        ts = hb.get("ts")
-        if hb.get("tsync") is True and isinstance(ts, (int, float)) and not isinstance(ts, bool):
-            d.clock_offset_s = round(now - ts, 3)
+        d.last_heartbeat = hb.doc
+        d.link_path = hb.path if hb.path is not None else d.link_path
+        d.signal_dbm = hb.signal_dbm if hb.signal_dbm is not None else d.signal_dbm
+        d.outbox_depth = hb.outbox_depth if hb.outbox_depth is not None else d.outbox_depth
+        d.fw = hb.fw or d.fw
+        d.reset = hb.reset or d.reset
+        d.faults = hb.faults
+        if hb.tsync and hb.ts is not None:
+            d.clock_offset_s = round(now - hb.ts, 3)
+        if hb.next_s is not None:
+            self._next_s[name] = hb.next_s
+        else:
+            self._next_s.pop(name, None)
         self._learn(d, now)
+        self._set_supervision(d)
         return change
 
     def _learn(self, d: Device, now: float) -> None:
@@ -198,22 +279,29 @@ class DeviceBook:
             d.heartbeat_s = round(statistics.median(spacings), 3)
             self._set_supervision(d)
 
-    def expire(self, now: float) -> list[Device]:
-        """Devices whose supervision time ran out since the last call; now `lost`."""
+    def expire(self, now: float) -> list[tuple[Device, str]]:
+        """Devices whose held `offline` or supervision time ran out since the last call, with
+        the change (offline, lost)."""
         if self._suspended:
             return []
-        lost = []
+        out = []
+        for name, (at, _, _) in list(self.pending_offline.items()):
+            if now >= at:
+                d = self.devices[name]
+                if self._offline(d, now):
+                    out.append((d, WENT_OFFLINE))
         for d in self.devices.values():
-            if d.state != LOST and now > self.deadline(d):
+            if d.state not in (LOST, REVOKED) and now > self.deadline(d):
                 self._to(d, LOST, now)
-                lost.append(d)
-        return lost
+                out.append((d, WENT_LOST))
+        return out
 
     def deadline(self, d: Device) -> float:
         return max(d.last_heard or 0.0, self._base) + d.supervision_s
 
     def next_deadline(self) -> float | None:
-        live = [self.deadline(d) for d in self.devices.values() if d.state != LOST]
+        live = [self.deadline(d) for d in self.devices.values() if d.state not in (LOST, REVOKED)]
+        live += [p[0] for p in self.pending_offline.values()]
         return None if self._suspended or not live else min(live)
 
     def snapshot(self, name: str) -> Device | None:
@@ -227,14 +315,55 @@ class DeviceBook:
             tracker = self.seqs[name] = SeqTracker()
         return tracker
 
-    def load_seqs(self, bounds: dict[str, tuple[int, int]], gaps: list[tuple[str, int, int]], now: float) -> None:
+    def load_seqs(self, bounds: dict[str, tuple[int, int]], gaps: list[tuple[str, int, int]], now: float,
+                  losses: list[tuple[str, int, int]] = ()) -> None:
         for name, (lo, hi) in bounds.items():
             self.seqs[name] = SeqTracker(lo, hi)
+        for name, first, last in losses:
+            self.seq(name).declared.append((first, last))
         for name, first, last in gaps:
             self.seqs[name].gaps.append(_Gap(first, last, now))
 
 
-def _typed(value: Any, kind: type, default: Any) -> Any:
-    if isinstance(value, kind) and not isinstance(value, bool):
-        return value
-    return default
+class FloodMeter:
+    """A device sending more than `limit` events (or quarantined messages) within `window_s` is
+    flooding the centre: one `flood` fault for it, its events still stored and acknowledged but
+    not shown one by one (nor a warning per bad message), until it has sent fewer than `limit`
+    in a whole window."""
+
+    def __init__(self, limit: int = 100, window_s: float = 2.0) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._times: dict[str, deque[float]] = {}
+        self.flooding: dict[str, dict[str, Any]] = {}  # device -> {"since", "events", "fire", ...}
+
+    def note(self, name: str, cls: str, now: float) -> bool:
+        """An event from `name`; returns True when this one starts a flood."""
+        times = self._times.get(name)
+        if times is None:
+            times = self._times[name] = deque(maxlen=self.limit + 1)
+        times.append(now)
+        flood = self.flooding.get(name)
+        if flood is not None:
+            flood["events"] += 1
+            flood[cls] = flood.get(cls, 0) + 1
+            flood["last"] = now
+            return False
+        if len(times) > self.limit and now - times[0] <= self.window_s:
+            self.flooding[name] = {"since": now, "last": now, "events": 1, cls: 1}
+            return True
+        return False
+
+    def ended(self, now: float) -> list[tuple[str, dict[str, Any]]]:
+        """Floods over: fewer than `limit` events in the last window."""
+        out = []
+        for name, flood in list(self.flooding.items()):
+            times = self._times[name]
+            recent = sum(1 for t in times if now - t <= self.window_s)
+            if recent < self.limit and now - flood["since"] >= self.window_s:
+                del self.flooding[name]
+                out.append((name, flood))
+        return out
+
+    def next_check(self) -> float | None:
+        return None if not self.flooding else min(f["last"] for f in self.flooding.values()) + self.window_s

@@ -3,7 +3,10 @@
 Each step is a check in the commissioning report (report.CHECKS) and a step on the reporter:
 
  1. settings      every value checked, and the port and the site's CA looked for, before any I/O
- 2. broker        the broker answers and accepts the monitor account (the board is not touched yet)
+ 2. broker        the centre's password matches the broker's monitor account (checked against its
+                  hash: logging in as the monitor would displace the running monitor), and the broker
+                  answers and accepts provisioning's own centre account for this run (removed at the
+                  end) (the board is not touched yet)
  3. board         Ctrl-C to the raw REPL (device.py); MicroPython and the FireLink app present; MAC
                   read through the firmware's own HAL; device id `fl-<mac hex>`
  4. configuration credentials generated (password; client certificate from the site CA), config.json
@@ -11,8 +14,10 @@ Each step is a check in the commissioning report (report.CHECKS) and a step on t
  5. files         secrets.json and the DER files staged, each hash-checked, then all renamed into place
                   in one command (config.json last), hashes checked again, and `fl.config.load` run on
                   the board must report no problem
- 6. registration  the broker's password file gets the account (its ACL is pattern-based on the user
-                  name: checked), a running mosquitto is told to reload, the inventory gets the row
+ 6. registration  the broker's password file and ACL get the account (a re-provisioned board's old
+                  credential is replaced: it stops working), the certificate is kept without its key
+                  (the key lives on the board only), a running mosquitto is told to reload, the
+                  inventory gets the row with the certificate's end date
  7. online        the board is rebooted; a live (not retained) `online` status must arrive in time
  8. heartbeat     its first heartbeat: input states, link, signal; no active health fault
  9. test alarm    `{"cmd": "test"}` on its cmd topic makes the firmware record a 601 event; the event
@@ -36,7 +41,7 @@ from typing import Any, Iterator
 
 from firelink import pki, report
 from firelink import provision_board as board
-from firelink.broker import Broker, acl_text
+from firelink.broker import CENTRE_PREFIX, Broker, BrokerError, acl_text
 from firelink.centre_watch import BrokerRefused, CentreError, CentreWatch, TLSFiles
 from firelink.console_tap import ConsoleTap
 from firelink.device import Device, DeviceError, DeviceLost, DeviceTimeout
@@ -120,9 +125,9 @@ class _Run:
                     settings = self._settings(wifi_password, inputs)
                     c.detail = f"broker {settings.broker}, Wi-Fi {settings.wifi_ssid!r}" + (
                         f", APN {settings.apn}" if settings.apn else "")
-                with self._check("broker", f"connect to the broker as {self.monitor_user!r}") as c:
+                with self._check("broker", f"check the {self.monitor_user!r} account and connect to the broker") as c:
                     watch = stack.enter_context(self._connect(settings, stack))
-                    c.detail = f"{settings.broker} accepts {self.monitor_user!r}"
+                    c.detail = f"{self.monitor_user!r} password matches; {settings.broker} accepts {watch.username!r}"
                 with self._check("board", f"open the board on {self.port}") as c:
                     old_config = self._identify()
                     c.detail = f"{r.device_id}: FireLink {r.firmware} on {r.platform}, MicroPython {r.micropython}"
@@ -181,7 +186,7 @@ class _Run:
             check_port(self.port)
         except PortError as e:
             problems.append(f"--port: {e}")
-        if pki.load(self.broker.pki_dir, "ca") is None:
+        if not (self.broker.pki_dir / "ca.crt").exists():
             problems.append(f"--broker-dir: no site CA in {self.broker.pki_dir}: give the site broker's "
                             f"directory (`firelink broker --dir {self.broker.dir}` creates it on first start)")
         if not self.monitor_password:
@@ -196,18 +201,48 @@ class _Run:
         return settings
 
     def _connect(self, settings: Settings, stack: ExitStack) -> CentreWatch:
+        """The broker binds each client id to its account, so logging in as the monitor would
+        throw the running monitor off (and a clean session would wipe its queue): provisioning
+        checks the monitor's password against the broker's hash and watches with an account of
+        its own, made for this run and removed at its end."""
+        if not self.broker.check_password(self.monitor_user, str(self.monitor_password)):
+            raise _Failed(f"the broker's {self.monitor_user!r} account refuses this password: check "
+                          "--monitor-password (or $FL_MONITOR_PASS)")
+        name = f"{CENTRE_PREFIX}provision-{secrets.token_hex(4)}"
+        try:
+            account = self.broker.add_centre(name)
+        except BrokerError as e:
+            raise _Failed(f"cannot add provisioning's own broker account: {e}") from None
+        stack.callback(self._drop_account, name)
         tls = None
         if settings.broker.tls:
-            # The TLS listener wants a client certificate from everyone: one for this run only.
+            # The TLS listener takes the account from the certificate's CN: one for this run only.
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="firelink-provision-")))
-            own = pki.make_client(self.broker.ca(), "firelink-provision")
+            own = pki.make_client(self.broker.ca(), name)
             _write_private(tmp / "client.crt", own.cert_pem)
             _write_private(tmp / "client.key", own.key_pem)
             tls = TLSFiles(self.broker.pki_dir / "ca.crt", tmp / "client.crt", tmp / "client.key")
-        watch = CentreWatch(settings.broker, self.monitor_user, self.monitor_password, tls,
-                            refused_hint=": check --monitor-password (or $FL_MONITOR_PASS)")
-        watch.connect(self.timeouts.broker_s)
-        return watch
+        deadline = time.monotonic() + self.timeouts.broker_s
+        wait = self.timeouts.broker_s
+        while True:  # the broker may still be re-reading its password file
+            watch = CentreWatch(settings.broker, name, account.password, tls,
+                                refused_hint=f": is --broker-dir ({self.broker.dir}) the directory this broker runs from?")
+            try:
+                watch.connect(wait)
+                return watch
+            except BrokerRefused:
+                watch.close()
+                if time.monotonic() + 0.1 >= deadline:
+                    raise
+                time.sleep(0.1)
+                wait = max(0.5, deadline - time.monotonic())
+
+    def _drop_account(self, name: str) -> None:
+        try:
+            self.broker.remove_account(name)
+        except (BrokerError, OSError) as e:
+            self._warn(f"could not remove provisioning's broker account {name!r}: {e}; "
+                       f"`firelink broker --dir {self.broker.dir}` lists it in accounts.json")
 
     def _identify(self) -> dict[str, Any] | None:
         """Opens the board, reads what it is; returns its current config.json if it has one."""
@@ -289,11 +324,12 @@ class _Run:
     def _register(self, password: str, cred: pki.Credential, settings: Settings, watch: CentreWatch) -> str:
         r = self.result
         device_id = str(r.device_id)
-        self.broker.add_account(device_id, password)
-        pki.save(cred, self.broker.pki_dir / "devices", device_id)
+        # The certificate only: the key is on the board and nowhere else.
+        self.broker.save_device_cert(device_id, cred, keep_key=False)
+        self.broker.add_account(device_id, password, rotate=True)
         if device_id not in self.broker.usernames():
             raise _Failed(f"{device_id} is not in the broker's password file after adding it")
-        missing = _acl_missing(self.broker)
+        missing = _acl_missing(self.broker, device_id)
         if missing:
             raise _Failed(missing)
         reloaded = self.broker.last_reload
@@ -303,20 +339,33 @@ class _Run:
             self._warn(f"no running mosquitto found for {self.broker.dir} on this machine: the board can connect "
                        "once the broker (re)starts or reloads its password file")
         else:
-            self._login(watch, device_id, password)
+            self._login(watch, device_id, password, cred)
         self.inventory.record_provisioned(device_id, str(r.mac), r.site, r.inputs, r.firmware,
-                                          str(r.cert_fingerprint), r.installer, r.broker_url)
+                                          str(r.cert_fingerprint), r.installer, r.broker_url,
+                                          cert_not_after=f"{pki.not_after(cred.cert_der):%Y-%m-%dT%H:%M:%SZ}")
         watch.watch(device_id, self.timeouts.broker_s)
         how = f"the broker accepts it (mosquitto pid {', '.join(map(str, reloaded.signalled))} reloaded)" \
             if reloaded.signalled else "no running mosquitto to reload"
         return f"account {device_id} added, ACL covers firelink/{device_id}/#, {how}; inventory updated"
 
-    def _login(self, watch: CentreWatch, device_id: str, password: str) -> None:
-        """Logs in with the new account (own client id: the board's session is left alone) until the
-        reloaded broker accepts it, so the board's first connection after its reboot is not refused."""
+    def _login(self, watch: CentreWatch, device_id: str, password: str, cred: pki.Credential) -> None:
+        """Logs in with the new account until the reloaded broker accepts it, so the board's first
+        connection after its reboot is not refused. Over TLS the account is the certificate's, so
+        the probe presents the board's new certificate (from memory, via a private temporary
+        directory removed at once)."""
         deadline = time.monotonic() + self.timeouts.broker_s
+        with tempfile.TemporaryDirectory(prefix="firelink-provision-") as tmp:
+            tls = None
+            if watch.tls is not None:
+                _write_private(Path(tmp) / "device.crt", cred.cert_pem)
+                _write_private(Path(tmp) / "device.key", cred.key_pem)
+                tls = TLSFiles(watch.tls.ca, Path(tmp) / "device.crt", Path(tmp) / "device.key")
+            self._login_until(watch, device_id, password, tls, deadline)
+
+    def _login_until(self, watch: CentreWatch, device_id: str, password: str, tls: TLSFiles | None,
+                     deadline: float) -> None:
         while True:
-            probe = CentreWatch(watch.url, device_id, password, watch.tls)
+            probe = CentreWatch(watch.url, device_id, password, tls)
             try:
                 probe.connect(max(0.5, deadline - time.monotonic()))
                 probe.close()
@@ -485,13 +534,13 @@ class _Run:
         return "; the board says: " + " | ".join(lines)
 
 
-def _acl_missing(broker: Broker) -> str | None:
+def _acl_missing(broker: Broker, device_id: str) -> str | None:
     """Why the broker's ACL file does not cover a device by its user name, or None if it does."""
     path = broker.dir / "acl"
     if not path.exists():
         return f"no ACL file {path}: start the broker once (`firelink broker --dir {broker.dir}`) so it writes one"
     have = {line.strip() for line in path.read_text().splitlines()}
-    want = [line for line in acl_text().splitlines() if line.startswith("pattern ")]
+    want = [line for line in acl_text([device_id]).split(f"user {device_id}\n")[1].split("\n\n")[0].splitlines()]
     missing = [line for line in want if line not in have]
     if missing:
         return f"the broker's ACL {path} lacks {'; '.join(missing)}: restart the broker to regenerate it"

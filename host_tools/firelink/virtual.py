@@ -43,7 +43,7 @@ from firelink.virtual_world import (CONTROL, STATES, InputSpec, UnknownInput, Wo
                                     board_json_path, create, find_input, input_specs, prepare, raw_for, read_json,
                                     read_control, set_battery_mv, set_clock_synced, set_input, set_link,
                                     set_rssi, state_of, update_json, wire_normal, write_control,
-                                    write_json_atomic)
+                                    write_json_atomic, SIM_PATHS)
 
 _HERE = Path(__file__).resolve()
 START_TIMEOUT_S = 15.0
@@ -180,6 +180,8 @@ class VirtualDevice:
         detach=True: it runs on until `stop()` (the CLI's background mode)."""
         if self.running():
             raise AlreadyRunning(f"already running in {self.dir} (pid {self.supervisor_pid()}, {self.tty()})")
+        if heapsize:
+            check_heapsize(heapsize, self._micropython or micropython_binary())
         firmware = Path(self._firmware) if self._firmware else app_dir(self._source)
         argv = [sys.executable, "-m", "firelink.virtual_supervisor", str(self.dir),
                 "--firmware", str(firmware), "--micropython", self._micropython or micropython_binary(),
@@ -203,7 +205,14 @@ class VirtualDevice:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             st = read_json(self.dir / sv.STATEFILE) or {}
-            if st.get("pid") == proc.pid and st.get("state") == "running" and self.running():
+            # Running means the firmware process lives and has spoken on its console, not only
+            # that the supervisor launched it (an interpreter refusing its arguments dies at once).
+            # Or a test jig holds its supply off or its EN low (or BOOT low: download mode): the
+            # port is up, the firmware waits for the jig.
+            held = st.get("state") in ("unpowered", "reset", "download")
+            if st.get("pid") == proc.pid and self.running() and (held or (
+                    st.get("state") == "running" and isinstance(st.get("firmware_pid"), int)
+                    and _alive(st["firmware_pid"]) and self.log_position() > self._cursor)):
                 return str(st["tty"])
             if proc.poll() is not None:
                 raise StartFailed(f"the virtual device did not start (status {proc.returncode}):\n"
@@ -379,6 +388,26 @@ def _wait_dead(pid: int, timeout_s: float) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+_HEAPSIZE_RE = re.compile(r"[0-9]+[km]?\Z")
+
+
+def check_heapsize(value: str, micropython: str) -> None:
+    """StartFailed unless MicroPython accepts `-X heapsize=value` (it decides: e.g. 256k, 2m)."""
+    problem = None
+    if not _HEAPSIZE_RE.match(value):
+        problem = "expected a number of bytes with k or m, e.g. 256k or 2m"
+    else:
+        try:
+            r = subprocess.run([micropython, "-X", "heapsize=" + value, "-c", "pass"], capture_output=True,
+                               timeout=10)
+            if r.returncode != 0:
+                problem = "MicroPython refuses it (too small or too large?)"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            problem = f"cannot check it with {micropython}: {e}"
+    if problem:
+        raise StartFailed(f"--heapsize {value!r}: {problem}")
 
 
 def _tail(path: Path, chars: int = 2000) -> str:

@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_input)
 
     s = vsub.add_parser("link", parents=[common], help="take a network path down or up")
-    s.add_argument("path", help="wifi (the only path the simulated board has today)")
+    s.add_argument("path", help="a network path of the simulated board: " + ", ".join(virtual.SIM_PATHS))
     s.add_argument("updown", choices=("up", "down"))
     s.set_defaults(func=run_link)
 
@@ -89,6 +89,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = vsub.add_parser("clock", parents=[common], help="say whether the clock is synchronised")
     s.add_argument("sync", choices=("synced", "unsynced"))
     s.set_defaults(func=lambda a: _set(a, virtual.set_clock_synced, a.sync == "synced", f"clock {a.sync}"))
+
+
+def _need_dir(args: argparse.Namespace) -> None:
+    """Every command but `start` works on an existing device directory."""
+    from firelink.cli import CommandError
+
+    d = args.dir
+    if not d.is_dir():
+        raise CommandError(f"no virtual device directory {d}: `firelink virtual start --dir {d}` creates one "
+                           "(or give --dir)")
+    if not (d / "config.json").exists() and not (d / "sim").is_dir():
+        raise CommandError(f"{d} is not a virtual device directory (no config.json): give --dir")
 
 
 def _error(e: Exception) -> Exception:
@@ -167,6 +179,7 @@ def _foreground(args: argparse.Namespace, out: Console) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
+    _need_dir(args)
     dev = VirtualDevice(args.dir)
     if not dev.running():
         Console(soft_wrap=True).print(f"no virtual device running in {args.dir}")
@@ -183,6 +196,7 @@ def run_stop(args: argparse.Namespace) -> int:
 
 
 def run_reset(args: argparse.Namespace) -> int:
+    _need_dir(args)
     try:
         VirtualDevice(args.dir).reset()
     except VirtualError as e:
@@ -192,6 +206,7 @@ def run_reset(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    _need_dir(args)
     out = Console(soft_wrap=True)
     dev = VirtualDevice(args.dir)
     st = dev.state()
@@ -224,22 +239,25 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_input(args: argparse.Namespace) -> int:
+    _need_dir(args)
     if (args.state is None) == (args.raw is None):
         raise _error(ValueError("give a state (active, normal, open, short) or --raw N, not both"))
     try:
         raw = virtual.set_input(args.dir, args.name, state=args.state, raw=args.raw)
-    except WorldError as e:
+    except (WorldError, OSError) as e:
         raise _error(e) from e
     Console(soft_wrap=True).print(f"{args.name}: {args.state or 'raw'} ({raw})")
     return 0
 
 
 def run_link(args: argparse.Namespace) -> int:
+    _need_dir(args)
     return _set(args, lambda d, up: virtual.set_link(d, args.path, up), args.updown == "up",
                 f"{args.path} {args.updown}")
 
 
 def _set(args: argparse.Namespace, fn: Callable[[Path, Any], None], value: Any, text: str) -> int:
+    _need_dir(args)
     try:
         fn(args.dir, value)
     except (WorldError, OSError) as e:

@@ -43,6 +43,15 @@ def write_json_atomic(path: Path, data: dict[str, Any], mode: int = 0o644) -> No
     os.replace(tmp, path)
 
 
+def write_bytes_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
 def board_json_path() -> Path:
     """The default board's definition (firelink.boards): what a virtual device is."""
     return boards.path(boards.DEFAULT)
@@ -68,7 +77,7 @@ def create(directory: Path, config: dict[str, Any], secrets: dict[str, Any] | No
     for name, data in (certs or {}).items():
         if "/" in name or name.startswith("."):
             raise WorldError(f"certificate file name {name!r} must be a plain file name")
-        (d / name).write_bytes(data)
+        write_bytes_atomic(d / name, data, 0o600 if "key" in name else 0o644)
     _write_board(d / "board.json", board)
     if not (d / CONTROL).exists():
         wire_normal(d)
@@ -212,6 +221,11 @@ def set_input(directory: Path, name: str, state: str | None = None, raw: int | N
             raw = levels[state]
         set_battery_mv(d, raw)
         return raw
+    if raw is not None:
+        analog = bool(info.get("inputs", {}).get(spec.channel, {}).get("adc")) or spec.eol
+        top = ADC_MAX if analog else 1
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= top:
+            raise WorldError(f"--raw {raw}: {spec.channel} is {'an ADC line: 0..4095' if analog else 'digital: 0 or 1'}")
     value = raw_for(spec, state, info) if state is not None else int(raw)  # type: ignore[arg-type]
     write_control(d, {"inputs": {spec.channel: value}})
     return value
@@ -230,15 +244,35 @@ def state_of(spec: InputSpec, raw: int, info: dict[str, Any]) -> str:
     return "active" if closed == (spec.contact == "no") else "normal"
 
 
+# What the simulated board can be told (firmware/fl/hal/sim.py): its network paths, a received
+# signal strength as radios report it, and a battery voltage its ADC (3.3 V full scale behind
+# the board's divider) can read.
+SIM_PATHS = ("wifi",)  # sim.Board.paths()
+RSSI_RANGE = (-127, 0)
+ADC_MAX = 4095
+
+
+def battery_range(info: dict[str, Any]) -> tuple[int, int]:
+    return 0, int(3300 * float(info.get("battery", {}).get("divider", 2.0)))
+
+
 def set_link(directory: Path, path: str, up: bool) -> None:
+    if path not in SIM_PATHS:
+        raise WorldError(f"link {path!r}: the simulated board has only {', '.join(SIM_PATHS)}")
     write_control(directory, {"links": {path: bool(up)}})
 
 
 def set_rssi(directory: Path, dbm: int) -> None:
+    lo, hi = RSSI_RANGE
+    if isinstance(dbm, bool) or not isinstance(dbm, int) or not lo <= dbm <= hi:
+        raise WorldError(f"rssi {dbm}: a signal strength is {lo}..{hi} dBm")
     write_control(directory, {"rssi": int(dbm)})
 
 
 def set_battery_mv(directory: Path, mv: int) -> None:
+    lo, hi = battery_range(board_info(Path(directory)))
+    if isinstance(mv, bool) or not isinstance(mv, int) or not lo <= mv <= hi:
+        raise WorldError(f"battery {mv} mV: the board measures {lo}..{hi} mV")
     write_control(directory, {"battery_mv": int(mv)})
 
 

@@ -77,7 +77,7 @@ async def main():
         return
     gc.collect()
     connected = gc.mem_alloc() - base
-    print("heap: code of fl.mqtt + fl.mqtt_codec %d B; client built %d B; after connect%s %d B (incl. its tasks); "
+    print("heap: code of fl.mqtt + fl.mqtt_rx + fl.mqtt_codec %d B; client built %d B; after connect%s %d B (incl. its tasks); "
           "code + client %d B; free %d B" % (CODE_BYTES, idle, " with TLS" if ssl_params else "", connected,
                                              CODE_BYTES + connected, gc.mem_free()))
 

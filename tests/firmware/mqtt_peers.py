@@ -78,14 +78,21 @@ class _Loopback(Path):
         return True
 
 
+_centres = [0]
+
+
 class Monitor:
-    """The centre's side, written with the same client: sees everything under firelink/<device>/."""
+    """The centre's side, written with the same client: sees everything under firelink/<device>/.
+    The broker binds client ids to accounts: successive Monitors alternate between the test's two
+    centre accounts, so two can be connected at once."""
 
     def __init__(self):
         self.msgs = []
         self._ev = asyncio.Event()
+        who = ("FL_MONITOR", "FL_CENTRE")[_centres[0] % 2]
+        _centres[0] += 1
         self.client = MQTTClient(LinkManager([_Loopback()]), "mon-" + token(), host(), port(),
-                                 username=env("FL_MONITOR_USER"), password=env("FL_MONITOR_PASS"),
+                                 username=env(who + "_USER"), password=env(who + "_PASS"),
                                  subscriptions=[(PREFIX + "#", 1)], on_message=self._on)
 
     def _on(self, topic, payload):

@@ -69,3 +69,22 @@ async def test_overdue_ids_are_capped_and_the_fault_holds_until_the_tracked_ones
     ok("centre_ack" in health.faults, "still faulty while a tracked one is overdue")
     w.on_ack(('{"id": "%s"}' % tracked[-1]).encode())
     eq(health.faults, {}, "restored once every tracked one is acked")
+
+
+async def test_awaited_fire_survives_a_reboot_by_snapshot_and_restore():
+    health = Health()
+    w = AckWatch(0.3, health)
+    w.expect("00000001-aaaa")
+    saved = w.snapshot(1760000000, True)
+    ok(0 < saved["00000001-aaaa"][1] <= 300, saved)
+    eq(saved["00000001-aaaa"][0], 1760000001, "due by the RTC, rounded up")
+    w2 = AckWatch(0.3, Health())  # after the reboot
+    w2.restore(saved, 1760000000, True)
+    eq(w2.pending(), 1)
+    await _run_for(w2, 1500)
+    ok("centre_ack" in w2._health.faults, "354 after the reboot: %r" % w2._health.faults)
+    w3 = AckWatch(0.3, Health())  # the RTC was lost: the time left then is used
+    w3.restore({"00000002-bbbb": [1760000001, 200]}, 12345, False)
+    eq(w3.pending(), 1)
+    await _run_for(w3, 800)
+    ok("centre_ack" in w3._health.faults, "354 with the time left")

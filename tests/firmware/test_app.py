@@ -93,6 +93,8 @@ def test_a_change_retried_after_a_recording_failure_records_each_event_once():
     app = _app(inputs=[{"name": "zone6", "kind": "fire", "channel": "in6", "eol": True, "zone": 6}])
     _queued_codes(app)  # the boot report
     spec = [s for s in app.config["inputs"] if s["name"] == "zone6"][0]
+    app._on_input(spec, "normal", "open")  # the line broke: 380 told to the centre
+    eq(_queued_codes(app), ["380"])
     real_record = app.recorder.record
     calls = []
 

@@ -1,11 +1,14 @@
 # Remote commands (fl/commands.py): `test` records a 601 through the real recorder and outbox,
-# and the answer goes out on cmd/result without blocking the receive loop.
+# and the answer goes out on cmd/result without blocking the receive loop; commands wait in a
+# bounded queue, and a burst beyond it is refused as busy without allocating.
 import asyncio
+import gc
 import json
 
-from fwtest import eq, ok
+from fwtest import env, eq, ok
 
-from fl.commands import Commands
+from fl import commands as commands_mod
+from fl.commands import QUEUE_SLOTS, Commands
 from fl.events import Event, Sequencer
 from fl.health import Health
 from fl.outbox import Outbox
@@ -17,6 +20,9 @@ TOPIC = "firelink/fl-t/cmd/result"
 class FakeClock:
     def now(self):
         return 1760000000, True
+
+    def stamp(self):
+        return 1760000000, 0, True
 
 
 class FakeMQTT:
@@ -37,6 +43,25 @@ def make(mqtt=None):
     return Commands(rec, m, TOPIC), ob, m
 
 
+async def run_all(cmds, m, answers, timeout_ms=3000):
+    """Runs the command task until `answers` answers were published."""
+    task = asyncio.create_task(cmds.run())
+    try:
+        ok(await until(lambda: len(m.published) >= answers, timeout_ms),
+           "%d answers, got %r" % (answers, m.published))
+        await asyncio.sleep_ms(20)  # nothing more comes
+    finally:
+        task.cancel()
+
+
+async def until(cond, timeout_ms):
+    for _ in range(timeout_ms // 5):
+        if cond():
+            return True
+        await asyncio.sleep_ms(5)
+    return cond()
+
+
 def queued(ob):
     out = []
     while True:
@@ -49,12 +74,11 @@ def queued(ob):
 
 async def test_test_command_records_a_601_and_answers_with_its_id():
     cmds, ob, m = make()
-    result = cmds.handle(b'{"cmd": "test", "id": "prov-1"}')
-    eq(result["ok"], True, "ok")
+    eq(cmds.handle(b'{"cmd": "test", "id": "prov-1"}'), True, "queued")
+    await run_all(cmds, m, 1)
     evs = queued(ob)
     eq([(e.code, e.q, e.zone, e.cls) for e in evs], [("601", "new", 0, "status")], "recorded events")
     eq(evs[0].detail, "remote test prov-1", "detail")
-    await asyncio.sleep_ms(20)
     eq(m.published, [(TOPIC, {"id": "prov-1", "cmd": "test", "ok": True, "event": evs[0].id, "seq": evs[0].seq}, 1)],
        "answer")
 
@@ -72,19 +96,24 @@ async def test_bad_commands_are_answered_and_record_nothing():
         (b"\xff\xfe", None, None),
     ]
     for payload, ref, name in cases:
-        r = cmds.handle(payload)
+        r = cmds.execute(payload)
         eq((r["ok"], r["id"], r["cmd"]), (False, ref, name), repr(payload[:30]))
         ok(r["error"], "error text")
     eq(len(ob), 0, "nothing recorded")
-    await asyncio.sleep_ms(30)
-    eq(len(m.published), len(cases), "each answered")
     eq(cmds.refused, len(cases), "counted")
+    # Through the queue too (the oversized one is queued by its length only), in order.
+    for payload, _, _ in cases[:QUEUE_SLOTS - 1] + cases[-2:-1]:
+        eq(cmds.handle(payload), True, "queued")
+    await run_all(cmds, m, QUEUE_SLOTS)
+    eq([(r[1]["ok"], r[1]["id"], r[1]["cmd"]) for r in m.published],
+       [(False, ref, name) for _, ref, name in cases[:QUEUE_SLOTS - 1] + cases[-2:-1]], "each answered")
+    ok(m.published[-1][1]["error"].startswith("command larger than"), m.published[-1][1]["error"])
 
 
 async def test_tests_in_quick_succession_are_refused_as_busy():
     cmds, ob, m = make()
-    eq(cmds.handle(b'{"cmd": "test"}')["ok"], True, "first")
-    second = cmds.handle(b'{"cmd": "test"}')
+    eq(cmds.execute(b'{"cmd": "test"}')["ok"], True, "first")
+    second = cmds.execute(b'{"cmd": "test"}')
     eq(second["ok"], False, "second")
     ok(second["error"].startswith("busy"), second["error"])
     eq(len(queued(ob)), 1, "one 601")
@@ -92,7 +121,34 @@ async def test_tests_in_quick_succession_are_refused_as_busy():
 
 async def test_an_undelivered_answer_is_logged_not_raised():
     cmds, ob, m = make(FakeMQTT(ok=False))
-    eq(cmds.handle(b'{"cmd": "test", "id": "x"}')["ok"], True, "recorded")
-    await asyncio.sleep_ms(20)
+    eq(cmds.handle(b'{"cmd": "test", "id": "x"}'), True, "queued")
+    await run_all(cmds, m, 1)
     eq(len(m.published), 1, "tried once")
     eq(len(queued(ob)), 1, "the event stays queued for the sender")
+
+
+async def test_a_burst_beyond_the_queue_is_refused_as_busy_without_allocating():
+    cmds, ob, m = make()
+    cmd = b'{"cmd": "test", "id": "burst"}'
+    for _ in range(QUEUE_SLOTS):
+        eq(cmds.handle(cmd), True, "queued while there is room")
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.mem_alloc()
+        for _ in range(1000):
+            cmds.handle(cmd)
+        grew = gc.mem_alloc() - before
+    finally:
+        gc.enable()
+    eq(grew, 0, "bytes allocated by 1000 refused commands")
+    eq(cmds.busy, 1000, "counted")
+    # The queued ones run one at a time (the first records its 601, the rest fall within the
+    # test interval), then one answer says how many were refused.
+    await run_all(cmds, m, QUEUE_SLOTS + 1)
+    answers = [r[1] for r in m.published]
+    eq([a["ok"] for a in answers], [True] + [False] * QUEUE_SLOTS, "answers")
+    eq(answers[-1], {"id": None, "cmd": None, "ok": False, "error": "busy: 1000 command(s) refused"}, "busy answer")
+    eq(len(queued(ob)), 1, "one 601")
+    # The queue is usable again.
+    eq(cmds.handle(b'{"cmd": "nope"}'), True, "queued after the burst")

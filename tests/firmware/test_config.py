@@ -52,12 +52,12 @@ def test_missing_files_run_on_defaults():
     eq(p, ["config.json: missing; running on defaults", NO_SECRETS], "problems")
     eq(c["device_id"], "fl-0211aabbccdd")
     eq(c["site"], "")
-    eq(c["broker"], {"host": "127.0.0.1", "port": 1883, "tls": False, "server_hostname": None, "keepalive_s": 60,
-                     "connect_timeout_ms": 10000, "puback_timeout_ms": 10000, "ping_interval_s": 15,
+    eq(c["broker"], {"host": "127.0.0.1", "port": 1883, "tls": False, "server_hostname": None, "keepalive_s": 100,
+                     "connect_timeout_ms": 10000, "puback_timeout_ms": 10000, "ping_interval_s": 95,
                      "backoff_max_s": 60}, "broker")
     eq(c["wifi"], {"ssid": ""}, "wifi")
     eq(c["cellular"], {"apn": ""}, "cellular")
-    eq((c["heartbeat_s"], c["centre_ack_timeout_s"], c["outbox_capacity"], c["log_level"]), (60, 100, 1024, "info"))
+    eq((c["heartbeat_s"], c["centre_ack_timeout_s"], c["outbox_capacity"], c["log_level"]), (3600, 100, 1024, "info"))
     eq(c["inputs"], DEFAULT_INPUTS, "inputs")
     eq(c["_secrets"], {}, "secrets")
 
@@ -100,7 +100,7 @@ def test_valid_full_config_has_no_problems():
 def test_invalid_json_names_the_line_and_runs_on_defaults():
     c, p = load('{\n  "site": "a",\n  "heartbeat_s": 6o\n}', {})
     eq(p, ['config.json: line 3: not valid JSON (expected "," or "}"); running on defaults'])
-    eq(c["heartbeat_s"], 60)
+    eq(c["heartbeat_s"], 3600)
     eq(c["inputs"], DEFAULT_INPUTS)
 
 
@@ -169,8 +169,8 @@ def test_section_messages_exactly():
         ({"connect_timeout_ms": 999}, "broker.connect_timeout_ms: expected an integer 1000..120000, got 999"),
         ({"puback_timeout_ms": 120001}, "broker.puback_timeout_ms: expected an integer 1000..120000, got 120001"),
         ({"backoff_max_s": 0}, "broker.backoff_max_s: expected an integer 1..3600, got 0"),
-        ({"ping_interval_s": 61}, "broker.ping_interval_s: expected an integer 1..60 (at most broker.keepalive_s), "
-                                  "got 61"),
+        ({"ping_interval_s": 101}, "broker.ping_interval_s: expected an integer 1..100 (at most broker.keepalive_s), "
+                                   "got 101"),
         ({"keepalive_s": 20, "ping_interval_s": 30}, "broker.ping_interval_s: expected an integer 1..20 "
                                                      "(at most broker.keepalive_s), got 30"),
     )
@@ -188,10 +188,10 @@ def test_section_messages_exactly():
 def test_bad_values_fall_back_one_by_one():
     c, p = load({"heartbeat_s": "fast", "site": "ok", "broker": {"host": "mq", "port": 70000, "keepalive_s": 40}}, {})
     eq(len(p), 2, "problems")
-    eq(c["heartbeat_s"], 60, "bad value -> default")
+    eq(c["heartbeat_s"], 3600, "bad value -> default")
     eq(c["site"], "ok", "good value kept")
     eq((c["broker"]["host"], c["broker"]["port"], c["broker"]["keepalive_s"]), ("mq", 1883, 40))
-    eq(c["broker"]["ping_interval_s"], 10, "ping default follows keepalive")
+    eq(c["broker"]["ping_interval_s"], 38, "ping default follows keepalive (less 5 %, at least 1 s)")
 
 
 def test_tls_changes_the_default_port():
@@ -229,7 +229,7 @@ def test_unknown_keys_reported_and_ignored():
            'config.json: inputs: channel in3 is not configured; watching it as the board default "smoke" (smoke)'])
     ok("hunter2" not in repr(p), "a secret misplaced in config.json is never echoed")
     ok("mqtt_password" not in c and "heartbeat" not in c, "unknown keys are not copied")
-    eq(c["heartbeat_s"], 60)
+    eq(c["heartbeat_s"], 3600)
     eq(c["wifi"], {"ssid": "s"})
 
 

@@ -26,7 +26,9 @@ def test_round_trip_keeps_every_field():
     for ev in (_fire(),
                Event(9, 1, False, "307", "new", 0, "", "fault",
                      'config: inputs[1].debounce_ms must be "20..5000" \\ \u00e9', "00000009-ffff"),
-               Event(4294967295, 2000000000, True, "602", "restore", 999, "x" * 40, "status")):
+               Event(4294967295, 2000000000, True, "602", "restore", 999, "x" * 40, "status"),
+               Event(10, 1760000000, True, "110", "new", 1, "in1", "fire", ms=999),
+               Event(11, 1760000000, True, "110", "new", 1, "in1", "fire", ms=0)):
         back = Event.from_json(ev.to_json())
         for k in Event.__slots__:
             eq(getattr(back, k), getattr(ev, k), k)
@@ -59,6 +61,30 @@ def _err(b):
 def test_from_json_rejects_missing_keys():
     for k in ("id", "seq", "ts", "tsync", "code", "q", "zone", "input", "class"):
         eq(_err(_replace(k, None)), "event lacks key '%s'" % k, k)
+
+
+def test_ms_follows_ts_and_is_left_out_for_records_without_it():
+    ev = Event(5, 1760000000, True, "110", "new", 1, "in1", "fire", id="00000005-abcd", ms=37)
+    eq(ev.to_json(), FIRE_JSON.replace(b'"ts":1760000000,', b'"ts":1760000000,"ms":37,'), "with ms")
+    eq(Event.from_json(FIRE_JSON).ms, None, "a record written before ms existed")
+    for bad in ("1000", "-1", "1.5", '"5"'):
+        body = FIRE_JSON.replace(b'"ts":1760000000,', b'"ts":1760000000,"ms":' + bad.encode() + b',')
+        eq(_err(body), "bad ms %r: want an int 0..999 (milliseconds within ts)" % (eval(bad),), bad)
+
+
+def test_clock_stamp_is_one_reading_in_utc_with_milliseconds():
+    import time
+    from fl.clock import Clock, utc_now_ms
+    from fl.hal.sim import Board
+
+    for _ in range(200):
+        before = time.time()
+        t, ms = utc_now_ms()
+        after = time.time()
+        ok(0 <= ms <= 999, "ms %d" % ms)
+        ok(before - 0.002 <= t + ms / 1000 <= after + 0.002, "%r <= %d.%03d <= %r" % (before, t, ms, after))
+    t, ms, synced = Clock(Board()).stamp()
+    ok(type(t) is int and type(ms) is int and synced is True, repr((t, ms, synced)))
 
 
 def test_from_json_rejects_bad_values():

@@ -3,10 +3,9 @@
 # cases drive the real sim board through sim/control.json in real time.
 import asyncio
 import json
-import time
 
 from fwtest import eq, ok
-from fl import inputs, store
+from fl import inputs, store, ticks
 from fl.health import Health
 from fl.inputs import Inputs, event_for, CODES, BATTERY_EVERY_MS, IDLE_MS, SETTLE_MS, LINE_FAULT_MS
 
@@ -498,7 +497,7 @@ def control(values):
 
 async def test_sim_board_boot_and_fire_timing():
     from fl.hal.sim import Board
-    inputs._now = time.ticks_ms
+    inputs._now = ticks.ms
     board = Board()
     control({"in1": 1, "in4": 0, "in5": 0, "in6": 2100})
     board.refresh(force=True)
@@ -507,7 +506,7 @@ async def test_sim_board_boot_and_fire_timing():
              spec("smoke", "smoke", "in3")]
     seen = []
     inp = Inputs(board, specs, board.board_info()["eol"],
-                 lambda s, old, new: seen.append((time.ticks_ms(), s["name"], old, new)))
+                 lambda s, old, new: seen.append((ticks.ms(), s["name"], old, new)))
     await inp.start()
     eq(inp.states(), {"panel_fire": "normal", "tamper": "normal", "mains": "normal", "zone6": "normal",
                       "smoke": "normal"})
@@ -516,14 +515,14 @@ async def test_sim_board_boot_and_fire_timing():
     try:
         await asyncio.sleep_ms(50)
         p0 = inp.progress
-        t0 = time.ticks_ms()
+        t0 = ticks.ms()
         control({"in1": 0, "in4": 0, "in5": 0, "in6": 4095})
         for _ in range(300):
             if seen:
                 break
             await asyncio.sleep_ms(5)
         eq([c[1:] for c in seen], [("panel_fire", "normal", "active")])
-        delay = time.ticks_diff(seen[0][0], t0)
+        delay = ticks.diff(seen[0][0], t0)
         ok(50 <= delay <= 50 + IDLE_MS, "fire reported %d ms after the edge" % delay)
         ok(inp.progress > p0, "progress moves")
         await asyncio.sleep_ms(LINE_FAULT_MS + 200)
@@ -535,7 +534,7 @@ async def test_sim_board_boot_and_fire_timing():
 
 async def test_sim_board_boot_reports_active_inputs():
     from fl.hal.sim import Board
-    inputs._now = time.ticks_ms
+    inputs._now = ticks.ms
     store.ensure_dir("sim")
     control({"in1": 0, "in5": 1, "in6": 100})
     board = Board()

@@ -21,7 +21,7 @@ from fl.sender import Sender
 from mqtt_peers import (ACK, buggy_handler, DEVICE, EVENT, STATUS, Monitor, _Loopback, device, host, ms_since, port,
                         set_wifi, sim_links, start, token, until)
 
-FIXTURES = ("broker",)
+FIXTURES = ("broker", "fresh_accounts")  # fresh: the broker binds client ids (and sessions) to accounts
 TIMEOUT_S = 120
 
 async def _serve(handler):
@@ -142,6 +142,9 @@ class FakeBroker:
         self.writers = []
         self.got = []  # packets from the client
         self.on_birth = None  # async fn(writer, conn_index) run once the birth message is acked
+        self.session_present = 0  # CONNACK's session present flag
+        self.suback_codes = None  # at most this many SUBACK return codes (a broken broker)
+        self.drop_publish = set()  # payloads whose PUBLISH is read and then the connection closed
 
     async def start(self):
         self.port, self._server = await _serve(self._handle)
@@ -174,7 +177,7 @@ class FakeBroker:
                     t = pkt[0] >> 4
                     out = None
                     if t == codec.CONNECT:
-                        out = bytes((0x20, 2, 0, self.connack_rc))
+                        out = bytes((0x20, 2, self.session_present if not self.connack_rc else 0, self.connack_rc))
                     elif t == codec.SUBSCRIBE:
                         codes, i = b"", 4  # after a 2-byte fixed header and the packet id
                         while i < len(pkt):
@@ -183,10 +186,15 @@ class FakeBroker:
                             i += 2 + n
                             codes += bytes((0x80 if refused else pkt[i],))
                             i += 1
+                        if self.suback_codes is not None:
+                            codes = codes[:self.suback_codes]
                         out = bytes((0x90, 2 + len(codes), pkt[2], pkt[3])) + codes
                     elif t == codec.PUBLISH and pkt[0] & 0x06:
                         hl = codec.parse_header(pkt, 0, len(pkt))[2]
                         tl = (pkt[hl] << 8) | pkt[hl + 1]
+                        if pkt[hl + 4 + tl:] in self.drop_publish:
+                            self.drop_publish.discard(pkt[hl + 4 + tl:])
+                            raise OSError("closing instead of acknowledging")  # ends this connection
                         out = bytes((0x40, 2)) + pkt[hl + 2 + tl:hl + 4 + tl]
                     elif t == codec.PINGREQ:
                         out = b"\xd0\x00"
@@ -265,6 +273,11 @@ async def test_qos1_resend_after_cut_between_publish_and_puback_carries_dup():
     first, resent = [p for p in proxy.sent(codec.PUBLISH) if p.endswith(tok)]
     eq(first[0], 0x32, "first PUBLISH: QoS 1, no DUP")
     eq(resent[0], 0x3A, "resent PUBLISH: QoS 1 with DUP")
+    # mosquitto kept the session (persistent client id, CleanSession=0): the resend carries
+    # the packet id mosquitto first saw it under (§4.4), so it arrives once per packet id.
+    connacks = [p for _, p in proxy.b2c if p[0] >> 4 == codec.CONNACK]
+    eq([codec.decode_connack(p[0], p[2:]) for p in connacks], [(False, 0), (True, 0)], "session resumed at mosquitto")
+    eq(first[-len(tok) - 2:-len(tok)], resent[-len(tok) - 2:-len(tok)], "the same packet id")
     ok(await mon.wait_for(EVENT, tok, n=2), "delivered (twice: at least once)")
     eq((c.connects, c.disconnects, c.resends, len(proxy.accepts)), (2, 1, 1, 2), "connects, disconnects, resends, TCP")
     eq(c.last_error, "broker closed the connection", "last error")
@@ -289,23 +302,32 @@ async def test_puback_timeout_drops_the_connection():
     await c.disconnect()
 
 
-async def test_pings_at_the_interval_and_answered():
+async def test_pings_only_when_nothing_was_sent_for_the_interval_and_answered():
     links = sim_links()
     proxy = await Proxy(port()).start()
     c = device(links, "127.0.0.1", proxy.port, keepalive_s=2, ping_interval_s=0.5)
     await start(c)
-    # Traffic does not delay pings: publish throughout.
+    # While messages go out the keepalive is kept by them: no ping is needed.
     t = time.ticks_ms()
-    while ms_since(t) < 2750:
-        await c.publish(EVENT, b"busy")
+    while ms_since(t) < 1500:
+        eq(await c.publish(EVENT, b"busy"), True, "published")
         await asyncio.sleep_ms(100)
+    eq([p for _, p in proxy.c2b if p == b"\xc0\x00"], [], "no PINGREQ while publishing every 100 ms")
+    # Idle: one every 0.5 s.
+    await asyncio.sleep_ms(1650)
+    last_publish = [ts for ts, p in proxy.c2b if p[0] >> 4 == codec.PUBLISH][-1]
     times = [ts for ts, p in proxy.c2b if p == b"\xc0\x00"]
-    eq(len(times), 5, "PINGREQs in 2.75 s at 0.5 s")
-    gaps = [time.ticks_diff(b, a) for a, b in zip(times, times[1:])]
+    eq(len(times), 3, "PINGREQs in 1.65 s idle at 0.5 s")
+    gaps = [time.ticks_diff(b, a) for a, b in zip([last_publish] + times, times)]
     ok(all(400 <= g <= 650 for g in gaps), "ping gaps %r" % gaps)
-    eq(len([p for _, p in proxy.b2c if p == b"\xd0\x00"]), 5, "PINGRESPs")
-    eq((c.pings, c.pongs, c.disconnects), (5, 5, 0), "pings, pongs, drops")
+    eq(len([p for _, p in proxy.b2c if p == b"\xd0\x00"]), 3, "PINGRESPs")
+    eq((c.pings, c.pongs, c.disconnects), (3, 3, 0), "pings, pongs, drops")
     await c.disconnect()
+
+
+def test_default_ping_interval_is_the_keepalive_less_a_margin():
+    c = MQTTClient(LinkManager([_Loopback()]), "x", "127.0.0.1", 1, keepalive_s=100)
+    eq(c._ping_ms, 95000, "ping after 95 s of silence at keepalive 100 s")
 
 
 async def test_swallowed_pingresp_is_a_dead_link_and_reconnects():
@@ -750,11 +772,11 @@ async def test_the_broker_name_is_looked_up_once_not_on_every_retry():
     fail = []
     real = netio.resolve
 
-    def resolve(h, p):  # getaddrinfo: blocks the whole loop for ~10 s on the board when DNS is down
+    async def resolve(h, p, path, timeout_ms):  # fl.dns: seconds when DNS is down
         calls.append(h)
         if fail:
             raise OSError(-202)
-        return real(h, p)
+        return await real(h, p, path, timeout_ms)
     netio.resolve = resolve
     links = sim_links()
     p = await _closed_port()
@@ -788,9 +810,9 @@ async def test_a_dns_lookup_that_blocked_is_not_repeated_on_every_retry():
     mqtt._DNS_SLOW_MS = 100
     calls = []
 
-    def resolve(h, p):  # DNS down: blocks, then fails
+    async def resolve(h, p, path, timeout_ms):  # DNS down: no answer, then fails
         calls.append(h)
-        time.sleep_ms(150)
+        await asyncio.sleep_ms(150)
         raise OSError(-202)
     netio.resolve = resolve
     c = device(sim_links(), "broker.invalid", await _closed_port(), backoff_max_s=1)
@@ -798,4 +820,99 @@ async def test_a_dns_lookup_that_blocked_is_not_repeated_on_every_retry():
     ok(await until(lambda: c.attempts >= 5, 5000), "retried")
     eq(len(calls), 1, "one blocking lookup for %d attempts" % c.attempts)
     ok(c.last_error.startswith("cannot resolve broker.invalid (OSError: -202); next lookup in "), c.last_error)
+    await c.disconnect()
+
+
+# --- MQTT 3.1.1 to the letter ---
+def _publishes(fb, payload):
+    """(DUP flag, packet id) of each PUBLISH of payload the fake broker read."""
+    out = []
+    for p in fb.got:
+        if p[0] >> 4 != codec.PUBLISH:
+            continue
+        topic, body, qos, retain, dup, pid = codec.decode_publish(p[0], memoryview(p)[codec.parse_header(p, 0, len(p))[2]:])
+        if bytes(body) == payload:
+            out.append((dup, pid))
+    return out
+
+
+async def test_a_resend_keeps_its_packet_id_with_dup_while_the_session_lives():
+    links = sim_links()
+    fb = await FakeBroker().start()
+    fb.session_present = 1
+    c = device(links, "127.0.0.1", fb.port)
+    await start(c)
+    tok = token().encode()
+    fb.drop_publish.add(tok)
+    eq(await c.publish(EVENT, tok), False, "not acknowledged: the broker closed instead")
+    ok(await c.wait_connected(5000), "reconnected")
+    # Other messages in between take other ids, never the one the session holds.
+    for i in range(3):
+        eq(await c.publish(EVENT, b"other %d" % i), True, "other message acked")
+    fb.drop_publish.add(tok)
+    eq(await c.publish(EVENT, tok, dup=True), False, "resend cut too")
+    ok(await c.wait_connected(5000), "reconnected again")
+    eq(await c.publish(EVENT, tok, dup=True), True, "resend acked")
+    sends = _publishes(fb, tok)
+    eq(len(sends), 3, "three attempts")
+    pid = sends[0][1]
+    eq(sends, [(False, pid), (True, pid), (True, pid)], "one packet id, DUP on every resend")
+    others = [pid2 for _, pid2 in sum([_publishes(fb, b"other %d" % i) for i in range(3)], [])]
+    ok(pid not in others, "held id %d not reused: %r" % (pid, others))
+    eq(c.resends, 2, "counted")
+    await c.disconnect()
+
+
+async def test_a_lost_session_makes_the_resend_a_new_message():
+    links = sim_links()
+    fb = await FakeBroker().start()
+    fb.session_present = 1
+    c = device(links, "127.0.0.1", fb.port)
+    await start(c)
+    tok = token().encode()
+    fb.drop_publish.add(tok)
+    eq(await c.publish(EVENT, tok), False, "not acknowledged")
+    fb.session_present = 0  # the broker lost (or never had) the session
+    ok(await c.wait_connected(5000), "reconnected")
+    eq(await c.publish(EVENT, tok, dup=True), True, "sent again")
+    first, again = _publishes(fb, tok)
+    eq((first[0], again[0]), (False, False), "new to a broker without the session: no DUP")
+    eq(c.resends, 0, "not counted as a resend")
+    # And after a reboot (a new client: no session state in RAM) the same holds.
+    await c.disconnect()
+
+
+async def test_a_suback_with_fewer_return_codes_than_topics_is_a_refusal():
+    links = sim_links()
+    fb = await FakeBroker().start()
+    fb.suback_codes = 1
+    health = Health()
+    c = device(links, "127.0.0.1", fb.port, subscriptions=[(ACK, 1), ("firelink/%s/cmd" % DEVICE, 1)], health=health)
+    await start(c)
+    eq(health.faults.get("mqtt_subscribe"), "broker refused subscription to firelink/%s/cmd" % DEVICE, "fault")
+    eq(c.bad_packets, 1, "counted as a broker error")
+    await c.disconnect()
+    fb.suback_codes = None
+    c = device(links, "127.0.0.1", fb.port, subscriptions=[(ACK, 1), ("firelink/%s/cmd" % DEVICE, 1)], health=health)
+    await start(c)
+    eq(health.faults.get("mqtt_subscribe"), None, "granted in full: fault cleared")
+    await c.disconnect()
+
+
+async def test_the_backoff_after_a_drop_is_honoured_despite_a_notice_from_before_it():
+    mqtt._BACKOFF_MIN_MS = 3000
+    links = sim_links()
+    proxy = await Proxy(port()).start()
+    c = device(links, "127.0.0.1", proxy.port)
+    await start(c)
+    links._notify()  # a link notice while connected (e.g. another path changing): stale by the drop
+    c.kick()  # ignored while connected
+    await asyncio.sleep_ms(100)
+    t = time.ticks_ms()
+    proxy.cut()
+    ok(await until(lambda: len(proxy.accepts) == 2, 10000), "reconnected")
+    gap = time.ticks_diff(proxy.accepts[1], t)
+    ok(gap >= 3000 * 3 // 4, "the next attempt waited its backoff (3 s +-25 %%): %d ms" % gap)
+    ok(await c.wait_connected(5000), "connected")
+    eq((len(proxy.accepts), c.disconnects), (2, 1), "one attempt after the drop")
     await c.disconnect()

@@ -17,6 +17,7 @@ def drain(ob):
     while True:
         head = ob.peek()
         if head is None:
+            ob.flush_removals()  # as the sender does once it has nothing to send
             return out
         out.append(head[1])
         ok(ob.remove(head[0]), "remove %r" % (head,))
@@ -217,6 +218,7 @@ def _setup_for_tearing():
         ob.put(i % 3, b"rec-%d" % i + b"." * (20 * i))
     h = ob._order[2]
     ok(ob.remove(h), "remove slot 2")
+    ob.flush_removals()
     return ob
 
 

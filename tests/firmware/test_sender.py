@@ -14,7 +14,7 @@ from fl.recorder import Recorder
 from fl.sender import Sender
 from mqtt_peers import EVENT, Monitor, device, host, port, set_wifi, sim_links, start, until
 
-FIXTURES = ("broker",)
+FIXTURES = ("broker", "fresh_accounts")  # fresh: the broker binds client ids (and sessions) to accounts
 TIMEOUT_S = 60
 
 

@@ -56,6 +56,8 @@ class Centre(Sink):
         self.arrivals: list[Event] = []  # new events (never duplicates) in the order they arrived
         self.changes: list[Change] = []
         self.warnings: list[MonitorWarning] = []
+        self.losses: list[tuple[str, int, int]] = []  # (device, first, last) the devices declared lost
+        self.gaps: list[tuple[str, int, int]] = []  # (device, first, last) missing past the grace time
         self._version = 0  # bumped by every report
 
     # --- lifetime ---
@@ -88,6 +90,19 @@ class Centre(Sink):
     def on_warning(self, warning: MonitorWarning) -> None:
         with self._cond:
             self.warnings.append(warning)
+            self._version += 1
+            self._cond.notify_all()
+
+    def on_gap(self, device: str, first: int, last: int, at: float) -> None:
+        with self._cond:
+            self.gaps.append((device, first, last))
+            self._version += 1
+            self._cond.notify_all()
+
+    def on_loss(self, device: str, first: int, last: int, at: float, event_id: str) -> None:
+        """The monitor's report of a range a device declared lost (TEAM contract: `lost` on a 624)."""
+        with self._cond:
+            self.losses.append((device, first, last))
             self._version += 1
             self._cond.notify_all()
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.conftest import BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut
@@ -19,6 +21,7 @@ from tests.host.mqtt_peer import Peer, wait_until
 OTHER = "fl-other"
 
 
+@pytest.mark.needs("inputs")
 def test_device_credentials_cannot_reach_outside_the_device_prefix(centre: Centre, dut: Dut, site: BrokerFixture,
                                                                    dut_secrets: dict[str, Any]) -> None:
     dev = dut.device_id
@@ -27,7 +30,7 @@ def test_device_credentials_cannot_reach_outside_the_device_prefix(centre: Centr
     copied = Peer(site.host, site.port, dut_secrets["mqtt_username"], dut_secrets["mqtt_password"],
                   client_id=f"{dev}-copied-credentials")
     assert not copied.connect().is_failure
-    centre_peer = Peer(site.host, site.port, site.monitor_user, site.monitor_pass)
+    centre_peer = Peer(site.host, site.port, site.centre_user, site.centre_pass)
     assert not centre_peer.connect().is_failure
     try:
         for topic in (f"firelink/{OTHER}/#", "firelink/+/event", "firelink/#"):

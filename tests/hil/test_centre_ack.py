@@ -26,7 +26,7 @@ def dut_config(dut_config: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def silent_centre(site: BrokerFixture) -> Iterator[Peer]:
-    peer = Peer(site.host, site.port, site.monitor_user, site.monitor_pass)
+    peer = Peer(site.host, site.port, site.centre_user, site.centre_pass)
     assert not peer.connect().is_failure
     assert not peer.subscribe(f"firelink/{site.device_user}/event")[0].is_failure
     yield peer
@@ -46,6 +46,7 @@ def _wait_event(peer: Peer, topic: str, timeout_s: float, **fields: Any) -> tupl
         time.sleep(0.02)
 
 
+@pytest.mark.needs("inputs")
 def test_no_ack_for_a_fire_event_raises_the_local_fault_and_reports_354(silent_centre: Peer, dut: Dut) -> None:
     dev = dut.device_id
     topic = f"firelink/{dev}/event"

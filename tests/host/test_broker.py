@@ -8,7 +8,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from firelink.broker import Broker, BrokerError, acl_text, free_port, password_hash
+import json
+import time
+
+from firelink import cli
+from firelink.broker import AccountError, Broker, BrokerError, acl_text, free_port, password_hash
 from tests.conftest import BrokerFixture
 
 # paho reports MQTT 3.1.1 CONNACK 5 ("not authorised", mosquitto's answer to a bad password)
@@ -47,12 +51,15 @@ def test_password_hash_has_mosquitto_format():
     assert len(h.split("$")[-1]) == 88  # 64-byte SHA-512 digest in base64
 
 
-def test_acl_confines_devices_and_reserves_ack_for_monitor():
-    text = acl_text()
-    assert "pattern write firelink/%u/event" in text
-    assert "pattern read firelink/%u/ack" in text
-    assert "pattern write firelink/%u/ack" not in text
-    assert "topic write firelink/+/ack" in text.split("pattern")[0]
+def test_acl_names_each_account_and_reserves_ack_for_the_centre():
+    text = acl_text(["fl-a", "monitor", "centre-console"])
+    assert "%u" not in text  # a pattern would also grant a revoked certificate's CN
+    dev = text.split("user fl-a\n")[1].split("\n\n")[0]
+    assert "topic write firelink/fl-a/event" in dev and "topic read firelink/fl-a/ack" in dev
+    assert "ack" not in dev.replace("topic read firelink/fl-a/ack", "")
+    for centre in ("monitor", "centre-console"):
+        rules = text.split(f"user {centre}\n")[1].split("\n\n")[0]
+        assert "topic write firelink/+/ack" in rules and "topic read firelink/#" in rules
 
 
 def test_device_password_accepted_wrong_password_refused(broker: BrokerFixture):
@@ -97,7 +104,138 @@ def test_state_survives_a_restart(tmp_path: Path):
         b.stop()
 
 
-def test_port_in_use_is_a_clear_error(tmp_path: Path, broker: BrokerFixture):
+def test_port_in_use_is_a_clear_error(tmp_path: Path, broker: BrokerFixture, capsys: pytest.CaptureFixture[str]):
     b = Broker(tmp_path / "site", port=broker.port, tls_port=free_port())
-    with pytest.raises(BrokerError, match="mosquitto"):
+    with pytest.raises(BrokerError, match=f"port {broker.port} on 127.0.0.1 is taken by another program"):
         b.start(timeout_s=3)
+    assert b.proc is None
+    assert cli.main(["broker", "--dir", str(tmp_path / "cli"), "--port", str(free_port()),
+                     "--tls-port", str(broker.broker.tls_port)]) != 0
+    out, err = capsys.readouterr()
+    assert "listening" not in out and f"port {broker.broker.tls_port} on 127.0.0.1 is taken" in out + err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--add-device", "monitor"], "reserved"),
+    (["--add-device", "centre-x"], "reserved"),
+    (["--add-device", "firelink-monitor"], "reserved"),
+    (["--add-device", "x#"], "is not valid"),
+    (["--add-device", "a/b"], "is not valid"),
+    (["--add-device", "Bad ID!"], "is not valid"),
+    (["--add-device", "x" * 40], "is not valid"),
+    (["--add-device", "fl-there"], "already has an account"),
+    (["--monitor-password", "a-strong-enough-passphrase"], "already has an account"),
+    (["--monitor-password", "monpw", "--rotate"], "too weak"),
+    (["--revoke", "monitor"], "not a device"),
+])
+def test_refused_account_changes_exit_non_zero_with_one_line_and_change_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: list[str],
+        says: str):
+    monkeypatch.setenv("COLUMNS", "300")  # one line, not wrapped by the terminal width
+    d = tmp_path / "site"
+    b = Broker(d)
+    b.add_device("fl-there")
+    b.add_monitor()
+    before = {p.name: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    assert cli.main(["broker", "--dir", str(d), *argv]) != 0
+    out, err = capsys.readouterr()
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert len(lines) == 1 and says in lines[0], lines
+    assert "Traceback" not in out + err
+    assert {p.name: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before
+
+
+def test_rotate_replaces_a_credential_and_says_the_old_one_stops(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    d = tmp_path / "site"
+    first, _ = Broker(d).add_device("fl-rot")
+    assert cli.main(["broker", "--dir", str(d), "--add-device", "fl-rot", "--rotate"]) == 0
+    out = capsys.readouterr().out
+    assert "the old password and certificate stop working" in out
+    b = Broker(d)
+    assert not b.check_password("fl-rot", first.password)
+
+
+def test_the_centre_password_must_be_strong(tmp_path: Path):
+    b = Broker(tmp_path / "site")
+    with pytest.raises(AccountError, match="too weak"):
+        b.add_monitor("monpw")
+    with pytest.raises(AccountError, match="too weak"):
+        b.add_monitor("a" * 30)
+    assert not (tmp_path / "site" / "accounts.json").exists()
+    generated = b.add_monitor()
+    assert len(generated.password) >= 24 and b.check_password("monitor", generated.password)
+
+
+def test_secret_files_are_private_and_mosquitto_does_not_run_as_root(broker: BrokerFixture):
+    d = broker.broker.dir
+    for name in ("accounts.json", "passwd", "acl", "admin.json", "pki/ca.key", "pki/server.key",
+                 "pki/devices/fl-test1.key.der"):
+        if (d / name).exists() or name != "admin.json":
+            assert (d / name).stat().st_mode & 0o077 == 0, name
+    assert broker.broker.proc is not None
+    uid = int([line for line in Path(f"/proc/{broker.broker.proc.pid}/status").read_text().splitlines()
+               if line.startswith("Uid:")][0].split()[2])
+    assert uid != 0
+    conf = broker.broker.conf_file.read_text()
+    assert f"listener {broker.port} 127.0.0.1" in conf  # the plain listener stays on loopback
+
+
+def test_revoke_marks_the_retained_status_revoked(tmp_path: Path):
+    b = Broker(tmp_path / "site", port=free_port(), tls_port=free_port())
+    account, _ = b.add_device("fl-rev")
+    monitor = b.add_monitor()
+    b.start()
+    try:
+        dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fl-rev", protocol=mqtt.MQTTv311)
+        dev.username_pw_set("fl-rev", account.password)
+        dev.will_set("firelink/fl-rev/status", b'{"state": "offline"}', qos=1, retain=True)
+        dev.connect("127.0.0.1", b.port, keepalive=10)
+        dev.loop_start()
+        dev.publish("firelink/fl-rev/status", b'{"state": "online"}', qos=1, retain=True).wait_for_publish(5)
+        assert b.revoke("fl-rev")
+        assert "set to" in b.last_revoke_marker
+        got: list[bytes] = []
+        mon = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="x", protocol=mqtt.MQTTv311)
+        mon.username_pw_set("monitor", monitor.password)
+        mon.on_message = lambda c, u, m: got.append(m.payload)
+        mon.on_connect = lambda c, u, f, rc, p: c.subscribe("firelink/fl-rev/status", qos=1)
+        mon.connect("127.0.0.1", b.port, keepalive=10)
+        mon.loop_start()
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        mon.loop_stop()
+        mon.disconnect()
+        dev.loop_stop()
+        assert got and json.loads(got[-1])["state"] == "revoked"
+    finally:
+        b.stop()
+
+
+def test_the_ca_key_can_be_protected_or_kept_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]):
+    from firelink import pki
+
+    d = tmp_path / "site"
+    b = Broker(d)
+    b.add_device("fl-one")
+    monkeypatch.setenv(pki.PASSPHRASE_ENV, "correct horse battery")
+    assert cli.main(["broker", "--dir", str(d), "--protect-ca"]) == 0
+    assert b"ENCRYPTED" in (d / "pki" / "ca.key").read_bytes()
+    assert (d / "pki" / "ca.key").stat().st_mode & 0o077 == 0
+    b.add_device("fl-two")  # signs with the passphrase from the environment
+    b.write_config()  # the first start makes the server certificate and the CRL: the key is needed once
+    monkeypatch.delenv(pki.PASSPHRASE_ENV)
+    with pytest.raises(BrokerError, match="protected: set \\$FL_CA_PASSPHRASE"):
+        b.add_device("fl-three")
+    (d / "pki" / "ca.key").rename(tmp_path / "offline.key")
+    with pytest.raises(BrokerError, match="not in .* \\(kept offline\\?\\)"):
+        b.add_device("fl-three")
+    assert "fl-three" not in b.usernames()
+    # The broker itself runs without the CA key.
+    b2 = Broker(d, port=free_port(), tls_port=free_port())
+    b2.start()
+    try:
+        assert _connect(b2.port, "fl-one", "wrong") == NOT_AUTHORISED
+    finally:
+        b2.stop()

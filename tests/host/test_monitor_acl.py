@@ -27,7 +27,7 @@ def test1(broker):
 @pytest.fixture
 def observer(broker):
     """The monitor account seeing everything under firelink/."""
-    peer = Peer(broker.host, broker.port, broker.monitor_user, broker.monitor_pass)
+    peer = Peer(broker.host, broker.port, broker.centre_user, broker.centre_pass)
     assert not peer.connect().is_failure
     assert not peer.subscribe("firelink/#")[0].is_failure
     yield peer
@@ -58,7 +58,7 @@ def test_a_device_cannot_read_another_devices_topics(broker, test1, devices, pee
     granted = [test1.subscribe(t)[0] for t in (f"firelink/{other.id}/#", other.topic("ack"), "firelink/fl-other/ack",
                                               "firelink/+/event")]
     assert not test1.subscribe(f"firelink/{TEST1}/ack")[0].is_failure
-    monitor = Peer(broker.host, broker.port, broker.monitor_user, broker.monitor_pass)
+    monitor = Peer(broker.host, broker.port, broker.centre_user, broker.centre_pass)
     assert not monitor.connect().is_failure
     try:
         other_peer.publish(other.topic("event"), event_payload(1, "other-1"))
@@ -81,7 +81,7 @@ def test_only_the_monitor_may_publish_ack(broker, test1, devices, peers):
     assert not test1.subscribe(ack)[0].is_failure
     test1.publish(ack, b'{"id": "self-acked"}')  # a device acknowledging its own alarm
     other_peer.publish(ack, b'{"id": "acked-by-another-device"}')
-    monitor = Peer(broker.host, broker.port, broker.monitor_user, broker.monitor_pass)
+    monitor = Peer(broker.host, broker.port, broker.centre_user, broker.centre_pass)
     assert not monitor.connect().is_failure
     try:
         monitor.publish(ack, b'{"id": "from-the-centre"}')

@@ -105,7 +105,7 @@ def test_device_book_states():
     assert book.expire(150.0) == []
     book.resume(150.0)
     assert book.expire(159.0) == []
-    assert [d.device for d in book.expire(160.5)] == ["d"]
+    assert [(d.device, change) for d, change in book.expire(160.5)] == [("d", "lost")]
     assert book.status("d", "offline", 161.0, retained=False) is None  # lost stays lost
     assert book.heard("d", 162.0) == "back"
 

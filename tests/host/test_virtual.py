@@ -287,7 +287,7 @@ def _subscribe(broker, topic: str):  # type: ignore[no-untyped-def]
 
     got: list[tuple[str, bytes]] = []
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-virtual-{os.getpid()}", protocol=mqtt.MQTTv311)
-    c.username_pw_set(broker.monitor_user, broker.monitor_pass)
+    c.username_pw_set(broker.centre_user, broker.centre_pass)
     c.on_message = lambda client, userdata, msg: got.append((msg.topic, msg.payload))
     c.on_connect = lambda client, userdata, flags, rc, props: client.subscribe(topic, qos=1)
     c.connect(broker.host, broker.port, keepalive=30)
@@ -343,3 +343,39 @@ def test_inputs_are_the_ones_the_firmware_watches(tmp_path: Path) -> None:
     assert specs == {"store_smoke": ("in3", "smoke", 80), "panel_fire": ("in1", "fire", 50)}
     with pytest.raises(virtual.UnknownInput):
         virtual.find_input(d, "pump")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["rssi", "50"], "rssi 50: a signal strength is -127..0 dBm"),
+    (["battery", "-5"], "battery -5 mV: the board measures 0..6600 mV"),
+    (["input", "panel_fire", "--raw", "99999"], "--raw 99999: in1 is digital: 0 or 1"),
+    (["input", "in6", "--raw", "4096"], "--raw 4096: in6 is an ADC line: 0..4095"),
+    (["input", "battery", "--raw", "99999"], "battery 99999 mV"),
+    (["link", "4g", "down"], "link '4g': the simulated board has only wifi"),
+    (["start", "--heapsize", "banana"], "--heapsize 'banana': expected a number of bytes"),
+    (["start", "--heapsize", "1k"], "--heapsize '1k': MicroPython refuses it"),
+])
+def test_cli_refuses_out_of_range_values_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                                       says: str) -> None:
+    from firelink import cli
+
+    monkeypatch.setenv("COLUMNS", "300")
+    d = tmp_path / "dev1"
+    virtual.prepare(d, {"device_id": "dev1"})
+    control = (d / "sim" / "control.json").read_bytes()
+    assert cli.main(["virtual", *argv, "--dir", str(d)]) != 0
+    out, err = capsys.readouterr()
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert len(lines) == 1 and says in lines[0], lines
+    assert (d / "sim" / "control.json").read_bytes() == control
+    assert not VirtualDevice(d).running()
+
+
+def test_cli_without_a_device_directory_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from firelink import cli
+
+    for argv in (["status"], ["rssi", "-70"], ["input", "panel_fire", "active"], ["stop"]):
+        assert cli.main(["virtual", *argv, "--dir", str(tmp_path / "nope")]) != 0
+        out, err = capsys.readouterr()
+        assert "no virtual device directory" in out + err and "Traceback" not in out + err

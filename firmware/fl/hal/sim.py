@@ -3,11 +3,25 @@ world (contacts, ADC lines, links, signal, clock) is driven through `sim/control
 
 control.json (written atomically by the host tools or tests; every key optional):
   {"inputs": {"in1": 0, "in6": 2100},   raw level for digital channels, raw ADC for analogue
-   "battery_mv": 3900, "links": {"wifi": true}, "rssi": -58, "clock_synced": true}
+   "battery_mv": 3900, "links": {"wifi": true}, "rssi": -58, "clock_synced": true,
+   "dns": ["127.0.0.1:5353"], "dhcp_ntp": "127.0.0.1:1123"}
+The clock is the host's. While `clock_synced` is true (the default) the RTC counts as set and
+sync_clock asks no server; once it is false, sync_clock runs the firmware's real SNTP client
+(fl.sntp, names through fl.dns) against the configured servers, and an answer sets it. `dns`
+is what the path's DHCP would give (default: the host's /etc/resolv.conf), `dhcp_ntp` the NTP
+server it would offer (default none).
 Outputs (LEDs, buzzer) are mirrored to `sim/outputs.json`, and so is the Wi-Fi power-save
 setting (`wifi_power_save`, which the ESP32 turns off while on mains). The reset cause comes from
 $FL_RESET_CAUSE; a reset ends the process with a status the supervisor understands
 (3 watchdog, 4 software) so that it can start it again like a board would reboot.
+
+Flash is modelled: every block write the firmware makes (fl/store.py counts them) stalls the
+interpreter for the time a 4 KB littlefs block rewrite takes on the reference SPI NOR flash,
+as the ESP32's CPU stalls while its flash is busy. $FL_FLASH_MODEL picks it: `typical`
+(default: 50 ms, a ≈45 ms sector erase plus programming), `worst` (450 ms: a 400 ms erase),
+`off`, or a number of ms. The count since boot and the model are in `sim/flash.json`
+(`{"block_writes": n, "stall_ms": ms}`), rewritten within FLASH_STATS_MS of a change; the
+sim's own files (control, outputs, stats) are not the device's flash and cost nothing.
 """
 import asyncio
 import gc
@@ -16,7 +30,7 @@ import os
 import sys
 import time
 
-from fl import link, store
+from fl import link, store, ticks
 from fl.edgewait import EdgeWait
 from fl.log import Logger
 
@@ -29,6 +43,31 @@ CONTROL = "sim/control.json"
 CONTROL_SEQ = "sim/control.seq"
 OUTPUTS = "sim/outputs.json"
 POLL_MS = 10
+FLASH = "sim/flash.json"
+FLASH_MODELS = {"off": 0, "typical": 50, "worst": 450}
+FLASH_STATS_MS = 200
+
+
+def flash_model_ms(spec):
+    """ms per block write for an $FL_FLASH_MODEL value; ValueError names what is allowed."""
+    spec = (spec or "typical").strip().lower()
+    if spec in FLASH_MODELS:
+        return FLASH_MODELS[spec]
+    try:
+        ms = int(spec)
+    except ValueError:
+        ms = -1
+    if not 0 <= ms <= 5000:
+        raise ValueError("FL_FLASH_MODEL %r: want off, typical, worst or 0..5000 ms" % spec)
+    return ms
+
+
+def _write_sim_file(path, data):
+    # The sim's own files are the test rig's, not the device's flash: not charged.
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
 EXIT_STATUS = {"watchdog": 3, "software": 4}
 _NONE = {}  # read-only: a missing section, without a new dict per read
 
@@ -49,7 +88,7 @@ class Board:
         self._info = None
         self._control_raw = None
         self.control = {}
-        self._last_poll = time.ticks_add(time.ticks_ms(), -POLL_MS)
+        self._last_poll = ticks.add(ticks.ms(), -POLL_MS)
         self._outputs = {}
         # The simulated hardware: a task reads control.json every POLL_MS and raises an "edge"
         # on a change, as the ESP32's pin interrupts do; the scan waits on it the same way.
@@ -59,7 +98,15 @@ class Board:
         self._seq_file = None
         self._seq = bytearray(8)
         self._seq_seen = bytearray(8)
+        self._rtc_set = False
         store.ensure_dir("sim")
+        try:
+            store.stall_ms = flash_model_ms(os.getenv("FL_FLASH_MODEL"))
+        except ValueError as e:
+            _log.error("%s: using typical", e)
+            store.stall_ms = FLASH_MODELS["typical"]
+        self._flash_seen = -1
+        self._flash_at = ticks.ms()
         self.refresh(force=True)
 
     # --- identity and boot ---
@@ -109,10 +156,14 @@ class Board:
 
     def refresh(self, force=False):
         """Re-reads control.json at most every POLL_MS; returns True if it changed."""
-        now = time.ticks_ms()
-        if not force and time.ticks_diff(now, self._last_poll) < POLL_MS:
+        now = ticks.ms()
+        if not force and ticks.diff(now, self._last_poll) < POLL_MS:
             return False
         self._last_poll = now
+        if store.block_writes != self._flash_seen and ticks.diff(now, self._flash_at) >= FLASH_STATS_MS:
+            self._flash_seen = store.block_writes
+            self._flash_at = now
+            _write_sim_file(FLASH, b'{"block_writes":%d,"stall_ms":%d}' % (store.block_writes, store.stall_ms))
         if not self._seq_changed() and not force:
             return False
         raw = store.read_bytes(CONTROL)
@@ -163,7 +214,7 @@ class Board:
         on = bool(on)
         if self._outputs.get(name) != on:
             self._outputs[name] = on
-            store.write_atomic(OUTPUTS, json.dumps(self._outputs).encode())
+            _write_sim_file(OUTPUTS, json.dumps(self._outputs).encode())
 
     def on_mains(self, present):
         """As the ESP32: Wi-Fi power save off while on mains, on while on battery."""
@@ -178,10 +229,19 @@ class Board:
         pass  # the simulated watchdog is checked only by the app's own feeder, gone at the REPL
 
     def clock_synced(self):
-        return self.control.get("clock_synced", True)
+        return self._rtc_set or self.control.get("clock_synced", True)
 
-    async def sync_clock(self, timeout_ms):
-        return self.clock_synced()
+    async def sync_clock(self, path, servers, timeout_ms):
+        if self.clock_synced():
+            return True
+        from fl import sntp  # loaded only when a clock must be set: RAM for the rest otherwise
+
+        utc_ms = await sntp.fetch(servers, path, timeout_ms)
+        if utc_ms is None:
+            return False
+        _log.info("clock set by SNTP (host clock %+d ms)", utc_ms - int(time.time() * 1000))
+        self._rtc_set = True
+        return True
 
     def paths(self, config):
         return [_SimPath(self, "wifi")]
@@ -225,13 +285,13 @@ class _Watchdog:
     def __init__(self, board, timeout_ms):
         self._board = board
         self._timeout_ms = timeout_ms
-        self._fed = time.ticks_ms()
+        self._fed = ticks.ms()
 
     def feed(self):
-        self._fed = time.ticks_ms()
+        self._fed = ticks.ms()
 
     def expired(self):
-        return time.ticks_diff(time.ticks_ms(), self._fed) > self._timeout_ms
+        return ticks.diff(ticks.ms(), self._fed) > self._timeout_ms
 
     def check(self):
         if self.expired():
@@ -253,3 +313,32 @@ class _SimPath(link.Path):
 
     def signal_dbm(self):
         return self._board.control.get("rssi", -60) if self.is_up() else None
+
+    def dns_servers(self):
+        v = self._board.control.get("dns")
+        if v is not None:
+            return (v,) if type(v) is str else v
+        return _resolv_conf()
+
+    def dhcp_ntp(self):
+        return self._board.control.get("dhcp_ntp")
+
+
+_resolv = None
+
+
+def _resolv_conf():
+    """The host's DNS servers: what DHCP gave the machine the virtual device runs on."""
+    global _resolv
+    if _resolv is None:
+        found = []
+        try:
+            with open("/etc/resolv.conf") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 2 and parts[0] == "nameserver" and "." in parts[1]:
+                        found.append(parts[1])
+        except OSError:
+            pass
+        _resolv = tuple(found)
+    return _resolv

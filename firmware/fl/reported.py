@@ -1,0 +1,107 @@
+"""What the centre has been told: every condition reported active, kept across reboots.
+
+A condition is an input's own condition (code 110, 373, ...), its line trouble (380), a fault
+(307, 350, ...) or an outbox level (622/623/624), keyed by code and input or fault name, and
+active from its `new` to its `restore`. After a reboot the app compares it with what it sees
+and sends only the difference: the restore of what cleared meanwhile, never a second `new`.
+
+The outbox is the journal and this file the checkpoint. Every event reaches flash in the
+outbox before anything else happens, with its seq as the record's number, and a delivered
+record keeps its bytes until its slot is reused. So `reported.json` (small, replaced
+atomically) need not be written per event: it holds the state as of a seq, and at boot the
+records numbered above it are replayed. It is written when the outbox is about to reuse a
+slot whose record is newer than the checkpoint (`Outbox.on_overwrite`), after CHECKPOINT_EVERY
+events, and soon after what the outbox cannot replay changes (the centre's acks of fire
+events, lost ranges not yet declared). An idle device writes nothing.
+
+File: {"seq": n, "on": {"code|name": [zone, class]}, "ack": {event id: [due_ts, left_ms]},
+"lost": [[first, last]]}.
+"""
+import json
+
+from fl import store
+from fl.log import Logger
+
+_log = Logger("reported")
+PATH = "reported.json"
+CHECKPOINT_EVERY = 64  # events applied since the checkpoint: bounds the replay at boot
+LEVEL_CODES = ("622", "623", "624")
+
+
+def key(code, name):
+    return code + "|" + name
+
+
+class Reported:
+    def __init__(self, path=PATH):
+        self.path = path
+        self.on = {}  # "code|name" -> [zone, cls]
+        self.acks = {}  # fire event id -> [due_ts (0: unknown), left_ms]: awaiting the centre's ack
+        self.lost = []
+        self.seq = 0  # the checkpoint covers events up to this seq
+        self.applied = 0  # the newest seq applied
+        self._since = 0  # events applied since the checkpoint
+        self.dirty = False
+        self.storage_fault = None
+        self.recovery = "fresh"
+        raw = store.read_bytes(path)
+        if raw is None:
+            return
+        try:
+            d = json.loads(raw)
+            on, acks, lost = d["on"], d["ack"], d["lost"]
+            seq = int(d["seq"])
+            if type(on) is not dict or type(acks) is not dict or type(lost) is not list:
+                raise ValueError("bad types")
+        except (ValueError, KeyError, TypeError) as e:
+            # Replaying the whole outbox is the best left; a restore may then be missed.
+            _log.error("%s unreadable (%s): starting from the outbox alone", path, e)
+            self.recovery = "lost"
+            return
+        self.on, self.acks, self.lost, self.seq, self.applied = on, acks, lost, seq, seq
+        self.recovery = "file"
+
+    # --- the conditions ---
+    def is_active(self, code, name):
+        return key(code, name) in self.on
+
+    def apply(self, seq, code, q, zone, name, cls):
+        """One event recorded (or replayed from the outbox at boot)."""
+        if seq > self.applied:
+            self.applied = seq
+        if cls != "status" or code in LEVEL_CODES:
+            k = key(code, name)
+            if q == "new" and k not in self.on:
+                self.on[k] = [zone, cls]
+            elif q == "restore" and k in self.on:
+                del self.on[k]
+        self._since += 1
+
+    def active(self):
+        """[(code, name, zone, cls)] of every condition reported active."""
+        out = []
+        for k, v in self.on.items():
+            code, name = k.split("|", 1)
+            out.append((code, name, v[0], v[1]))
+        out.sort()
+        return out
+
+    def due(self):
+        """True when the checkpoint should be written now (housekeeping asks every second)."""
+        return self.dirty or self._since >= CHECKPOINT_EVERY
+
+    # --- the checkpoint ---
+    def write(self):
+        """Writes the checkpoint (as of the newest event applied); False if flash refused."""
+        data = json.dumps({"seq": self.applied, "on": self.on, "ack": self.acks, "lost": self.lost},
+                          separators=(",", ":")).encode()
+        try:
+            store.write_atomic(self.path, data)
+        except OSError as e:
+            self.storage_fault = "reported state write failed: %s" % (e,)
+            return False
+        self.storage_fault = None
+        self.seq = self.applied
+        self._since = 0
+        self.dirty = False
+        return True
