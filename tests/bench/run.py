@@ -24,6 +24,8 @@ under the MicroPython unix port, its heap capped with `-X heapsize`). The scenar
    idle day with typical and worst-case flash write times, each on a site of its own.
 7. the centre (tests/bench/bench_monitor.py): another device's fire during a 10,000-event flood,
    and the monitor's reconnect after a broker outage.
+8. tests/bench/bench_wire.py (its own site, `--wire-minutes`): supervision bytes per device per
+   month at default settings over TLS, counted at a proxy, and the time to report a dead device.
 
 The exit status is 0 when every part ran, whatever the figures; 1 when one could not run.
 """
