@@ -26,6 +26,8 @@ under the MicroPython unix port, its heap capped with `-X heapsize`). The scenar
    and the monitor's reconnect after a broker outage.
 8. heap (tests/bench/bench_heap.py): the smallest heap the alarm scenario passes in, import cost
    per module, garbage per idle input scan.
+9. tests/bench/bench_wire.py (its own site, `--wire-minutes`): supervision bytes per device per
+   month at default settings over TLS, counted at a proxy, and the time to report a dead device.
 
 The exit status is 0 when every part ran, whatever the figures; 1 when one could not run.
 """
