@@ -384,6 +384,17 @@ class Broker:
         displaces the monitor."""
         return self.add_account(name, password, rotate=rotate)
 
+    def centre_cert(self, name: str) -> tuple[Path, Path]:
+        """A client certificate for a centre account (CN = its name: the TLS listener's account),
+        written to pki/centres/<name>.crt and .key (0600); returns their paths. The account must
+        exist: its rights come from the ACL."""
+        check_centre_name(name)
+        if name not in self._accounts():
+            raise AccountError(f"no centre account {name!r}: add it first (--monitor-password / --add-centre)")
+        cred = pki.make_client(self.ca(), name)
+        pki.save(cred, self.pki_dir / "centres", name)
+        return self.pki_dir / "centres" / f"{name}.crt", self.pki_dir / "centres" / f"{name}.key"
+
     def remove_account(self, username: str) -> bool:
         with self._accounts_locked() as accounts:
             return accounts.pop(username, None) is not None

@@ -239,3 +239,14 @@ def test_the_ca_key_can_be_protected_or_kept_offline(tmp_path: Path, monkeypatch
         assert _connect(b2.port, "fl-one", "wrong") == NOT_AUTHORISED
     finally:
         b2.stop()
+
+
+def test_a_centre_certificate_logs_in_as_its_account_on_tls(broker: BrokerFixture, capsys: pytest.CaptureFixture[str]):
+    assert cli.main(["broker", "--dir", str(broker.broker.dir), "--centre-cert", "centre-test"]) == 0
+    pk = broker.broker.pki_dir
+    tls = {"ca_certs": str(pk / "ca.crt"), "certfile": str(pk / "centres/centre-test.crt"),
+           "keyfile": str(pk / "centres/centre-test.key")}
+    assert _connect(broker.broker.tls_port, "anything", "ignored", tls) == 0
+    assert (pk / "centres/centre-test.key").stat().st_mode & 0o077 == 0
+    assert cli.main(["broker", "--dir", str(broker.broker.dir), "--centre-cert", "centre-nobody"]) != 0
+    assert "no centre account 'centre-nobody'" in capsys.readouterr().err
