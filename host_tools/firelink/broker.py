@@ -249,11 +249,11 @@ class Broker:
         return dict(data)
 
     def _save_accounts(self, accounts: dict[str, str]) -> None:
-        """accounts.json, then the files mosquitto reads, each replaced whole (temp + rename); then
-        the running broker reloads."""
+        """The files mosquitto reads, then accounts.json, each replaced whole (temp + rename); then
+        the running broker reloads. accounts.json changes only once everything else is written."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_private(self.accounts_file, json.dumps(accounts, indent=1, sort_keys=True).encode())
         self._write_broker_files(accounts)
+        _write_private(self.accounts_file, json.dumps(accounts, indent=1, sort_keys=True).encode())  # last
         self.last_reload = self.reload()
 
     def _write_broker_files(self, accounts: dict[str, str]) -> None:
@@ -291,8 +291,15 @@ class Broker:
         with open(self.dir / "accounts.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             accounts = self._accounts()
+            before = dict(accounts)
             yield accounts
-            self._save_accounts(accounts)
+            try:
+                self._save_accounts(accounts)
+            except BaseException:
+                # A disk error half way: put back what mosquitto reads, as accounts.json still is.
+                with contextlib.suppress(OSError):
+                    self._write_broker_files(before)
+                raise
 
     def add_account(self, username: str, password: str | None = None, rotate: bool = False) -> Account:
         """A device (`check_device_id`) or centre (`is_centre`) account. An existing one is replaced
