@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                         "from the jig's edge stamp (simulated jig on a pty)"))
 
         if not args.no_micro:
-            account, _ = broker.add_device("fl-mqttbench")  # bench_mqtt.py publishes as its own device
+            account, _ = broker.add_device("fl-mqttbench", rotate=True)  # bench_mqtt.py publishes as its own device
             time.sleep(0.3)  # mosquitto re-reads its password file on the SIGHUP add_device sends
             site.stop_device()
             site.stop_monitor()  # it would take bench_mqtt's 150-byte test payloads for malformed events
