@@ -29,7 +29,7 @@ from operator import methodcaller
 from pathlib import Path
 from typing import Any, Callable
 
-from firelink.monitor_devices import FloodMeter, DeviceBook, Supervision
+from firelink.monitor_devices import DeviceBook, FloodMeter, Supervision
 from firelink.monitor_intake import (AckConfirmed, FairQueue, Incoming, Intake, IntakeError, Item, Link, MqttIntake,
                                      MqttSettings)
 from firelink.monitor_payload import (MAX_PAYLOAD, PayloadError, event_id, parse_cmd_result, parse_event,
