@@ -25,6 +25,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     # Options live here, at the tests' root: pytest reads options only from start-up conftests.
     parser.addoption("--dut", default="virtual",
                      help="HIL device under test: 'virtual' (the firmware under the unix port) or a serial port")
+    parser.addoption("--jig", default=None,
+                     help="HIL test jig: 'sim' (the jig firmware under the unix port, driving the virtual device) "
+                          "or the jig's serial port; without it a board's scenarios needing the jig are skipped")
+    parser.addoption("--broker-host", default=None,
+                     help="HIL: the address the device reaches the suite's broker at (the link proxy listens "
+                          "there); a board needs this PC's address on its network. Default 127.0.0.1")
     parser.addoption("--port", default=None, help="serial port of a real ESP32 for tests marked hardware")
     parser.addoption("--firmware", default=None, help="MicroPython .bin that the hardware tests flash")
 

@@ -207,9 +207,12 @@ class VirtualDevice:
             st = read_json(self.dir / sv.STATEFILE) or {}
             # Running means the firmware process lives and has spoken on its console, not only
             # that the supervisor launched it (an interpreter refusing its arguments dies at once).
-            if st.get("pid") == proc.pid and st.get("state") == "running" and self.running() \
-                    and isinstance(st.get("firmware_pid"), int) and _alive(st["firmware_pid"]) \
-                    and self.log_position() > self._cursor:
+            # Or a test jig holds its supply off or its EN low (or BOOT low: download mode): the
+            # port is up, the firmware waits for the jig.
+            held = st.get("state") in ("unpowered", "reset", "download")
+            if st.get("pid") == proc.pid and self.running() and (held or (
+                    st.get("state") == "running" and isinstance(st.get("firmware_pid"), int)
+                    and _alive(st["firmware_pid"]) and self.log_position() > self._cursor)):
                 return str(st["tty"])
             if proc.poll() is not None:
                 raise StartFailed(f"the virtual device did not start (status {proc.returncode}):\n"

@@ -25,6 +25,13 @@ $FL_RESET_CAUSE set to match; status 0 from the REPL (Ctrl-D, a soft reboot on a
 starts it again with the previous cause, printing "MPY: soft reboot" first. Anything else
 the REPL ends with, and a process killed by a signal, powers the device off.
 
+Supply, EN and BOOT lines: `sim/control.json`'s "power" (the supply), "en" and "boot" (line
+levels) are read every POLL_MS, all true when absent. A test jig's simulation (jig/jigfw/
+hal_sim.py) writes them. Supply off or EN low kills the firmware at once, as a board stops;
+the port stays (its USB bridge has its own supply), and the firmware starts again when both are
+back, reset cause `power_on` after a supply cut and `hard` after EN, unless BOOT is held low
+then: the chip waits in its download mode until the next reset.
+
 Signals: SIGTERM/SIGINT stop cleanly (^C, so the firmware says `offline` and returns; at the
 REPL ^C ^D; SIGTERM and SIGKILL only if it does not end in time); SIGUSR1 presses the reset
 button (the firmware is killed and boots with cause `hard`).
@@ -52,7 +59,7 @@ import tty
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from firelink.virtual_world import write_json_atomic
+from firelink.virtual_world import read_json, write_json_atomic
 
 PIDFILE = "sim/supervisor.pid"
 STATEFILE = "sim/supervisor.json"
@@ -151,6 +158,9 @@ class Supervisor:
         self._to_user = bytearray()  # device output the port's reader has not taken yet
         self._to_dev = bytearray()  # typed input the firmware has not taken yet
         self._started = time.time()
+        self._lines_stamp: tuple[int, int] | None = None
+        self._lines = {"power": True, "en": True, "boot": True}
+        self._held: str | None = None  # "power_on" | "hard": the supply or EN took the chip down
 
     # --- lifetime ---
     def run(self) -> int:
@@ -181,6 +191,10 @@ class Supervisor:
         link.symlink_to(self._user_path)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
         step: tuple[str, str, bool] | None = ("main", self.reset_cause, True)
+        self._read_lines()
+        if not (self._lines["power"] and self._lines["en"]):
+            self._held = "power_on" if not self._lines["power"] else "hard"
+            step = self._wait_released(self.reset_cause)
         try:
             while step is not None:
                 self._start_child(*step)
@@ -210,6 +224,8 @@ class Supervisor:
         cause = self.reset_cause
         if self._stop_requested:
             return None
+        if self._held is not None:
+            return self._wait_released(self._held)
         if self._reset_requested:
             self._reset_requested = False
             self._note("reset button: rebooting, reset cause hard")
@@ -299,10 +315,64 @@ class Supervisor:
             self._advance_stop()
             if self._reset_requested and self._child.poll() is None:
                 self._child.kill()
+            if self._read_lines() and not (self._lines["power"] and self._lines["en"]):
+                self._held = "power_on" if not self._lines["power"] else "hard"
+                if self._child.poll() is None:
+                    self._child.kill()  # nothing flushed: the chip just stops
+                self._note("supply off: device unpowered" if self._held == "power_on" else "EN low: held in reset")
             status = self._child.wait() if self._child.poll() is not None else None
             if status is not None:
                 self._drain()
                 return status
+
+    # --- the supply, EN and BOOT lines (a test jig's) ---
+    def _read_lines(self) -> bool:
+        """Re-reads the lines from sim/control.json when it changed; True if it did."""
+        path = self.dir / "sim" / "control.json"
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if stamp == self._lines_stamp:
+            return False
+        self._lines_stamp = stamp
+        doc = read_json(path) or {}
+        self._lines = {k: doc.get(k, True) is not False for k in ("power", "en", "boot")}
+        return True
+
+    def _wait_released(self, cause: str) -> tuple[str, str, bool] | None:
+        """Waits, the port still open, until the supply is on and EN high; returns the boot
+        to make, or None if stopped meanwhile."""
+        self._write_state("unpowered" if cause == "power_on" else "reset")
+        download = False
+        while not self._stop_requested:
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                break
+            self._check_user()
+            if self._user_attached:
+                while self._from_user():  # nobody is listening on the device side
+                    pass
+                self._to_dev.clear()
+            changed = self._read_lines()
+            up = self._lines["power"] and self._lines["en"]
+            if changed and not up:
+                if not self._lines["power"]:
+                    cause = "power_on"
+                if download:  # a new reset: BOOT is sampled again at its release
+                    download = False
+                    self._write_state("unpowered" if cause == "power_on" else "reset")
+            elif up and not download:
+                if not self._lines["boot"]:
+                    download = True
+                    self._write_state("download")
+                    self._note("BOOT low at reset: download mode, firmware not started")
+                else:
+                    self._held = None
+                    self._note(f"booting, reset cause {cause}")
+                    return "main", cause, True
+            time.sleep(POLL_MS / 1000)
+        return None
 
     def _drain(self) -> None:
         while True:
@@ -361,11 +431,15 @@ class Supervisor:
             return
         del self._to_dev[:n]
 
-    def _check_user(self) -> None:
-        """Attaches the user side when someone has opened it; detaches when they left."""
+    def _hung_up(self) -> bool:
+        """Nobody has the port open now."""
         probe = select.poll()
         probe.register(self._user_master, select.POLLIN)
-        hung_up = any(ev & select.POLLHUP for _, ev in probe.poll(0))
+        return any(ev & select.POLLHUP for _, ev in probe.poll(0))
+
+    def _check_user(self) -> None:
+        """Attaches the user side when someone has opened it; detaches when they left."""
+        hung_up = self._hung_up()
         if hung_up and self._user_attached:
             self._detach_user()
         elif not hung_up and not self._user_attached:
@@ -378,15 +452,22 @@ class Supervisor:
             pass
         self._user_attached = False
         self._to_user.clear()
+        if not self._hung_up():
+            # The next user opened the port already (a busy machine notices the hang-up late):
+            # it is theirs, in the mode they set. Resetting or flushing it now would discard
+            # what they are about to read (pyserial then sees "readiness to read but returned
+            # no data"), and output meanwhile must reach them.
+            self._user_attached = True
+            return
         # Whoever had the port may have left it echoing; echo would send our own output back
         # to the firmware as input the moment a program that does not set raw mode opens it.
+        # No flush: someone opening the port this instant keeps what it is sent.
         try:
             fd = os.open(self._user_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError:
             return
         try:
             tty.setraw(fd)
-            termios.tcflush(fd, termios.TCIOFLUSH)
         finally:
             os.close(fd)
 

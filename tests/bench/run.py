@@ -49,7 +49,7 @@ from firelink import build, virtual
 from firelink.localsite import LocalSite, SiteError
 from firelink.monitor_devices import WENT_ONLINE
 from firelink.monitor_store import Event
-from tests.bench import bench_flash, bench_monitor
+from tests.bench import bench_flash, bench_jig, bench_monitor, bench_wire
 from tests.tooling import ROOT, firmware_env, micropython_binary
 
 DEVICE_ID = "fl-02000000be01"  # as long as a default id ("fl-" + the MAC in hex): the topic's real size
@@ -57,10 +57,10 @@ FIRE = "panel_fire"
 TOGGLE = "bench_toggle"
 HEARTBEAT_S = 5  # the shortest config.md allows: heap_peak is sampled at each heartbeat
 TARGET_ABOVE_DEBOUNCE_MS = 100
-# Firmware defaults (docs/config.md) for the wire-cost figures.
-DEFAULT_HEARTBEAT_S = 60
-DEFAULT_KEEPALIVE_S = 60
-DEFAULT_PING_S = DEFAULT_KEEPALIVE_S // 4  # fl/mqtt.py pings every keepalive/4, whatever else flows
+# Firmware defaults (docs/config.md) for the wire-cost figures (bench_wire.py measures them over TLS).
+DEFAULT_HEARTBEAT_S = 3600
+DEFAULT_KEEPALIVE_S = 100
+DEFAULT_PING_S = 95  # fl/mqtt.py pings after keepalive less 5 % without sending
 # TCP/IP assumption: IPv4 (20 B) + TCP without options (20 B; lwIP sends no timestamps) per segment;
 # each MQTT packet in a segment of its own (one write per packet, TCP_NODELAY), and the reply
 # (PUBACK, PINGRESP) answered by a bare ACK.
@@ -472,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flash-backlog", type=int, default=300, help="backlog events per flash model (default: "
                    "%(default)s; a fifth for the worst case)")
     p.add_argument("--flash-idle-s", type=float, default=60.0, help="idle spell per flash model (default: %(default)s)")
+    p.add_argument("--wire-minutes", type=float, default=10.0,
+                   help="bench_wire.py's steady-state window at default settings over TLS; 0 skips it (default: %(default)s)")
     args = p.parse_args(argv)
 
     console = Console()
@@ -521,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         default_b, compact_b = as_default_device(largest)
         cost = WireCost(topic_b=len(f"firelink/{DEVICE_ID}/heartbeat"), payload_b=default_b)
         console.print(wire_table(cost, sizes, compact_b))
-        summary.append(("heartbeat on the wire (60 s, MQTT QoS 1)",
+        summary.append((f"heartbeat on the wire ({DEFAULT_HEARTBEAT_S} s, MQTT QoS 1)",
                         f"payload {cost.payload_b} B: {cost.per_heartbeat_b} B + pings "
                         f"{cost.heartbeat_s // cost.ping_s * 4} B; {kb(cost.mqtt_per_day_b)}/day",
                         f"{kb(cost.mqtt_per_day_b + cost.tcpip_per_day_b)}/day with TCP/IPv4 headers"))
@@ -535,6 +537,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"[red]{heap.memory_errors} MemoryError, {heap.boots} boots[/]"))
         if not clean:
             failed = "the device hit MemoryError or restarted during the scenario"
+
+        jig_lat = bench_jig.measure(site, min(args.changes, 100), console)  # last: it power-cycles the device
+        console.print(bench_jig.table(jig_lat, percentile))
+        summary.append(("fire latency via the jig p50 / p95 / p99",
+                        " / ".join(f"{percentile(jig_lat.seconds, p) * 1000:.0f}" for p in (50, 95, 99)) + " ms",
+                        "from the jig's edge stamp (simulated jig on a pty)"))
 
         if not args.no_micro:
             account, _ = broker.add_device("fl-mqttbench")  # bench_mqtt.py publishes as its own device
@@ -563,6 +571,10 @@ def main(argv: list[str] | None = None) -> int:
         failed = "interrupted"
     finally:
         site.close()
+    if args.wire_minutes > 0 and failed != "interrupted":
+        rows, wire_failed = bench_wire.run(args.dir / "wire", args.wire_minutes, args.heapsize, app, console)
+        summary += rows
+        failed = failed or wire_failed
 
     if not failed and not args.no_flash:
         try:

@@ -31,6 +31,10 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> 
 
 
 class FirmwareModule(pytest.File):
+    # Directories searched before this one's (fwtest, mprun) and the firmware's: the jig's
+    # tests (tests/jig/fw) put their own module directory and the jig firmware here.
+    search_path: tuple[str, ...] = ()
+
     def collect(self):
         tree = ast.parse(self.path.read_text(), filename=str(self.path))
         meta = dict(DEFAULTS)
@@ -41,13 +45,14 @@ class FirmwareModule(pytest.File):
                     meta[target.id] = ast.literal_eval(node.value)
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test_"):
-                run = _make_runner(self.path, node.name, meta)
+                run = _make_runner(self.path, node.name, meta, self.search_path)
                 yield pytest.Function.from_parent(self, name=node.name, callobj=run)
 
 
-def _make_runner(path: Path, test_name: str, meta: dict[str, Any]) -> Callable[..., None]:
+def _make_runner(path: Path, test_name: str, meta: dict[str, Any],
+                 search_path: tuple[str, ...] = ()) -> Callable[..., None]:
     def run(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-        env = firmware_env(extra_path=[str(HERE)])
+        env = firmware_env(extra_path=[*search_path, str(HERE)])
         for fixture_name in meta["FIXTURES"]:
             env.update(request.getfixturevalue(fixture_name).env)
         cmd = [micropython_binary(), "-X", "heapsize=" + meta["HEAPSIZE"], str(HERE / "mprun.py"), path.stem, test_name]

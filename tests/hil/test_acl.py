@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.conftest import BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut
@@ -19,6 +21,7 @@ from tests.host.mqtt_peer import Peer, wait_until
 OTHER = "fl-other"
 
 
+@pytest.mark.needs("inputs")
 def test_device_credentials_cannot_reach_outside_the_device_prefix(centre: Centre, dut: Dut, site: BrokerFixture,
                                                                    dut_secrets: dict[str, Any]) -> None:
     dev = dut.device_id

@@ -37,6 +37,7 @@ def _row(e: Any) -> tuple[Any, ...]:
     return (e.seq, e.code, e.q, e.cls, e.zone, e.input)
 
 
+@pytest.mark.needs("inputs")
 def test_alarm_and_restore_reach_the_centre_with_code_class_zone_and_sequence(centre: Centre, dut: Dut) -> None:
     dev = dut.device_id
     boot = centre.wait_event(dev, code="305", timeout_s=15)
@@ -70,6 +71,7 @@ def test_alarm_and_restore_reach_the_centre_with_code_class_zone_and_sequence(ce
     assert not centre.warnings
 
 
+@pytest.mark.needs("inputs", "signal", "battery")
 def test_heartbeat_carries_inputs_link_outbox_firmware_and_reset_cause(centre: Centre, dut: Dut,
                                                                       dut_heapsize: str | None) -> None:
     dev = dut.device_id

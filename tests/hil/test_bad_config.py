@@ -29,6 +29,7 @@ def dut_config(dut_config: dict[str, Any]) -> dict[str, Any]:
                        {"name": "pump", "kind": "fir", "channel": "in6", "zone": 6}]}
 
 
+@pytest.mark.needs("inputs")
 def test_bad_config_is_reported_precisely_and_inputs_still_watched(centre: Centre, dut: Dut) -> None:
     dev = dut.device_id
     dut.wait_for_log(r"INFO app: inputs: ", timeout_s=15)

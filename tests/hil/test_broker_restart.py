@@ -46,6 +46,7 @@ def dut_config(dut_config: dict[str, Any]) -> dict[str, Any]:
     return {**dut_config, "inputs": FAST_INPUTS, "broker": {**dut_config["broker"], "backoff_max_s": 1}}
 
 
+@pytest.mark.needs("inputs", "path")
 def test_backlog_of_200_survives_a_broker_restart_each_once_fire_first(site: BrokerFixture, centre: Centre,
                                                                        dut: Dut) -> None:
     dev = dut.device_id

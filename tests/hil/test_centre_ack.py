@@ -46,6 +46,7 @@ def _wait_event(peer: Peer, topic: str, timeout_s: float, **fields: Any) -> tupl
         time.sleep(0.02)
 
 
+@pytest.mark.needs("inputs")
 def test_no_ack_for_a_fire_event_raises_the_local_fault_and_reports_354(silent_centre: Peer, dut: Dut) -> None:
     dev = dut.device_id
     topic = f"firelink/{dev}/event"

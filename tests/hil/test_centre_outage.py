@@ -34,6 +34,7 @@ def site(tmp_path: Path) -> Iterator[BrokerFixture]:
         b.stop()
 
 
+@pytest.mark.needs("inputs")
 def test_broker_stopped_30_s_during_alarms(site: BrokerFixture, centre: Centre, dut: Dut) -> None:
     dev = dut.device_id
     centre.wait_event(dev, code="305", timeout_s=15)

@@ -47,6 +47,7 @@ def dut_config(dut_config: dict[str, Any], slow_link: SlowLink) -> dict[str, Any
             "broker": {"host": slow_link.host, "port": slow_link.port}}
 
 
+@pytest.mark.needs("inputs", "path")
 def test_long_cut_delivers_every_event_in_order_and_reports_the_fill_level(centre: Centre, dut: Dut) -> None:
     dev = dut.device_id
     boot = centre.wait_event(dev, code="305", timeout_s=15)

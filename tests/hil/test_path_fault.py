@@ -21,6 +21,7 @@ def dut_config(dut_config: dict[str, Any]) -> dict[str, Any]:
     return {**dut_config, "path_fault_delay_s": DELAY_S}
 
 
+@pytest.mark.needs("inputs", "path")
 def test_path_down_past_the_delay_is_reported_and_restored(centre: Centre, dut: Dut) -> None:
     dev = dut.device_id
     centre.wait_event(dev, code="305", timeout_s=15)

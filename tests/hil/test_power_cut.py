@@ -1,8 +1,9 @@
 """Power cut (SIGKILL: nothing flushed, nothing said) right after an alarm input changes:
 what the device recorded is delivered after it powers on again.
 
-The link is cut first, so the alarm cannot leave before the power does: only the flash can
-carry it across. The contact stays closed: the new boot does not report it a second time when
+The link is cut first (the suite's proxy resets the connection and refuses new ones: any rig,
+a board on the test jig too), so the alarm cannot leave before the power does: only the flash
+can carry it across. The contact stays closed: the new boot does not report it a second time when
 the flash carried it (the boot's 305 lists it as still active), and reports it from `boot` when
 the power went before it was recorded. Numbering continues across the cut without a hole."""
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut
+from tests.hil.link_proxy import LinkProxy
 
 
 # "recorded": the power goes as soon as the console shows the event recorded. "unsynced": it
@@ -21,12 +23,15 @@ from tests.hil.dut import Dut
 # hold 50 ms (fire anti-chatter) and the console shows the event ~62 ms after the change, so
 # the cut lands just before, while or just after the event is written. Either way the
 # centre must get every event the console showed recorded, and the alarm (from boot).
+@pytest.mark.needs("inputs", "power", "link")
 @pytest.mark.parametrize("when", ["recorded", "unsynced"])
-def test_alarm_recorded_before_a_power_cut_is_delivered_after_power_on(centre: Centre, dut: Dut, when: str) -> None:
+def test_alarm_recorded_before_a_power_cut_is_delivered_after_power_on(centre: Centre, dut: Dut, link: LinkProxy,
+                                                                       when: str) -> None:
     dev = dut.device_id
     first_boot = centre.wait_event(dev, code="305", timeout_s=15)
-    dut.set_link("wifi", False)
-    dut.wait_for_log(r"WARN link: wifi went down", timeout_s=5)
+    mark = dut.log_position()
+    link.cut()
+    dut.wait_for_log(r"INFO mqtt: reconnecting in \d+ ms", timeout_s=5, since=mark)
     since = dut.log_position()
     dut.set_input("panel_fire", "active")
     if when == "recorded":
@@ -39,7 +44,7 @@ def test_alarm_recorded_before_a_power_cut_is_delivered_after_power_on(centre: C
         assert len(before_cut) == 1
 
     mark = centre.mark()
-    dut.set_link("wifi", True)
+    link.restore()
     dut.start()
     # What the flash carried across: the console may lose its last line with the power (as a
     # UART does), the outbox may not lose its record. Delivered events whose removal was not yet

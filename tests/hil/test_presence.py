@@ -13,6 +13,7 @@ from firelink.monitor_devices import Supervision
 from tests.conftest import BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut
+from tests.hil.link_proxy import LinkProxy
 from tests.host.mqtt_peer import Peer, wait_until
 
 HEARTBEAT_S = 5  # the shortest the configuration allows
@@ -43,7 +44,9 @@ def _retained_status(site: BrokerFixture, device: str) -> dict[str, Any]:
         peer.close()
 
 
-def test_online_on_every_connect_and_offline_will_when_killed(centre: Centre, dut: Dut, site: BrokerFixture) -> None:
+@pytest.mark.needs("link", "reset", "power")
+def test_online_on_every_connect_and_offline_will_when_killed(centre: Centre, dut: Dut, site: BrokerFixture,
+                                                              link: LinkProxy) -> None:
     dev = dut.device_id
 
     def live(n: int, state: str, timeout_s: float, what: str) -> dict[str, Any]:
@@ -56,11 +59,12 @@ def test_online_on_every_connect_and_offline_will_when_killed(centre: Centre, du
 
     first = live(0, "online", 15, "online at power-on")
     assert first["reset"] == "power_on" and first["fw"]
-    # Reconnect 1: the link drops and returns.
-    dut.set_link("wifi", False)
-    dut.wait_for_log(r"WARN link: wifi went down", timeout_s=5)
+    # Reconnect 1: the link drops (the proxy resets the connection and refuses new ones) and returns.
+    mark = dut.log_position()
+    link.cut()
+    dut.wait_for_log(r"INFO mqtt: reconnecting in \d+ ms", timeout_s=5, since=mark)
     live(1, "offline", WILL_S, "last will after the link dropped the connection")
-    dut.set_link("wifi", True)
+    link.restore()
     live(2, "online", 10, "online after the link returned")
     # Reconnect 2: the reset button.
     dut.restart()
@@ -78,6 +82,7 @@ def test_online_on_every_connect_and_offline_will_when_killed(centre: Centre, du
     assert _retained_status(site, dev)["state"] == "offline"
 
 
+@pytest.mark.needs("path")
 def test_device_lost_and_back_within_the_supervision_time(centre: Centre, dut: Dut) -> None:
     dev = dut.device_id
     centre.wait_change(dev, "online", 15)

@@ -61,6 +61,7 @@ def assert_no_hole_no_double(centre: Centre, dev: str) -> list[int]:
     return seqs
 
 
+@pytest.mark.needs("inputs", "power", "reset")
 def test_twenty_resets_and_power_cuts_with_input_changes_leave_no_gap_and_no_double(centre: Centre,
                                                                                     dut: Dut) -> None:
     dev = dut.device_id
@@ -111,6 +112,7 @@ def test_twenty_resets_and_power_cuts_with_input_changes_leave_no_gap_and_no_dou
 @with_config(outbox_capacity=1000,
              inputs=[*json.loads(virtual.board_json_path().read_text())["default_inputs"],
                      {"name": TOGGLE, "kind": "supervisory", "channel": "in6", "debounce_ms": 0, "zone": 60}])
+@pytest.mark.needs("inputs", "path")
 def test_outbox_overflow_is_reported_with_the_dropped_range(centre: Centre, dut: Dut) -> None:
     dev = dut.device_id
     centre.wait_event(dev, code="305", timeout_s=20)
@@ -152,6 +154,7 @@ def test_outbox_overflow_is_reported_with_the_dropped_range(centre: Centre, dut:
     centre.wait(lambda: want <= set(centre.losses), 10, f"losses {sorted(want)} reported by the monitor")
 
 
+@pytest.mark.needs("inputs", "reset")
 def test_fault_cleared_during_a_reboot_is_restored_at_the_centre(centre: Centre, dut: Dut) -> None:
     dev = dut.device_id
     centre.wait_event(dev, code="305", timeout_s=20)
@@ -166,6 +169,7 @@ def test_fault_cleared_during_a_reboot_is_restored_at_the_centre(centre: Centre,
     assert_no_hole_no_double(centre, dev)
 
 
+@pytest.mark.needs("inputs", "reset")
 def test_active_alarm_across_a_reboot_is_not_reported_new_again(centre: Centre, dut: Dut) -> None:
     dev = dut.device_id
     centre.wait_event(dev, code="305", timeout_s=20)
@@ -188,6 +192,7 @@ def test_active_alarm_across_a_reboot_is_not_reported_new_again(centre: Centre, 
     assert_no_hole_no_double(centre, dev)
 
 
+@pytest.mark.needs("flash", "reset")
 @unprovisioned
 def test_faults_from_before_provisioning_are_restored_by_it(centre: Centre, dut: Dut, site: BrokerFixture) -> None:
     dev = dut.device_id
@@ -208,6 +213,7 @@ def virtual_dut_type() -> type:
     return VirtualDut
 
 
+@pytest.mark.needs("inputs", "reset")
 @with_config(centre_ack_timeout_s=8)
 def test_fire_unacked_across_a_reboot_is_reported_354_later(dut: Dut, site: BrokerFixture) -> None:
     # The centre is a bare MQTT client with the monitor's account that never acknowledges.

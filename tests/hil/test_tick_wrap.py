@@ -32,6 +32,7 @@ def _stamps(text: str) -> list[int]:
     return [int(m[1]) for m in re.finditer(r"^(\d+) (?:DEBUG|INFO|WARN|ERROR) ", text, re.M)]
 
 
+@pytest.mark.needs("inputs", "ticks")
 def test_weekly_periodic_test_runs_on_through_a_tick_wrap(centre: Centre, dut: Dut) -> None:
     if not isinstance(dut, VirtualDut):
         pytest.skip("the tick start is set on the unix port only")

@@ -38,6 +38,7 @@ def dut_certs(site: BrokerFixture, ca: str) -> dict[str, bytes]:
             "device.key.der": (pk / "devices" / f"{site.device_user}.key.der").read_bytes()}
 
 
+@pytest.mark.needs("inputs")
 def test_device_connects_over_tls_with_its_der_certificate(centre: Centre, dut: Dut, site: BrokerFixture) -> None:
     dut.wait_for_log(rf"INFO mqtt: connected to {site.host}:{site.broker.tls_port} over wifi with TLS", timeout_s=15)
     dut.set_input("panel_fire", "active")
@@ -46,6 +47,7 @@ def test_device_connects_over_tls_with_its_der_certificate(centre: Centre, dut: 
     assert "ERROR" not in dut.log_text()
 
 
+@pytest.mark.needs("inputs")
 @pytest.mark.parametrize("ca", ["wrong"])
 def test_wrong_ca_is_refused_with_a_clear_error_and_inputs_still_watched(centre: Centre, dut: Dut,
                                                                          site: BrokerFixture) -> None:
