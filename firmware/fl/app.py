@@ -39,6 +39,8 @@ CONFIG_DETAIL_MAX = 900
 CLOCK_RESYNC_MS = 6 * 3600 * 1000  # RTC drift stays far inside a receiver's -40/+20 s window
 CLOCK_RETRY_MS = 60 * 1000
 TLS_CLOCK_WAIT_MS = 30 * 1000
+CLOCK_SYNC_MS = 5000  # one clock sync, lookups included
+CLOCK_PAUSE_MS = 1000
 STORAGE_RETRY_S = 30
 SEQ_BLOCK = 256  # the floor on flash for when the outbox cannot tell: one write per 256 events
 STATE_FLUSH_S = 3  # an ack (not in the outbox's journal) is on flash within this
@@ -90,6 +92,7 @@ class App:
         self.recorder.before_checkpoint = self._snapshot_acks
         self._state_dirty_s = 0
         self._input_names = set(s["name"] for s in cfg["inputs"])
+        self._carried = None  # faults reported before the reboot, not yet shown gone or active
         self.health.listen(self._on_fault)
         for name, detail in list(self.health.faults.items()):  # raised while the recorder opened
             self._on_fault(name, True, detail)
@@ -196,10 +199,18 @@ class App:
 
     def _restore_carried_faults(self):
         """Restores each fault the centre was told of before the reboot once this boot has
-        shown it gone (see the module's doc)."""
-        for code, name, _, cls in self.reported.active():
-            if cls != "fault" or name in self._input_names or name in self.health.faults or fault_code(name) != code:
+        shown it gone (see the module's doc). Housekeeping asks every second; nothing to look
+        at (and nothing allocated) once each is settled."""
+        if self._carried is None:
+            self._carried = [(code, name) for code, name, _, cls in self.reported.active()
+                             if cls == "fault" and name not in self._input_names and fault_code(name) == code]
+        k = 0
+        while k < len(self._carried):
+            code, name = self._carried[k]
+            if name in self.health.faults or not self.reported.is_active(code, name):
+                self._carried.pop(k)  # active again, or restored: reported as it changes from now on
                 continue
+            k += 1
             if name.startswith("mqtt_") or name == "broker_unreachable":
                 gone = self.mqtt.connected
             elif name.startswith("path_"):
@@ -307,13 +318,18 @@ class App:
         first connection a bounded chance to sync it, then connect whatever happened (a
         refused certificate is reported as a fault and retried)."""
         if self.config["broker"]["tls"] and not self.board.clock_synced():
-            deadline = ticks.add(ticks.ms(), TLS_CLOCK_WAIT_MS)
-            while not self.board.clock_synced() and ticks.diff(deadline, ticks.ms()) > 0:
-                if self.links.current() is not None:
-                    await self.board.sync_clock(5000)
-                else:
-                    await asyncio.sleep_ms(500)
+            deadline = ticks.after(TLS_CLOCK_WAIT_MS)
+            while not self.board.clock_synced() and not ticks.due(deadline):
+                path = self.links.current()
+                if path is None or not await self._sync_clock(path, min(CLOCK_SYNC_MS, ticks.left(deadline))):
+                    # Paced whatever happened: an attempt that fails at once (no server, a
+                    # refusal) must not turn this into a loop that never yields.
+                    await asyncio.sleep_ms(CLOCK_PAUSE_MS)
         await self.mqtt.run()
+
+    async def _sync_clock(self, path, timeout_ms):
+        """SNTP over path, on the event loop and bounded by timeout_ms (fl.sntp)."""
+        return await self.board.sync_clock(path, self.config["ntp_servers"], timeout_ms)
 
     async def _housekeeping(self):
         """Slow chores: set the clock once a path is up (TLS verification and event times need
@@ -337,8 +353,9 @@ class App:
                 self.health.set_fault("broker_unreachable", True, self.mqtt.last_error[:80])
             elif self.mqtt.connected:
                 self.health.set_fault("broker_unreachable", False)
-            if next_sync.due() and self.links.current() is not None:
-                synced = await self.board.sync_clock(5000)
+            path = self.links.current()
+            if next_sync.due() and path is not None:
+                synced = await self._sync_clock(path, CLOCK_SYNC_MS)
                 next_sync.start(CLOCK_RESYNC_MS if synced else CLOCK_RETRY_MS)
             if self._guard is not None and connected_ms < self._healthy_after_ms:
                 connected_ms = connected_ms + 1000 if self.mqtt.connected else 0

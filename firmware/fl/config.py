@@ -24,6 +24,7 @@ SECRET_KEYS = ("mqtt_username", "mqtt_password", "wifi_password", "tls_ca", "tls
 TLS_FILES = {"tls_ca": "ca.der", "tls_cert": "device.der", "tls_key": "device.key.der"}
 MAX_BYTES = 16384  # far above any real config; keeps a corrupt file from eating the heap
 DEFAULT_DEVICE_ID = "fl-device"
+NTP_SERVERS = ("pool.ntp.org", "dhcp")
 
 _ID = ("str", 1, 32, "abcdefghijklmnopqrstuvwxyz0123456789-_", "[a-z0-9-_]")
 _NAME = ("str", 1, 24, "abcdefghijklmnopqrstuvwxyz0123456789_", "[a-z0-9_]")
@@ -50,7 +51,7 @@ _BROKER = (
     ("backoff_max_s", ("int", 1, 3600), 60),
 )
 _TOP_KEYS = ("device_id", "site", "heartbeat_s", "centre_ack_timeout_s", "path_fault_delay_s", "periodic_test_s", "outbox_capacity",
-             "log_level",
+             "log_level", "ntp_servers",
              "broker", "wifi", "cellular", "inputs")
 _BROKER_KEYS = ("host", "port", "tls", "server_hostname", "keepalive_s", "connect_timeout_ms",
                 "puback_timeout_ms", "ping_interval_s", "backoff_max_s")
@@ -122,6 +123,7 @@ def _validate(raw, board_info, default_device_id, file, problems):
         config[key] = rep.take(raw, key, "", rule, default)
     if config["device_id"] is None:
         config["device_id"] = default_device_id or DEFAULT_DEVICE_ID
+    config["ntp_servers"] = _ntp_servers(raw, rep)
     config["broker"] = _broker(rep.section(raw, "broker"), rep)
     wifi = rep.section(raw, "wifi")
     rep.unknown(wifi, ("ssid",), "wifi.")
@@ -135,6 +137,18 @@ def _validate(raw, board_info, default_device_id, file, problems):
 
 def default_ping_s(keepalive_s):
     return keepalive_s - max(1, keepalive_s // 20)
+
+
+def _ntp_servers(raw, rep):
+    """1..4 NTP servers tried in order: host names, IPv4 addresses (host:port allowed) or
+    "dhcp" (the path's own, see fl.link.Path.dhcp_ntp)."""
+    if "ntp_servers" not in raw:
+        return list(NTP_SERVERS)
+    v = raw["ntp_servers"]
+    if type(v) is list and 0 < len(v) <= 4 and all(_ok(R_HOST, s) for s in v):
+        return v
+    rep.expected("ntp_servers", 'a list of 1..4 host names, IPv4 addresses or "dhcp"', v, "; using the default")
+    return list(NTP_SERVERS)
 
 
 def _broker(raw, rep):

@@ -34,6 +34,7 @@ class EdgeWait:
         if self._pending:
             self._pending = False
             timeout_ms = 0
+        # asyncio's own clock, not fl.ticks: this time goes into the scheduler's queue.
         self._due = time.ticks_add(time.ticks_ms(), timeout_ms)
         return self
 

@@ -22,7 +22,8 @@ class Path:
     """Base for a concrete path (the hardware layer subclasses it).
 
     Subclasses implement: `async bring_up(timeout_ms) -> bool`, `is_up() -> bool`,
-    `signal_dbm() -> int | None`, and may set `ifname` for socket binding."""
+    `signal_dbm() -> int | None`, `dns_servers()`, `dhcp_ntp()`, and may set `ifname` for
+    socket binding."""
 
     name = "path"
     ifname = None
@@ -42,6 +43,14 @@ class Path:
         raise NotImplementedError
 
     def signal_dbm(self):
+        return None
+
+    def dns_servers(self):
+        """The DNS servers this path's network gives (IPv4, optionally :port), e.g. by DHCP."""
+        return ()
+
+    def dhcp_ntp(self):
+        """The NTP server this path's network offers (config "dhcp"), or None."""
         return None
 
     async def open(self, addr, timeout_ms, ssl_ctx=None, server_hostname=None):

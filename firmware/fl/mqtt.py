@@ -36,16 +36,19 @@ from fl.mqtt_rx import ConnectionLost
 _log = Logger("mqtt")
 _TICK_MS = 5000  # the supervisor and the backoff wake at least this often: `progress` for the watchdog
 _BACKOFF_MIN_MS = 1000
-# getaddrinfo blocks the whole event loop (~10 s on the ESP32 when DNS is down), so a resolved
-# address is kept: looked up again only after a connect to it failed, and at most this often.
+# A lookup (fl.dns: asyncio over UDP, never getaddrinfo) can still cost an attempt seconds when
+# DNS is down, so a resolved address is kept: looked up again only after a connect to it
+# failed, and at most this often.
 _RERESOLVE_MS = 600000
-# With no address at all, a lookup that blocked (DNS down, not a quick refusal) is not repeated
-# sooner than this, whatever asks for an attempt (backoff, kick()).
-_DNS_RETRY_MS = 60000
+# With no address at all, a lookup that took long (DNS down, not a quick refusal) is not repeated
+# sooner than this, whatever asks for an attempt (backoff, kick()). Short: a lookup blocks
+# nothing any more, and a fire must not wait a minute after the resolver comes back.
+_DNS_RETRY_MS = 5000
 _DNS_SLOW_MS = 1000
 # Unacknowledged PUBLISHes whose packet id the session keeps for a resend (the sender has one
 # event in flight at a time; heartbeats and answers are never resent and age out).
 _SESSION_UNACKED = 4
+_DNS_TIMEOUT_MS = 5000  # one lookup of the broker's name, within the connect timeout
 
 
 class Refused(Exception):
@@ -356,7 +359,7 @@ class MQTTClient:
             ctx = self._tls_context()
         except (ValueError, OSError) as e:
             raise TLSFailed("TLS credentials not usable (CA, certificate or key; DER expected): %s" % _describe(e))
-        addr = self._address()
+        addr = await self._address(path, min(_DNS_TIMEOUT_MS, self._connect_timeout_ms))
         hostname = self._ssl_params.get("server_hostname") or self._host if tls else None
         try:
             stream, raw = await path.open(addr, self._connect_timeout_ms, ctx, hostname)
@@ -436,10 +439,10 @@ class MQTTClient:
         else:
             self._fault("mqtt_subscribe", False)
 
-    def _address(self):
+    async def _address(self, path, timeout_ms):
         """The broker's address. Looks it up only when there is none yet, or when a connect to
         the one we have failed and the last lookup is _RERESOLVE_MS old: never on every retry
-        (each lookup may block the loop for seconds). A failed re-lookup keeps the old one."""
+        (each lookup may take seconds). A failed re-lookup keeps the old one."""
         now = ticks.ms()
         if self._addr_at is not None:
             age = ticks.diff(now, self._addr_at)
@@ -453,7 +456,7 @@ class MQTTClient:
                     self._host, self._dns_error, (self._addr_hold - age) // 1000 + 1))
         self.resolves += 1
         try:
-            addr = netio.resolve(self._host, self._port)
+            addr = await netio.resolve(self._host, self._port, path, timeout_ms)
         except Exception as e:
             took = ticks.diff(ticks.ms(), now)
             self._addr_at = ticks.ms()

@@ -21,9 +21,63 @@ class ConnectError(OSError):
     pass
 
 
-def resolve(host, port):
-    """Address tuple for host:port. IP literals never touch DNS."""
-    return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+def is_ip(host):
+    """True for a dotted IPv4 literal: it needs no lookup."""
+    parts = host.split(".")
+    if len(parts) != 4:
+        return False
+    for p in parts:
+        if not p.isdigit() or len(p) > 3 or int(p) > 255:
+            return False
+    return True
+
+
+def sockaddr(ip, port, kind=socket.SOCK_STREAM):
+    """The socket address for an IPv4 literal. getaddrinfo answers a literal at once, without
+    DNS; it must never see a name here (it would block the interpreter while it asks)."""
+    if not is_ip(ip):
+        raise ValueError("not an IPv4 address: %r" % ip)
+    return socket.getaddrinfo(ip, port, 0, kind)[0][-1]
+
+
+async def resolve(host, port, path, timeout_ms):
+    """Address for host:port over `path`, looked up with fl.dns on the event loop (bounded by
+    timeout_ms); IP literals need no lookup (and fl.dns is then never loaded)."""
+    if is_ip(host):
+        return sockaddr(host, port)
+    from fl import dns
+
+    ip = await dns.resolve(host, path.dns_servers(), timeout_ms, path.ifname)
+    return sockaddr(ip, port)
+
+
+async def udp_exchange(ip, port, packet, timeout_ms, max_reply, ifname, accept):
+    """Sends one datagram to ip:port and waits (on the event loop, at most timeout_ms) for a
+    reply that accept(reply) turns into something other than None, which it returns. None on
+    timeout; OSError if the socket fails (e.g. the port is unreachable)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if ifname:
+            sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, ifname)
+        sock.setblocking(False)
+        # Connected: the stack drops datagrams from anyone else, and reports an unreachable port.
+        sock.connect(sockaddr(ip, port, socket.SOCK_DGRAM))
+        sock.send(packet)
+        stream = asyncio.StreamReader(sock)
+        deadline = ticks.after(timeout_ms)
+        while True:
+            left = ticks.left(deadline)
+            if left <= 0:
+                return None
+            try:
+                reply = await asyncio.wait_for_ms(stream.read(max_reply), left)
+            except asyncio.TimeoutError:
+                return None
+            got = accept(reply)
+            if got is not None:
+                return got
+    finally:
+        sock.close()
 
 
 async def _wait_writable(sock, timeout_ms):

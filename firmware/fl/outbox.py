@@ -191,26 +191,24 @@ class Outbox:
         return self._newest_order
 
     def records_after(self, order):
-        """[(order, payload)] of every whole record (live or removed) numbered above `order`,
-        oldest first; unreadable ones are left out."""
+        """Yields (order, payload) of every whole record (live or removed) numbered above
+        `order`, oldest first, one payload in RAM at a time; unreadable ones are left out."""
         st, orders = self._state, self._order
         found = []
         for i in range(self.capacity):
             if orders[i] > order and st[i] != _BAD:
                 found.append((orders[i], i))
         found.sort()
-        out = []
         for o, i in found:
             try:
                 rec = self._file.read(i)
             except OSError:
                 rec = None
             if rec is not None and rec[0] == o:
-                out.append(rec)
+                yield rec
         for r in self._ram:
             if r[0] > order:
-                out.append((r[0], r[2]))
-        return out
+                yield r[0], r[2]
 
     def _lose(self, order):
         """Notes a dropped record's number in the pending `lost` ranges."""

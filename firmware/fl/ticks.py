@@ -16,6 +16,8 @@ Rules for callers:
   (a weekly test) is a Countdown, polled at least once per 2^29 ms.
 - `recent(stamp, window)` treats a stamp that appears to lie in the future as old: only a
   wrap (an age of 2^29 ms or more) can make it so.
+- The one exception: a time handed to asyncio's scheduler (fl/edgewait.py) is asyncio's own
+  `time.ticks_ms`, which is the board's anyway.
 """
 import sys
 import time

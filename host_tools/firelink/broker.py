@@ -192,6 +192,8 @@ class Broker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.last_reload = ReloadOutcome()  # of the latest account change
         self.last_revoke_marker = ""  # what the latest revoke did to the device's retained status
+        self.last_withdrawn = ""  # what the latest revoke or rotation did to the old certificate
+        self.last_kick = ""  # what the latest revoke did to the device's live TLS connection
 
     # --- files ---
     @property
@@ -325,9 +327,49 @@ class Broker:
         account = self.add_account(device_id, password, rotate=rotate)
         return account, cred
 
+    @property
+    def crl_file(self) -> Path:
+        return self.pki_dir / "crl.pem"
+
+    def _revoked(self) -> dict[str, str]:
+        """serial (decimal text) -> device id, of every certificate withdrawn."""
+        path = self.pki_dir / "revoked.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise BrokerError(f"{path} is unreadable ({e}): restore it from a backup") from None
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def withdraw_cert(self, device_id: str, cert_der: bytes) -> str:
+        """Adds the certificate to the site's CRL, which the TLS listener checks at every handshake
+        (re-read on reload). Needs the CA key; without it the certificate still completes TLS
+        but its account's rights are gone (ACL). Returns what was done, in words."""
+        serial = pki.serial_of(cert_der)
+        revoked = self._revoked()
+        revoked[str(serial)] = device_id
+        try:
+            crl = pki.make_crl(self.ca(), [int(k) for k in revoked])
+        except BrokerError as e:
+            return (f"certificate {serial:x} NOT added to the CRL ({e}); it still completes TLS, with no rights: "
+                    "run the revoke again with the CA key at hand")
+        _write_private(self.pki_dir / "revoked.json", json.dumps(revoked, indent=1, sort_keys=True).encode())
+        _write_public(self.crl_file, crl)
+        return f"certificate {serial:x} on the CRL"
+
+    def _ensure_crl(self) -> None:
+        if not self.crl_file.exists():
+            _write_public(self.crl_file, pki.make_crl(self.ca(), [int(k) for k in self._revoked()]))
+
     def save_device_cert(self, device_id: str, cred: pki.Credential, keep_key: bool = False) -> None:
+        """The device's certificate (and key if keep_key); a certificate it replaces is withdrawn
+        (CRL): a board provisioned again must not leave a working credential on the old one."""
         if pki.common_name(cred.cert_der) != device_id:
             raise AccountError(f"the certificate names {pki.common_name(cred.cert_der)!r}, not {device_id!r}")
+        old = self.pki_dir / "devices" / f"{device_id}.crt.der"
+        if old.exists() and old.read_bytes() != cred.cert_der:
+            self.last_withdrawn = self.withdraw_cert(device_id, old.read_bytes())
         devices = self.pki_dir / "devices"
         pki.save(cred, devices, device_id, with_key=keep_key)
         if not keep_key:
@@ -366,13 +408,17 @@ class Broker:
         Then marks its retained status `revoked` (`mark_revoked`) when the broker runs."""
         if is_centre(username) or username == ADMIN_USER or username in RESERVED_NAMES:
             raise AccountError(f"{username!r} is not a device: --revoke removes device accounts only")
-        with self._accounts_locked() as accounts:
+        cert = self.pki_dir / "devices" / f"{username}.crt.der"
+        self.last_withdrawn = self.withdraw_cert(username, cert.read_bytes()) if cert.exists() else \
+            "no certificate of it here to withdraw"
+        with self._accounts_locked() as accounts:  # the reload also re-reads the CRL
             existed = accounts.pop(username, None) is not None
         for suffix in (".crt", ".key", ".crt.der", ".key.der"):
             (self.pki_dir / "devices" / (username + suffix)).unlink(missing_ok=True)
         if not DEVICE_ID_RE.match(username):
             self.last_revoke_marker = "not a valid device id: no status topic to mark"
         elif self.last_reload.signalled:
+            self.last_kick = self.kick_tls(username)
             self.last_revoke_marker = self.mark_revoked(username)
         else:
             self.last_revoke_marker = "no running broker: its retained status is marked at the next revoke while it runs"
@@ -430,6 +476,60 @@ class Broker:
                 c.disconnect()
         return f"could not mark {device_id} revoked on the broker ({last}); monitors may show it lost"
 
+    def kick_tls(self, device_id: str, timeout_s: float = 5.0) -> str:
+        """Ends a revoked device's live TLS connection. The reload makes mosquitto re-check
+        passwords, but a TLS client's account is its certificate, which is checked (against the
+        CRL) only at the next handshake: until then it would stay connected, with no rights.
+        Taking its client id over with a one-time certificate of the same CN closes it; that
+        certificate then joins the CRL too. Needs the CA key, like the CRL."""
+        import ssl
+        import tempfile
+
+        import paho.mqtt.client as mqtt
+
+        try:
+            one_time = pki.make_client(self.ca(), device_id)
+        except BrokerError as e:
+            return f"its live TLS connection (if any) stays until it reconnects ({e})"
+        host, port = self.tls_listener()
+        outcome = "no answer from the TLS listener"
+        with tempfile.TemporaryDirectory(prefix="firelink-revoke-") as tmp:
+            crt, key = Path(tmp) / "c.crt", Path(tmp) / "c.key"
+            _write_private(crt, one_time.cert_pem)
+            _write_private(key, one_time.key_pem)
+            done: list[object] = []
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311,
+                            clean_session=True)
+            c.tls_set(ca_certs=str(self.pki_dir / "ca.crt"), certfile=str(crt), keyfile=str(key),
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            c.tls_insecure_set(True)  # our own broker, reached by address: its name does not matter here
+            c.on_connect = lambda client, userdata, flags, rc, props: done.append(rc)
+            try:
+                c.connect(host, port, keepalive=10)
+                c.loop_start()
+                deadline = time.monotonic() + timeout_s
+                while not done and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                outcome = "its live TLS connection closed" if done else outcome
+            except (OSError, ssl.SSLError, ValueError) as e:
+                outcome = f"could not reach the TLS listener to close its connection ({e})"
+            finally:
+                c.loop_stop()
+                c.disconnect()
+        self.withdraw_cert(device_id, one_time.cert_der)
+        self.reload()
+        return outcome
+
+    def tls_listener(self) -> tuple[str, int]:
+        try:
+            found = [line.split() for line in self.conf_file.read_text().splitlines() if line.startswith("listener ")]
+            if len(found) >= 2 and len(found[1]) == 3:
+                host = found[1][2]
+                return ("127.0.0.1" if host in ("0.0.0.0", "::") else host), int(found[1][1])
+        except (OSError, ValueError):
+            pass
+        return self.bind, self.tls_port
+
     def plain_listener(self) -> tuple[str, int]:
         """Where the running broker's plain listener is, from its configuration (a tool that only
         knows the directory), else from our own settings."""
@@ -482,6 +582,7 @@ class Broker:
     def write_config(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._server_cert()
+        self._ensure_crl()
         user = self.broker_user()
         if user is not None:
             os.chmod(self.dir, 0o711)  # passable, not listable: the files inside stay 0600
@@ -527,6 +628,8 @@ class Broker:
             f"certfile {pk / 'server.crt'}",
             f"keyfile {pk / 'server.key'}",
             "require_certificate true",
+            # Revoked and replaced device certificates, refused at the handshake.
+            f"crlfile {self.crl_file}",
             # The account is the certificate's CN (a device's is its id, pki.make_client): a username
             # sent with another's certificate is ignored.
             "use_identity_as_username true",
@@ -653,6 +756,15 @@ def _accepts(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from firelink import pki
 from firelink.broker import Broker, ReloadOutcome
-from firelink.inventory import REVOKED, DeviceRecord, HistoryEntry, Inventory
+from firelink.inventory import ACTIVE, REVOKED, DeviceRecord, HistoryEntry, Inventory
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,22 @@ def revoke(inventory: Inventory, broker: Broker, device_id: str, by: str) -> Rev
     reload = broker.last_reload
     how = (f"mosquitto reloaded (pid {', '.join(map(str, reload.signalled))})" if reload.signalled
            else "no running mosquitto found: refused from its next start")
-    detail = f"broker account {'removed' if had else 'was already absent'}; {how}"
+    detail = (f"broker account {'removed' if had else 'was already absent'}; {how}; {broker.last_withdrawn}; "
+              f"{broker.last_kick or 'no live connection closed'}; {broker.last_revoke_marker}")
     record = inventory.mark_revoked(device_id, by, detail)
     return RevokeOutcome(record, had, before.state == REVOKED, reload)
+
+
+def renewals_due(inventory: Inventory, days: float = pki.RENEW_DAYS) -> list[tuple[DeviceRecord, float]]:
+    """Active devices whose certificate ends within `days` (or has ended), soonest first. Renewal
+    is provisioning the board again (`firelink provision`): a new certificate, the old one refused."""
+    return renewals_due_of(inventory.devices(state=ACTIVE), days)
+
+
+def renewals_due_of(records: list[DeviceRecord], days: float = pki.RENEW_DAYS) -> list[tuple[DeviceRecord, float]]:
+    due = [(r, left) for r in records if r.state == ACTIVE
+           for left in [r.cert_days_left()] if left is not None and left <= days]
+    return sorted(due, key=lambda d: d[1])
 
 
 def as_dict(rec: DeviceRecord) -> dict[str, Any]:

@@ -72,16 +72,28 @@ def run_list(args: argparse.Namespace) -> int:
             out.print_json(json.dumps(devices.as_dict(rec)), indent=None)
         return 0
     table = Table()
-    for name in ("device", "site", "MAC", "firmware", "state", "provisioned", "by", "last result"):
+    for name in ("device", "site", "MAC", "firmware", "state", "provisioned", "by", "last result", "cert until"):
         table.add_column(name, no_wrap=name in ("device", "MAC"))  # copied from here: never folded
     for rec in rows:
         state = f"[green]{rec.state}[/]" if rec.state == ACTIVE else f"[red]{rec.state}[/]"
         result = rec.last_result or "-"
         table.add_row(rec.device_id, rec.site, rec.mac, rec.firmware or "-", state, rec.provisioned_at,
-                      rec.provisioned_by, f"[green]{result}[/]" if result == "pass" else result)
+                      rec.provisioned_by, f"[green]{result}[/]" if result == "pass" else result, _cert_until(rec))
     out.print(table)
     out.print(f"{len(rows)} device(s) in {args.inventory}")
+    for rec, left in devices.renewals_due_of(rows):
+        when = f"ended {-left:.0f} days ago" if left < 0 else f"ends in {left:.0f} days"
+        out.print(f"[yellow]renew:[/] {rec.device_id}'s certificate {when} ({rec.cert_not_after}): provision the "
+                  "board again (`firelink provision`), which issues a new one")
     return 0
+
+
+def _cert_until(rec: devices.DeviceRecord) -> str:
+    left = rec.cert_days_left()
+    if left is None:
+        return "-"
+    day = (rec.cert_not_after or "")[:10]
+    return f"[red]{day} renew[/]" if left <= pki.RENEW_DAYS else day
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -102,6 +114,7 @@ def run_show(args: argparse.Namespace) -> int:
     for label, value in (("site", rec.site), ("MAC", rec.mac), ("firmware", rec.firmware or "-"),
                          ("state", rec.state + (f" since {rec.revoked_at} ({rec.revoked_by})" if rec.revoked_at else "")),
                          ("broker", rec.broker_url), ("certificate sha256", rec.cert_fingerprint),
+                         ("certificate until", _cert_until(rec)),
                          ("provisioned", f"{rec.provisioned_at} by {rec.provisioned_by}"),
                          ("last result", f"{rec.last_result or '-'} ({rec.last_result_at or '-'})"),
                          ("report", rec.last_report or "-")):

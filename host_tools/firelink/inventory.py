@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 DEFAULT_PATH = Path("run/inventory.db")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cert_not_after
 ACTIVE, REVOKED = "active", "revoked"
 
 SCHEMA = """
@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS devices (
     revoked_by TEXT,
     last_result TEXT,                -- 'pass' or 'fail: <check>: <why>'
     last_result_at TEXT,
-    last_report TEXT                 -- path of the commissioning report (Markdown)
+    last_report TEXT,                -- path of the commissioning report (Markdown)
+    cert_not_after TEXT              -- the client certificate's end (UTC, ISO 8601): renew before it
 );
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY,
@@ -91,6 +92,13 @@ class DeviceRecord:
     last_result: str | None = None
     last_result_at: str | None = None
     last_report: str | None = None
+    cert_not_after: str | None = None  # None: provisioned before the inventory kept it
+
+    def cert_days_left(self, now: dt.datetime | None = None) -> float | None:
+        if not self.cert_not_after:
+            return None
+        end = dt.datetime.strptime(self.cert_not_after, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+        return (end - (now or dt.datetime.now(dt.timezone.utc))).total_seconds() / 86400
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ class HistoryEntry:
 
 
 _COLS = ("device_id, mac, site, inputs, firmware, cert_fingerprint, provisioned_at, provisioned_by, broker_url, "
-         "state, revoked_at, revoked_by, last_result, last_result_at, last_report")
+         "state, revoked_at, revoked_by, last_result, last_result_at, last_report, cert_not_after")
 
 
 class Inventory:
@@ -120,6 +128,8 @@ class Inventory:
                 raise InventoryError(f"{self.path} was written by a newer firelink (schema {version}); "
                                      "update the host tools")
             with self._db:
+                if version == 1:  # an inventory from before certificate end dates were kept
+                    self._db.execute("ALTER TABLE devices ADD COLUMN cert_not_after TEXT")
                 self._db.executescript(SCHEMA)
                 self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
@@ -137,7 +147,7 @@ class Inventory:
     # --- changes ---
     def record_provisioned(self, device_id: str, mac: str, site: str, inputs: list[dict[str, Any]],
                            firmware: str | None, cert_fingerprint: str, by: str, broker_url: str,
-                           at: str | None = None) -> DeviceRecord:
+                           at: str | None = None, cert_not_after: str | None = None) -> DeviceRecord:
         """A board now holds a new configuration and credential: (re)places its row as active."""
         at = at or utc_now()
         previous = self.find(device_id)
@@ -145,9 +155,9 @@ class Inventory:
         if previous is not None:
             detail += f"; replaces cert {previous.cert_fingerprint[:16]} ({previous.state})"
         with self._tx() as db:
-            db.execute(f"INSERT OR REPLACE INTO devices ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            db.execute(f"INSERT OR REPLACE INTO devices ({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (device_id, mac, site, json.dumps(inputs, sort_keys=True), firmware, cert_fingerprint, at,
-                        by, broker_url, ACTIVE, None, None, None, None, None))
+                        by, broker_url, ACTIVE, None, None, None, None, None, cert_not_after))
             self._log(db, device_id, at, "provisioned", by, detail)
         return self.get(device_id)
 

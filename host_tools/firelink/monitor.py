@@ -314,7 +314,9 @@ class Monitor:
             raise PayloadError(f"event id {ev.id} reused with different content (held: seq {held.seq} code "
                                f"{held.code} {held.q} {held.cls}; this: seq {ev.seq} code {ev.code} {ev.q} {ev.cls})")
         if not m.retained:
-            self._device_note(ev.device, self._book.heard(ev.device, ev.received_at), out)
+            change = self._book.heard(ev.device, ev.received_at)
+            if change or self._book.early:  # a plain "heard" is left to the heartbeats: work per event
+                self._device_note(ev.device, change, out)
         out.acks.append((ev.device, ev.id))  # duplicates too: the device may have missed the first ack
         if held is not None:
             self.store.count_ack_sent(ev.device, ev.id)
@@ -346,10 +348,18 @@ class Monitor:
     def _reject(self, m: Incoming, device: str | None, kind: str, reason: str, out: _Outcome) -> None:
         self.stats.malformed += 1
         self.store.quarantine(m.received_at, m.topic, device, kind, m.payload, reason, m.retained, m.dup)
-        if device is not None and not m.retained and m.topic != "":
+        if device is None:
+            return self._warn(out, reason, m.topic[:128], None)
+        if not m.retained:
             # Whatever it says, it came from the device (the ACL sees to that): it is alive.
             self._device_note(device, self._book.heard(device, m.received_at), out)
-        self._warn(out, reason, m.topic[:128], device)
+        # Junk counts towards a flood too: one fault for the device, not a warning per message.
+        if self._flood.note(device, "quarantined", m.received_at):
+            self.stats.floods += 1
+            out.notes.append(methodcaller("on_flood", device, True, dict(self._flood.flooding[device]),
+                                          m.received_at))
+        if device not in self._flood.flooding:
+            self._warn(out, reason, m.topic[:128], device)
 
     def _device_note(self, name: str, change: str | None, out: _Outcome) -> None:
         for early, what in self._book.early:

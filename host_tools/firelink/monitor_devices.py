@@ -149,6 +149,10 @@ class DeviceBook:
         self.pending_offline: dict[str, list[Any]] = {}
         self.early: list[tuple[Device, str]] = []  # changes dated before the one being returned
         for name, d in devices.items():
+            # The last heartbeat's promise outlives a monitor restart (it was checked when stored).
+            next_s = (d.last_heartbeat or {}).get("next_s")
+            if isinstance(next_s, (int, float)) and not isinstance(next_s, bool) and next_s > 0:
+                self._next_s[name] = float(next_s)
             self._set_supervision(d)
 
     # --- supervision of the centre's own connection ---
@@ -322,9 +326,10 @@ class DeviceBook:
 
 
 class FloodMeter:
-    """A device sending more than `limit` events within `window_s` is flooding the centre: one
-    `flood` fault for it, its events still stored and acknowledged but not shown one by one,
-    until it has sent fewer than `limit` in a whole window."""
+    """A device sending more than `limit` events (or quarantined messages) within `window_s` is
+    flooding the centre: one `flood` fault for it, its events still stored and acknowledged but
+    not shown one by one (nor a warning per bad message), until it has sent fewer than `limit`
+    in a whole window."""
 
     def __init__(self, limit: int = 100, window_s: float = 2.0) -> None:
         self.limit = limit

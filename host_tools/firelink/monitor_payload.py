@@ -29,6 +29,7 @@ MAX_DEPTH = 6  # nesting of JSON objects/lists
 MAX_ID_LEN = 64
 MAX_NAME_LEN = 64  # input names, fault names, fw, reset cause, path ...
 MAX_DETAIL_LEN = 512
+MAX_FAULT_DETAIL_LEN = 2048  # a heartbeat's `faults.config` lists every configuration problem
 MAX_ENTRIES = 64  # keys in a heartbeat's inputs/faults/counters/outbox
 MAX_SEQ = 2**53 - 1  # exact in JSON everywhere and in SQLite
 MAX_TS = 2**33  # year 2242: anything later is not a clock
@@ -109,9 +110,11 @@ def parse_json(payload: bytes) -> dict[str, Any]:
         raise PayloadError(f"not JSON: {str(e)[:80]}") from None
     if not isinstance(value, dict):
         raise PayloadError(f"a JSON {type(value).__name__}, not an object")
-    if not _depth_ok(value, 1):
+    # Both walks only when the text could need them (a few brackets; a \uD8xx-\uDFxx escape).
+    if text.count("{") + text.count("[") > MAX_DEPTH and not _depth_ok(value, 1):
         raise PayloadError(f"nested deeper than {MAX_DEPTH}")
-    _strings_ok(value)
+    if _SURROGATE_ESCAPE.search(text):
+        _strings_ok(value)
     return value
 
 
@@ -130,6 +133,7 @@ def _strings_ok(value: Any) -> None:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
@@ -144,7 +148,7 @@ def _is_num(value: Any) -> bool:
 
 def integer(doc: dict[str, Any], key: str, lo: int, hi: int, required: bool = False, default: Any = None) -> Any:
     value = doc.get(key)
-    if value is None and not required and key not in doc:
+    if value is None and not required:  # absent or null: not known
         return default
     if not _is_int(value) or not lo <= value <= hi:
         raise PayloadError(f"{key!r} is not an integer in {lo}..{hi}: {short(value)}")
@@ -153,7 +157,7 @@ def integer(doc: dict[str, Any], key: str, lo: int, hi: int, required: bool = Fa
 
 def number(doc: dict[str, Any], key: str, lo: float, hi: float, required: bool = False) -> float | None:
     value = doc.get(key)
-    if value is None and not required and key not in doc:
+    if value is None and not required:
         return None
     if not _is_num(value) or not lo <= value <= hi:
         raise PayloadError(f"{key!r} is not a number in {lo:g}..{hi:g}: {short(value)}")
@@ -163,7 +167,7 @@ def number(doc: dict[str, Any], key: str, lo: float, hi: float, required: bool =
 def text(doc: dict[str, Any], key: str, limit: int, required: bool = False, controls: bool = False,
          default: Any = None) -> Any:
     value = doc.get(key)
-    if value is None and not required and key not in doc:
+    if value is None and not required:
         return default
     if not isinstance(value, str) or len(value) > limit or (required and not value):
         raise PayloadError(f"{key!r} is not a text of at most {limit} characters: {short(value)}")
@@ -173,14 +177,18 @@ def text(doc: dict[str, Any], key: str, limit: int, required: bool = False, cont
 
 
 def flag(doc: dict[str, Any], key: str, default: bool = False) -> bool:
-    value = doc.get(key, default)
+    value = doc.get(key)
+    if value is None:
+        return default
     if not isinstance(value, bool):
         raise PayloadError(f"{key!r} is not true or false: {short(value)}")
     return value
 
 
 def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
-    value = doc.get(key, {})
+    value = doc.get(key)
+    if value is None:
+        return {}
     if not isinstance(value, dict) or len(value) > MAX_ENTRIES:
         raise PayloadError(f"{key!r} is not an object of at most {MAX_ENTRIES} entries: {short(value)}")
     for name in value:
@@ -304,7 +312,7 @@ def parse_heartbeat(doc: dict[str, Any]) -> Heartbeat:
     faults = _table(doc, "faults")
     for name, detail in faults.items():
         if not (detail is None or isinstance(detail, (bool, int, float))
-                or isinstance(detail, str) and len(detail) <= MAX_DETAIL_LEN):
+                or isinstance(detail, str) and len(detail) <= MAX_FAULT_DETAIL_LEN):
             raise PayloadError(f"fault {short(name)} detail is {short(detail)}")
     return Heartbeat(doc, ts, tsync, fw, reset, path, signal, outbox.get("depth"), faults, next_s)
 

@@ -107,7 +107,8 @@ class LineSink(Sink):
     def on_flood(self, device: str, started: bool, info: dict[str, Any], at: float) -> None:
         self._write({"type": "flood" if started else "flood_end", "at": round(at, 3), "device": device,
                      "since": round(info["since"], 3), "events": info["events"],
-                     "fire": info.get("fire", 0), "fault": info.get("fault", 0), "status": info.get("status", 0)})
+                     "fire": info.get("fire", 0), "fault": info.get("fault", 0), "status": info.get("status", 0),
+                     "quarantined": info.get("quarantined", 0)})
 
     def on_broker(self, up: bool, at: float, detail: str) -> None:
         self._write({"type": "broker_up" if up else "broker_down", "at": round(at, 3), "detail": detail})
@@ -175,12 +176,12 @@ class LiveView(Sink):
 
     def on_flood(self, device: str, started: bool, info: dict[str, Any], at: float) -> None:
         if started:
-            text = (f"FLOOD: more than {info['events']} events in a few seconds; stored, not shown one by one")
+            text = "FLOOD: more messages than a panel can send; stored, not shown one by one"
             with self._lock:
                 self.flooded[device] = 0
         else:
-            text = (f"flood over: {info['events']} events ({info.get('fire', 0)} fire, {info.get('fault', 0)} "
-                    f"fault, {info.get('status', 0)} status) stored")
+            text = (f"flood over: {info['events']} messages ({info.get('fire', 0)} fire, {info.get('fault', 0)} "
+                    f"fault, {info.get('status', 0)} status events, {info.get('quarantined', 0)} quarantined)")
             with self._lock:
                 self.flooded.pop(device, None)
         self._note(at, device, text, "bold magenta" if started else "magenta")

@@ -158,6 +158,23 @@ def save(cred: Credential, directory: Path, stem: str, with_key: bool = True,
         os.replace(tmp, path)
 
 
+def serial_of(cert_der: bytes) -> int:
+    return int(x509.load_der_x509_certificate(cert_der).serial_number)
+
+
+def make_crl(ca: Credential, serials: list[int]) -> bytes:
+    """The CA's revocation list (PEM) of these certificate serials, valid as long as the CA: the
+    broker refuses a listed certificate at the TLS handshake."""
+    ca_cert, ca_key = _load(ca)
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+               .last_update(now - dt.timedelta(days=1)).next_update(ca_cert.not_valid_after_utc))
+    for serial in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - dt.timedelta(minutes=1)).build())
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
 def load_ca(directory: Path, passphrase: bytes | None = None) -> Credential:
     """The CA with its key in clear (in memory only). PKIError says what is missing: the key kept
     offline, or its passphrase."""

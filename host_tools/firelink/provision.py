@@ -223,17 +223,19 @@ class _Run:
             _write_private(tmp / "client.key", own.key_pem)
             tls = TLSFiles(self.broker.pki_dir / "ca.crt", tmp / "client.crt", tmp / "client.key")
         deadline = time.monotonic() + self.timeouts.broker_s
+        wait = self.timeouts.broker_s
         while True:  # the broker may still be re-reading its password file
             watch = CentreWatch(settings.broker, name, account.password, tls,
                                 refused_hint=f": is --broker-dir ({self.broker.dir}) the directory this broker runs from?")
             try:
-                watch.connect(max(0.5, deadline - time.monotonic()))
+                watch.connect(wait)
                 return watch
             except BrokerRefused:
                 watch.close()
                 if time.monotonic() + 0.1 >= deadline:
                     raise
                 time.sleep(0.1)
+                wait = max(0.5, deadline - time.monotonic())
 
     def _drop_account(self, name: str) -> None:
         try:
@@ -339,7 +341,8 @@ class _Run:
         else:
             self._login(watch, device_id, password, cred)
         self.inventory.record_provisioned(device_id, str(r.mac), r.site, r.inputs, r.firmware,
-                                          str(r.cert_fingerprint), r.installer, r.broker_url)
+                                          str(r.cert_fingerprint), r.installer, r.broker_url,
+                                          cert_not_after=f"{pki.not_after(cred.cert_der):%Y-%m-%dT%H:%M:%SZ}")
         watch.watch(device_id, self.timeouts.broker_s)
         how = f"the broker accepts it (mosquitto pid {', '.join(map(str, reloaded.signalled))} reloaded)" \
             if reloaded.signalled else "no running mosquitto to reload"

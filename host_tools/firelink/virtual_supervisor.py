@@ -431,11 +431,15 @@ class Supervisor:
             return
         del self._to_dev[:n]
 
-    def _check_user(self) -> None:
-        """Attaches the user side when someone has opened it; detaches when they left."""
+    def _hung_up(self) -> bool:
+        """Nobody has the port open now."""
         probe = select.poll()
         probe.register(self._user_master, select.POLLIN)
-        hung_up = any(ev & select.POLLHUP for _, ev in probe.poll(0))
+        return any(ev & select.POLLHUP for _, ev in probe.poll(0))
+
+    def _check_user(self) -> None:
+        """Attaches the user side when someone has opened it; detaches when they left."""
+        hung_up = self._hung_up()
         if hung_up and self._user_attached:
             self._detach_user()
         elif not hung_up and not self._user_attached:
@@ -448,15 +452,22 @@ class Supervisor:
             pass
         self._user_attached = False
         self._to_user.clear()
+        if not self._hung_up():
+            # The next user opened the port already (a busy machine notices the hang-up late):
+            # it is theirs, in the mode they set. Resetting or flushing it now would discard
+            # what they are about to read (pyserial then sees "readiness to read but returned
+            # no data"), and output meanwhile must reach them.
+            self._user_attached = True
+            return
         # Whoever had the port may have left it echoing; echo would send our own output back
         # to the firmware as input the moment a program that does not set raw mode opens it.
+        # No flush: someone opening the port this instant keeps what it is sent.
         try:
             fd = os.open(self._user_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError:
             return
         try:
             tty.setraw(fd)
-            termios.tcflush(fd, termios.TCIOFLUSH)
         finally:
             os.close(fd)
 

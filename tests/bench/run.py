@@ -22,6 +22,8 @@ under the MicroPython unix port, its heap capped with `-X heapsize`). The scenar
 5. the micro-benchmarks tests/bench/bench_outbox.py and bench_mqtt.py under the unix port.
 6. the flash model (tests/bench/bench_flash.py): latency, backlog, block writes per event and per
    idle day with typical and worst-case flash write times, each on a site of its own.
+7. the centre (tests/bench/bench_monitor.py): another device's fire during a 10,000-event flood,
+   and the monitor's reconnect after a broker outage.
 
 The exit status is 0 when every part ran, whatever the figures; 1 when one could not run.
 """
@@ -47,7 +49,7 @@ from firelink import build, virtual
 from firelink.localsite import LocalSite, SiteError
 from firelink.monitor_devices import WENT_ONLINE
 from firelink.monitor_store import Event
-from tests.bench import bench_flash, bench_jig
+from tests.bench import bench_flash, bench_jig, bench_monitor, bench_wire
 from tests.tooling import ROOT, firmware_env, micropython_binary
 
 DEVICE_ID = "fl-02000000be01"  # as long as a default id ("fl-" + the MAC in hex): the topic's real size
@@ -55,10 +57,10 @@ FIRE = "panel_fire"
 TOGGLE = "bench_toggle"
 HEARTBEAT_S = 5  # the shortest config.md allows: heap_peak is sampled at each heartbeat
 TARGET_ABOVE_DEBOUNCE_MS = 100
-# Firmware defaults (docs/config.md) for the wire-cost figures.
-DEFAULT_HEARTBEAT_S = 60
-DEFAULT_KEEPALIVE_S = 60
-DEFAULT_PING_S = DEFAULT_KEEPALIVE_S // 4  # fl/mqtt.py pings every keepalive/4, whatever else flows
+# Firmware defaults (docs/config.md) for the wire-cost figures (bench_wire.py measures them over TLS).
+DEFAULT_HEARTBEAT_S = 3600
+DEFAULT_KEEPALIVE_S = 100
+DEFAULT_PING_S = 95  # fl/mqtt.py pings after keepalive less 5 % without sending
 # TCP/IP assumption: IPv4 (20 B) + TCP without options (20 B; lwIP sends no timestamps) per segment;
 # each MQTT packet in a segment of its own (one write per packet, TCP_NODELAY), and the reply
 # (PUBACK, PINGRESP) answered by a bare ACK.
@@ -470,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flash-backlog", type=int, default=300, help="backlog events per flash model (default: "
                    "%(default)s; a fifth for the worst case)")
     p.add_argument("--flash-idle-s", type=float, default=60.0, help="idle spell per flash model (default: %(default)s)")
+    p.add_argument("--wire-minutes", type=float, default=10.0,
+                   help="bench_wire.py's steady-state window at default settings over TLS; 0 skips it (default: %(default)s)")
     args = p.parse_args(argv)
 
     console = Console()
@@ -519,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         default_b, compact_b = as_default_device(largest)
         cost = WireCost(topic_b=len(f"firelink/{DEVICE_ID}/heartbeat"), payload_b=default_b)
         console.print(wire_table(cost, sizes, compact_b))
-        summary.append(("heartbeat on the wire (60 s, MQTT QoS 1)",
+        summary.append((f"heartbeat on the wire ({DEFAULT_HEARTBEAT_S} s, MQTT QoS 1)",
                         f"payload {cost.payload_b} B: {cost.per_heartbeat_b} B + pings "
                         f"{cost.heartbeat_s // cost.ping_s * 4} B; {kb(cost.mqtt_per_day_b)}/day",
                         f"{kb(cost.mqtt_per_day_b + cost.tcpip_per_day_b)}/day with TCP/IPv4 headers"))
@@ -559,12 +563,18 @@ def main(argv: list[str] | None = None) -> int:
                 summary.append((f"micro: {script}", micro_summary(m), f"{m.seconds:.1f} s"))
                 if m.status != 0:
                     failed = f"{script} failed"
+        with console.status("the centre under a flood and a broker outage (bench_monitor.py)"):
+            summary.append(bench_monitor.measure().row())
     except (SiteError, BenchError) as e:
         failed = str(e)
     except KeyboardInterrupt:
         failed = "interrupted"
     finally:
         site.close()
+    if args.wire_minutes > 0 and failed != "interrupted":
+        rows, wire_failed = bench_wire.run(args.dir / "wire", args.wire_minutes, args.heapsize, app, console)
+        summary += rows
+        failed = failed or wire_failed
 
     if not failed and not args.no_flash:
         try:

@@ -772,11 +772,11 @@ async def test_the_broker_name_is_looked_up_once_not_on_every_retry():
     fail = []
     real = netio.resolve
 
-    def resolve(h, p):  # getaddrinfo: blocks the whole loop for ~10 s on the board when DNS is down
+    async def resolve(h, p, path, timeout_ms):  # fl.dns: seconds when DNS is down
         calls.append(h)
         if fail:
             raise OSError(-202)
-        return real(h, p)
+        return await real(h, p, path, timeout_ms)
     netio.resolve = resolve
     links = sim_links()
     p = await _closed_port()
@@ -810,9 +810,9 @@ async def test_a_dns_lookup_that_blocked_is_not_repeated_on_every_retry():
     mqtt._DNS_SLOW_MS = 100
     calls = []
 
-    def resolve(h, p):  # DNS down: blocks, then fails
+    async def resolve(h, p, path, timeout_ms):  # DNS down: no answer, then fails
         calls.append(h)
-        time.sleep_ms(150)
+        await asyncio.sleep_ms(150)
         raise OSError(-202)
     netio.resolve = resolve
     c = device(sim_links(), "broker.invalid", await _closed_port(), backoff_max_s=1)

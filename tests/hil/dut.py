@@ -37,6 +37,7 @@ from firelink.device import Device
 from tests.hil.jig import Jig
 
 SOFT_REBOOT = r"MPY: soft reboot"
+FIRMWARE_UP = r"INFO app: FireLink \S+ on .* reset cause"  # the app's first line (fl/app.py)
 # What a scenario may need (`@pytest.mark.needs(...)`), and what provides it.
 CAPABILITIES = {
     "inputs": "drive dry-contact inputs (the virtual device, or a jig's opto-MOSFETs)",
@@ -206,7 +207,17 @@ class Dut(abc.ABC):
         finally:
             self._reclaim_port()
         if reboot:
-            self.wait_for_log(self.REBOOTED, timeout_s, since=mark)
+            # "MPY: soft reboot" comes before main.py starts: the firmware runs once it says
+            # so itself. Returning earlier, the next repl()'s ^C would reach a firmware still
+            # importing (or none at all, and be dropped with the reboot's stale input). On a
+            # board's port the soft reboot line may be lost (REBOOTED): then the banner is it.
+            m = self.wait_for_log(self.REBOOTED, timeout_s, since=mark)
+            if re.search(FIRMWARE_UP, m.group(0)):
+                self._cursor -= len(m.group(0).encode("utf-8", "replace"))  # the caller may wait for it too
+            else:
+                after_reboot = self._cursor
+                self.wait_for_log(FIRMWARE_UP, timeout_s)
+                self._cursor = after_reboot  # the caller may wait for the boot line too
 
     def read_file(self, path: str) -> bytes:
         with self.repl() as dev:
@@ -308,7 +319,7 @@ class SerialDut(Dut):
     IMAGE_FILES = ("config.json", "secrets.json")
     # The port is closed between mpremote and our reader, and a UART drops what it sends then:
     # "MPY: soft reboot" may be lost, the firmware's banner just after it comes to us.
-    REBOOTED = SOFT_REBOOT + r"|INFO app: FireLink \S+ on \w+ as "
+    REBOOTED = SOFT_REBOOT + "|" + FIRMWARE_UP
     # What the firmware keeps on flash between boots (fl/outbox.py, fl/recorder.py checkpoint,
     # fl/events.py Sequencer, fl/bootguard.py): removed at start(), so that each scenario meets
     # a device as fresh as the virtual device's new directory. Keep in step with the firmware.

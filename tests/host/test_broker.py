@@ -210,3 +210,32 @@ def test_revoke_marks_the_retained_status_revoked(tmp_path: Path):
         assert got and json.loads(got[-1])["state"] == "revoked"
     finally:
         b.stop()
+
+
+def test_the_ca_key_can_be_protected_or_kept_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]):
+    from firelink import pki
+
+    d = tmp_path / "site"
+    b = Broker(d)
+    b.add_device("fl-one")
+    monkeypatch.setenv(pki.PASSPHRASE_ENV, "correct horse battery")
+    assert cli.main(["broker", "--dir", str(d), "--protect-ca"]) == 0
+    assert b"ENCRYPTED" in (d / "pki" / "ca.key").read_bytes()
+    assert (d / "pki" / "ca.key").stat().st_mode & 0o077 == 0
+    b.add_device("fl-two")  # signs with the passphrase from the environment
+    b.write_config()  # the first start makes the server certificate and the CRL: the key is needed once
+    monkeypatch.delenv(pki.PASSPHRASE_ENV)
+    with pytest.raises(BrokerError, match="protected: set \\$FL_CA_PASSPHRASE"):
+        b.add_device("fl-three")
+    (d / "pki" / "ca.key").rename(tmp_path / "offline.key")
+    with pytest.raises(BrokerError, match="not in .* \\(kept offline\\?\\)"):
+        b.add_device("fl-three")
+    assert "fl-three" not in b.usernames()
+    # The broker itself runs without the CA key.
+    b2 = Broker(d, port=free_port(), tls_port=free_port())
+    b2.start()
+    try:
+        assert _connect(b2.port, "fl-one", "wrong") == NOT_AUTHORISED
+    finally:
+        b2.stop()

@@ -209,3 +209,47 @@ def test_cli_lists_shows_and_revokes(site_broker: Broker, inv: Inventory, capsys
     assert "fl-0200000000d4" in capsys.readouterr().out
     with pytest.raises(CommandError, match="no inventory at"):
         _cli(["devices", "list", "--inventory", str(inv.path.parent / "none.db")])
+
+
+def test_certificate_end_dates_are_kept_and_renewals_listed_60_days_ahead(
+        inv: Inventory, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
+
+    soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=59)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=61)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    inv.record_provisioned("fl-soon", "02:00:00:00:00:b1", "Kho A", INPUTS, "0.1.0", FP, "an", "mqtts://h:8883",
+                           cert_not_after=soon)
+    inv.record_provisioned("fl-later", "02:00:00:00:00:b2", "Kho A", INPUTS, "0.1.0", FP, "an", "mqtts://h:8883",
+                           cert_not_after=later)
+    add(inv, "fl-unknown")  # provisioned before end dates were kept
+    due = devices.renewals_due(inv)
+    assert [(r.device_id, round(left)) for r, left in due] == [("fl-soon", 59)]
+    monkeypatch.setenv("COLUMNS", "250")
+    assert _cli(["devices", "list", "--inventory", str(inv.path)]) == 0
+    out = capsys.readouterr().out
+    assert "renew: fl-soon's certificate ends in 59 days" in out and "fl-later's" not in out
+    assert later[:10] in out
+
+
+def test_an_inventory_from_before_certificate_end_dates_opens_and_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        old_schema = SCHEMA_V1
+        db.executescript(old_schema)
+        db.execute("INSERT INTO devices VALUES ('fl-old','m','s','[]',NULL,'fp','t','b','u','active',NULL,NULL,NULL,"
+                   "NULL,NULL)")
+        db.execute("PRAGMA user_version = 1")
+    with Inventory(path) as i:
+        assert i.get("fl-old").cert_not_after is None
+        i.record_provisioned("fl-new", "m", "s", [], None, "fp", "b", "u", cert_not_after="2030-01-01T00:00:00Z")
+        assert i.get("fl-new").cert_not_after == "2030-01-01T00:00:00Z"
+
+
+SCHEMA_V1 = """
+CREATE TABLE devices (device_id TEXT PRIMARY KEY, mac TEXT NOT NULL, site TEXT NOT NULL, inputs TEXT NOT NULL,
+    firmware TEXT, cert_fingerprint TEXT NOT NULL, provisioned_at TEXT NOT NULL, provisioned_by TEXT NOT NULL,
+    broker_url TEXT NOT NULL, state TEXT NOT NULL CHECK (state IN ('active', 'revoked')), revoked_at TEXT,
+    revoked_by TEXT, last_result TEXT, last_result_at TEXT, last_report TEXT);
+CREATE TABLE history (id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, at TEXT NOT NULL, action TEXT NOT NULL,
+    by TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+"""

@@ -14,7 +14,7 @@ A board object offers (see sim.py for the reference implementation):
   output(name, on)                      led_status, led_fault, buzzer
   watchdog(timeout_ms) -> obj           .feed()
   relax_watchdog()                      long timeout once the app has stopped for the REPL
-  clock_synced() -> bool, async sync_clock(timeout_ms) -> bool
+  clock_synced() -> bool, async sync_clock(path, servers, timeout_ms) -> bool   SNTP via fl.sntp, sets the RTC
   paths(config) -> [fl.link.Path]       network paths in priority order
   storage_free() -> int                 bytes free on the filesystem
   free_heap() -> int

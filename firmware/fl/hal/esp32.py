@@ -7,8 +7,6 @@ import asyncio
 import gc
 import json
 import os
-import socket
-import struct
 import time
 
 import machine
@@ -29,7 +27,6 @@ _RESET_CAUSES = {
 }
 # Not every port exposes BROWNOUT_RESET as a constant; on the esp32 it is 6.
 _RESET_CAUSES[getattr(machine, "BROWNOUT_RESET", 6)] = "brownout"
-NTP_DELTA = 2208988800  # 1900-01-01 to 1970-01-01
 # Long enough for a deploy or a technician's look, short enough that a stray Ctrl-C on the
 # console does not leave the transmitter stopped for long.
 REPL_WATCHDOG_MS = 10 * 60 * 1000
@@ -163,38 +160,18 @@ class Board:
     def clock_synced(self):
         return self._synced
 
-    async def sync_clock(self, timeout_ms):
-        """SNTP over UDP with a deadline; sets the RTC (needed before TLS verification)."""
+    async def sync_clock(self, path, servers, timeout_ms):
+        """SNTP over `path` (fl.sntp: asyncio, bounded by timeout_ms); sets the RTC, which TLS
+        verification needs. Returns whether it did."""
+        from fl import sntp
+
         try:
-            addr = socket.getaddrinfo("pool.ntp.org", 123)[0][-1]
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                s.setblocking(False)
-                query = bytearray(48)
-                query[0] = 0x1B
-                s.sendto(query, addr)
-                deadline = ticks.add(ticks.ms(), timeout_ms)
-                while ticks.diff(deadline, ticks.ms()) > 0:
-                    try:
-                        msg = s.recv(48)
-                        break
-                    except OSError:
-                        await asyncio.sleep_ms(50)
-                else:
-                    return False
-            finally:
-                s.close()
-            # Mode 4 (server), a real stratum (0 is a kiss-of-death), a synchronised leap
-            # indicator and a plausible time; anything else is not a time to set.
-            if len(msg) < 48 or msg[0] & 7 != 4 or not 1 <= msg[1] <= 15 or msg[0] >> 6 == 3:
-                _log.warn("clock sync: ignoring an unusable NTP reply")
+            utc_ms = await sntp.fetch(servers, path, timeout_ms)
+            if utc_ms is None:
                 return False
-            unix = struct.unpack("!I", msg[40:44])[0] - NTP_DELTA
-            if unix < clock.PLAUSIBLE_AFTER:
-                _log.warn("clock sync: NTP time %d is not plausible", unix)
-                return False
-            tm = time.gmtime(unix - clock.EPOCH_OFFSET)
-            machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
+            tm = time.gmtime(utc_ms // 1000 - clock.EPOCH_OFFSET)
+            # The last field is microseconds on the esp32 port (machine_rtc.c).
+            machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], utc_ms % 1000 * 1000))
             self._synced = True
             return True
         except Exception as e:  # noqa: BLE001 - a bad reply must never stop the app
@@ -281,3 +258,20 @@ class _WifiPath(link.Path):
             return self._if().status("rssi")
         except OSError:
             return None
+
+    def _ifconfig(self, i):
+        try:
+            a = self._if().ifconfig()[i]
+        except OSError:
+            return None
+        return None if a == "0.0.0.0" else a
+
+    def dns_servers(self):
+        # The DNS server DHCP gave (ESP_NETIF_DNS_MAIN, network_common.c); fl.dns asks it.
+        a = self._ifconfig(3)
+        return (a,) if a else ()
+
+    def dhcp_ntp(self):
+        # The esp32 port exposes neither DHCP option 42 nor the DHCP server's address: the
+        # gateway is the DHCP server on a typical site LAN, and most routers answer NTP.
+        return self._ifconfig(2)

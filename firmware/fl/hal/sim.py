@@ -3,7 +3,13 @@ world (contacts, ADC lines, links, signal, clock) is driven through `sim/control
 
 control.json (written atomically by the host tools or tests; every key optional):
   {"inputs": {"in1": 0, "in6": 2100},   raw level for digital channels, raw ADC for analogue
-   "battery_mv": 3900, "links": {"wifi": true}, "rssi": -58, "clock_synced": true}
+   "battery_mv": 3900, "links": {"wifi": true}, "rssi": -58, "clock_synced": true,
+   "dns": ["127.0.0.1:5353"], "dhcp_ntp": "127.0.0.1:1123"}
+The clock is the host's. While `clock_synced` is true (the default) the RTC counts as set and
+sync_clock asks no server; once it is false, sync_clock runs the firmware's real SNTP client
+(fl.sntp, names through fl.dns) against the configured servers, and an answer sets it. `dns`
+is what the path's DHCP would give (default: the host's /etc/resolv.conf), `dhcp_ntp` the NTP
+server it would offer (default none).
 Outputs (LEDs, buzzer) are mirrored to `sim/outputs.json`, and so is the Wi-Fi power-save
 setting (`wifi_power_save`, which the ESP32 turns off while on mains). The reset cause comes from
 $FL_RESET_CAUSE; a reset ends the process with a status the supervisor understands
@@ -22,6 +28,7 @@ import gc
 import json
 import os
 import sys
+import time
 
 from fl import link, store, ticks
 from fl.edgewait import EdgeWait
@@ -83,6 +90,7 @@ class Board:
         self._edges = EdgeWait()
         self._poller = None
         self._mains = True
+        self._rtc_set = False
         store.ensure_dir("sim")
         try:
             store.stall_ms = flash_model_ms(os.getenv("FL_FLASH_MODEL"))
@@ -188,10 +196,19 @@ class Board:
         pass  # the simulated watchdog is checked only by the app's own feeder, gone at the REPL
 
     def clock_synced(self):
-        return self.control.get("clock_synced", True)
+        return self._rtc_set or self.control.get("clock_synced", True)
 
-    async def sync_clock(self, timeout_ms):
-        return self.clock_synced()
+    async def sync_clock(self, path, servers, timeout_ms):
+        if self.clock_synced():
+            return True
+        from fl import sntp  # loaded only when a clock must be set: RAM for the rest otherwise
+
+        utc_ms = await sntp.fetch(servers, path, timeout_ms)
+        if utc_ms is None:
+            return False
+        _log.info("clock set by SNTP (host clock %+d ms)", utc_ms - int(time.time() * 1000))
+        self._rtc_set = True
+        return True
 
     def paths(self, config):
         return [_SimPath(self, "wifi")]
@@ -263,3 +280,32 @@ class _SimPath(link.Path):
 
     def signal_dbm(self):
         return self._board.control.get("rssi", -60) if self.is_up() else None
+
+    def dns_servers(self):
+        v = self._board.control.get("dns")
+        if v is not None:
+            return (v,) if type(v) is str else v
+        return _resolv_conf()
+
+    def dhcp_ntp(self):
+        return self._board.control.get("dhcp_ntp")
+
+
+_resolv = None
+
+
+def _resolv_conf():
+    """The host's DNS servers: what DHCP gave the machine the virtual device runs on."""
+    global _resolv
+    if _resolv is None:
+        found = []
+        try:
+            with open("/etc/resolv.conf") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 2 and parts[0] == "nameserver" and "." in parts[1]:
+                        found.append(parts[1])
+        except OSError:
+            pass
+        _resolv = tuple(found)
+    return _resolv
