@@ -1,0 +1,197 @@
+"""The diagnostics console's answers and actions (fl/diag.py reads and frames; this answers).
+
+Loaded on the first request, not at boot (the lean board's heap). Each verb returns one JSON
+object, `{"ok": true, ...}` or `{"ok": false, "error": "..."}`; docs/diag.md lists them. Config
+answers come from the validated config the app runs on, without `_secrets`: a secret cannot be
+printed because it is never read here. `set` validates through fl.service (fl.config).
+"""
+import gc
+import json
+
+from fl import VERSION, crash, ticks
+from fl.service import SETTABLE, WALK_DEFAULT_S, ServiceError
+
+LOG_MAX = 16
+PARTS = ("id", "inputs", "paths", "outbox", "faults", "counters", "mem", "clock", "walk")
+
+
+async def answer(app, console, text):
+    verb, _, arg = text.partition(" ")
+    arg = arg.strip()
+    if verb == "walk":
+        return _walk(app, arg)
+    if verb in PARTS:
+        return _ok({verb: _PART[verb](app)})
+    if verb == "hello":
+        return _ok({"proto": 1, "fw": VERSION, "id": app.device_id, "verbs": VERBS})
+    if verb == "all":
+        out = {}
+        for p in PARTS:
+            out[p] = _PART[p](app)
+        out["log"] = _log_lines(app, 8)
+        out["console"] = {"requests": console.requests, "ignored": console.ignored, "refused": console.refused}
+        return _ok(out)
+    if verb == "log":
+        return _ok({"log": _log_lines(app, _int(arg or "10", 1, LOG_MAX, "line count"))})
+    if verb == "crash":
+        if arg == "clear":
+            crash.clear()
+            return _ok({})
+        return _ok({"crash": crash.read()})
+    if verb == "config":
+        return _ok({"config": masked_config(app.config), "settable": SETTABLE})
+    if verb == "leds":
+        await app.service.lamp_test()
+        return _ok({"tested": ["led_status", "led_fault", "buzzer"]})
+    if verb == "silence":
+        app.service.silence("console")
+        return _ok({"silenced": True})
+    if verb == "set":
+        key, _, value = arg.partition(" ")
+        try:
+            v = json.loads(value)
+        except ValueError:
+            return _fail("set KEY VALUE: VALUE must be JSON (a number, true/false, \"text\")")
+        return _do(lambda: {"set": key, "value": app.service.config_set(key, v, "console"),
+                            "applies": "after reboot"})
+    if verb == "reboot":
+        console.reply("-", {"ok": True, "rebooting": True})
+        app.service.restart("reboot asked on the console")
+        return _ok({})  # on the unix port a test harness may catch the exit
+    return _fail("unknown verb %r; try: %s" % (verb[:20], " ".join(VERBS)))
+
+
+VERBS = ("hello", "all") + PARTS + ("log", "crash", "config", "leds", "silence", "walk", "set", "reboot")
+
+
+def _ok(d):
+    d["ok"] = True
+    return d
+
+
+def _fail(msg):
+    return {"ok": False, "error": msg}
+
+
+def _do(fn):
+    try:
+        return _ok(fn())
+    except ServiceError as e:
+        return _fail(str(e))
+
+
+def _int(s, lo, hi, what):
+    try:
+        v = int(s)
+    except ValueError:
+        raise ServiceError("%s must be an integer" % what)
+    if not lo <= v <= hi:
+        raise ServiceError("%s must be %d..%d" % (what, lo, hi))
+    return v
+
+
+def _walk(app, arg):
+    svc = app.service
+    if arg.startswith("on"):
+        rest = arg[2:].strip()
+        try:
+            svc.walk_on("console", _int(rest, 1, 240, "minutes") * 60 if rest else WALK_DEFAULT_S)
+        except ServiceError as e:
+            return _fail(str(e))
+    elif arg == "off":
+        svc.walk_off("console")
+    elif arg:
+        return _fail("walk [on [MINUTES] | off]")
+    return _ok({"walk": _walk_state(app)})
+
+
+def _walk_state(app):
+    return {"on": app.service.walk is not None, "left_s": app.service.walk_left_s()}
+
+
+def _id(app):
+    hb = app.heartbeat
+    return {"id": app.device_id, "fw": VERSION, "board": app.board.name, "boot": crash.boots(),
+            "reset": app.reset_cause, "uptime_s": hb.uptime_s(), "safe_mode": app.safe_mode,
+            "site": app.config.get("site", "")}
+
+
+def _inputs(app):
+    inp = app.inputs
+    now = ticks.ms()
+    out = []
+    states = inp.states()
+    for i, spec in enumerate(inp.specs):
+        d = {"name": spec["name"], "kind": spec["kind"], "zone": spec["zone"], "state": states.get(spec["name"]),
+             "debouncing": inp._cand[i] is not None}
+        if d["debouncing"]:
+            d["candidate"] = inp._cand[i]
+            d["for_ms"] = ticks.diff(now, inp._since[i])
+        src = inp._src[i]
+        try:
+            if src is not None and hasattr(src, "read_raw"):
+                d["raw"] = src.read_raw()
+                d["eol_v"] = src.read_mv() / 1000
+            elif src is not None:
+                d["raw"] = src.value()
+            else:
+                d["battery_mv"] = app.board.battery_mv()
+        except Exception as e:  # noqa: BLE001 - a failing reader is shown, not fatal
+            d["read_error"] = repr(e)[:60]
+        out.append(d)
+    return out
+
+
+def _paths(app):
+    out = []
+    cur = app.links.current()
+    for p in app.links.paths:
+        d = {"name": p.name, "up": p.is_up(), "current": p is cur, "failures": p.failures}
+        try:
+            d["signal_dbm"] = p.signal_dbm()
+            ip = getattr(p, "ip", None)
+            d["ip"] = ip() if callable(ip) else ip
+        except Exception as e:  # noqa: BLE001
+            d["error"] = repr(e)[:60]
+        out.append(d)
+    m = app.mqtt.stats()
+    m["broker"] = "%s:%s" % (app.config["broker"]["host"], app.config["broker"]["port"])
+    return {"paths": out, "mqtt": m}
+
+
+def _outbox(app):
+    ob = app.outbox
+    fire, fault, status = ob.depth_by_priority()
+    return {"fire": fire, "fault": fault, "status": status, "depth": len(ob), "capacity": ob.capacity,
+            "in_ram": ob.in_ram(), "dropped": ob.dropped, "storage_fault": bool(ob.storage_fault),
+            "acks_pending": app.ack_watch.pending()}
+
+
+def _mem(app):
+    gc.collect()
+    return {"heap_free": app.board.free_heap(), "flash_free": app.board.storage_free()}
+
+
+def _clock(app):
+    ts, synced = app.clock.now()
+    return {"ts": ts, "synced": synced is True}
+
+
+def _log_lines(app, n):
+    ring = getattr(app, "logring", None)
+    return ring.last(n) if ring else []
+
+
+_PART = {"id": _id, "inputs": _inputs, "paths": _paths, "outbox": _outbox, "faults": lambda app: app.health.faults,
+         "counters": lambda app: app.health.counters, "mem": _mem, "clock": _clock, "walk": _walk_state}
+
+
+def masked_config(cfg):
+    """The running config without `_secrets`; secrets.json's keys are named, never shown."""
+    out = {}
+    for k, v in cfg.items():
+        if k == "_secrets":
+            out["secrets"] = dict((name, "***") for name in v if v[name])
+        else:
+            out[k] = v
+    return out
