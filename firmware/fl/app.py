@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 
-from fl import VERSION, crash, log, ticks
+from fl import VERSION, log, ticks
 from fl.clock import Clock
 from fl.commands import Commands
 from fl.diag import Console
@@ -26,13 +26,11 @@ from fl.heartbeat import Heartbeat
 from fl.indicators import Indicators
 from fl.inputs import CODES, FIRE_KINDS, LINE_TROUBLE, NORMAL, ACTIVE, OPEN, SHORT, Inputs
 from fl.link import LinkManager
-from fl.logring import LogRing
 from fl.mqtt import MQTTClient
 from fl.outbox import Outbox
 from fl.recorder import Recorder
 from fl.reported import Reported
 from fl.sender import AckWatch, Sender
-from fl.service import Service
 from fl.store import read_bytes
 from fl.watchdog import Watchdog
 
@@ -66,14 +64,12 @@ class App:
         were imported; None reads it here."""
         self.board = board
         self.safe_mode = safe_mode
-        self.logring = LogRing()  # the diagnostics console's `log` (issue 12)
-        log.tap = self.logring.add
         self._guard = guard
         self._healthy_after_ms = healthy_after_s * 1000
         self.health = Health()
         self.progress = 0  # housekeeping's, for the watchdog
         self.reset_cause = board.reset_cause()
-        crash.note_boot(self.reset_cause)
+        self.console = Console(self)  # the serial diagnostics (issue 12): keeps log lines from here
         if loaded is None:
             from fl.boot import load_config
             loaded = load_config(board)
@@ -136,8 +132,6 @@ class App:
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
         self.indicators = Indicators(board, self.health, self.mqtt)
         self.watchdog = Watchdog(board)
-        self.service = Service(self)
-        self.console = Console(self)
 
     def _status(self, state):
         ts, _ = self.clock.now()
@@ -198,7 +192,7 @@ class App:
             self.recorder.record(LINE_TROUBLE, "restore", spec["zone"], name, "fault")
         if own_now != told_own:
             event = self.recorder.record(own, "new" if own_now else "restore", spec["zone"], name, own_cls,
-                                         more=self.service.test_flag())
+                                         more=self.console.test_flag())
             if own_cls == "fire" and own_now:
                 self.ack_watch.expect(event.id)
         if trouble and not told_trouble:
@@ -325,7 +319,7 @@ class App:
                     _log.error("task %s failed: %r; starting it again in %d ms", name, e, delay_ms)
                     self.health.count("task_" + name + "_failed")
                     self.health.set_fault("task_" + name, True, repr(e)[:80])
-                    crash.record(name, e, VERSION, self.heartbeat.uptime_s())
+                    _crashed(name, e, self.heartbeat.uptime_s(), self.console.boot)
                 except Exception:  # noqa: BLE001 - reporting failed too (a full heap): restart it anyway
                     pass  # an exception here would end gather(), i.e. every part: a dead transmitter
             await asyncio.sleep_ms(delay_ms)
@@ -384,7 +378,7 @@ class App:
                 next_test.extend(test_every_ms)
                 self._periodic_test()
             self._restore_carried_faults()
-            self.service.tick()
+            self.console.tick()
             self.recorder.declare_lost()
             self._keep_state()
             if not self.outbox.storage_fault:
@@ -417,6 +411,15 @@ class App:
             _log.warn("clean shutdown incomplete: %s", e)
 
 
+def _crashed(part, e, uptime_s, boot):
+    """Keeps the failure on flash for `firelink diag report` (fl/crash.py, loaded for this only)."""
+    try:
+        from fl import crash
+        crash.record(part, e, VERSION, uptime_s, boot)
+    except Exception:  # noqa: BLE001 - a full heap: the fault is reported anyway
+        pass
+
+
 def main(board=None, loaded=None):
     """Runs the transmitter; `board` and `loaded` (config, problems) as fl.boot.main made them."""
     from fl.bootguard import BootGuard
@@ -447,7 +450,7 @@ def main(board=None, loaded=None):
         asyncio.run(app.shutdown())
     except Exception as e:  # noqa: BLE001 - kept for `firelink diag report`, then a fresh start
         _log.error("the app failed (%r): restarting", e)
-        crash.record("app", e, VERSION, app.heartbeat.uptime_s())
+        _crashed("app", e, app.heartbeat.uptime_s(), app.console.boot)
         board.reset("software")
     finally:
         asyncio.new_event_loop()

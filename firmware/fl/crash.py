@@ -20,7 +20,7 @@ PER_BOOT = 3
 _written = 0
 
 
-def record(part, exc, fw, uptime_s):
+def record(part, exc, fw, uptime_s, boot=0):
     """Keeps this failure as the last crash; returns whether it was written. Never raises: it
     runs in failure paths, a full heap or flash included."""
     global _written
@@ -34,7 +34,7 @@ def record(part, exc, fw, uptime_s):
             trace = "..." + trace[-TRACE_MAX:]
         store.write_atomic(CRASH_FILE, json.dumps({
             "part": part, "error": repr(exc)[:200], "traceback": trace, "fw": fw,
-            "uptime_s": uptime_s, "boot": boots()}).encode())
+            "uptime_s": uptime_s, "boot": boot}).encode())
         _written += 1
         return True
     except Exception:  # noqa: BLE001 - a crash report must not crash the crash handler

@@ -18,48 +18,89 @@ values from secrets.json are never read here; see fl/diag_ask.py).
 The REPL stays where it was: Ctrl-C (0x03) never reaches this reader (the UART driver, or the
 virtual device's line discipline, turns it into KeyboardInterrupt), so `firelink flash`,
 provisioning and mpremote break in as before. This module stays small because it is always
-loaded; the answers live in fl/diag_ask.py, imported on the first request (the lean board's
-heap: docs/memory.md).
+loaded; the answers live in fl/diag_ask.py and the actions in fl/service.py, imported on the
+first request (the lean board's heap: docs/memory.md). What must exist before anyone asks lives
+here: the last log lines, this boot's number, the walk test's end.
+
+The log ring keeps references to the last LOG_LINES lines fl.log printed (a preallocated list of
+slots): the strings are the logger's own, so keeping them allocates nothing, and what it holds
+is bounded by LOG_LINES lines.
 """
 import asyncio
 import sys
 
-from binascii import crc32
+from fl import log, store
 
-PROTO = 1
 LINE_MAX = 160
-CHUNK = 192
-PREFIX = "#FL1 "
-_TAG_OK = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+LOG_LINES = 10
 
 
 class Console:
     def __init__(self, app, out=None):
         self._app = app
+        self._ring = [None] * LOG_LINES
+        self._ring_next = 0
+        log.tap = self._keep
+        self.boot = _note_boot(app.reset_cause)
+        self.walk = None  # ticks.Countdown while walk test mode is on (fl/service.py)
+        # A config change from the centre awaits proof that the broker is still reached: the
+        # seconds counted so far, -1 when none does (fl/service.py keeps ROLLBACK_FILE).
+        self.rollback_s = 0 if store.exists("config.rollback") else -1
         self._line = bytearray(LINE_MAX)
         self._n = 0
         self._over = False  # the line being read passed LINE_MAX: dropped at its end
         self._one = bytearray(1)
-        self._onemv = memoryview(self._one)
         self._ask = None  # fl.diag_ask, once asked something
-        self._out = out or _print
+        self.out = out or _print
         self.progress = 0
         self.requests = 0
         self.ignored = 0  # lines not for the console
         self.refused = 0  # malformed requests
 
+    # --- what exists before anyone asks ---
+    def _keep(self, line):
+        self._ring[self._ring_next] = line
+        self._ring_next = (self._ring_next + 1) % LOG_LINES
+
+    def log_lines(self, n):
+        """The last n log lines, oldest first."""
+        n = max(0, min(n, LOG_LINES))
+        out = []
+        for k in range(n):
+            line = self._ring[(self._ring_next - n + k) % LOG_LINES]
+            if line is not None:
+                out.append(line)
+        return out
+
+    def test_flag(self):
+        """The JSON an input event carries in walk test (fl/app.py): `"test": true`."""
+        return ',"test":true' if self.walk is not None else None
+
+    def tick(self):
+        """Housekeeping's, every second: the walk test's own end, a config rollback's watch."""
+        if (self.walk is not None and self.walk.due()) or self.rollback_s >= 0:
+            from fl.service import on_tick
+            on_tick(self._app)
+
+    # --- the serial line ---
     async def run(self, stream=None):
         """Reads the console for ever, one byte at a time: a board's stdin read blocks until
         it has every byte asked for, so asking for one keeps the wait on the event loop."""
         if stream is None:
             stream = asyncio.StreamReader(getattr(sys.stdin, "buffer", sys.stdin))
-        mv = self._onemv
+        mv = memoryview(self._one)
         while True:
             n = await stream.readinto(mv)
             if not n:
                 await asyncio.sleep_ms(200)  # stdin closed (a detached unix port): look again later
                 continue
             await self.feed_byte(self._one[0])
+
+    def _asker(self):
+        if self._ask is None:
+            from fl import diag_ask
+            self._ask = diag_ask
+        return self._ask
 
     async def feed_byte(self, b):
         if b == 10 or b == 13:
@@ -68,12 +109,14 @@ class Console:
             self._over = False
             if over:
                 if self._line[0] == 63:  # "?"
-                    self.refused += 1
-                    self.reply("-", {"ok": False, "error": "line longer than %d bytes: dropped" % LINE_MAX})
+                    await self._asker().overlong(self)
                 else:
                     self.ignored += 1
             elif n:
-                await self.line(memoryview(self._line)[:n])
+                if self._line[0] == 63:
+                    await self._asker().line(self._app, self, memoryview(self._line)[:n])
+                else:  # a person typing, line noise, a terminal's answerback
+                    self.ignored += 1
             return
         if self._n < LINE_MAX:
             self._line[self._n] = b
@@ -81,58 +124,18 @@ class Console:
         else:
             self._over = True
 
-    async def line(self, raw):
-        """One complete line (bytes-like, without its end)."""
-        self.progress += 1
-        if raw[0] != 63:  # not "?": a person typing, line noise, a terminal's answerback
-            self.ignored += 1
-            return
-        for c in raw:
-            if c < 32 or c > 126:
-                self.refused += 1
-                self.reply("-", {"ok": False, "error": "request is not printable ASCII"})
-                return
-        text = bytes(raw[1:]).decode()
-        tag, _, rest = text.partition(" ")
-        if not 1 <= len(tag) <= 8 or any(ord(c) not in _TAG_OK for c in tag):
-            self.refused += 1
-            self.reply("-", {"ok": False, "error": "tag must be 1..8 letters or digits"})
-            return
-        self.requests += 1
-        try:
-            if self._ask is None:
-                from fl import diag_ask
-                self._ask = diag_ask
-            answer = await self._ask.answer(self._app, self, rest.strip())
-        except MemoryError:
-            answer = {"ok": False, "error": "out of memory: ask for less (e.g. one part)"}
-        except Exception as e:  # noqa: BLE001 - a bad request or a bug in an answer never ends the console
-            self.refused += 1
-            answer = {"ok": False, "error": ("%s: %s" % (type(e).__name__, e))[:200]}
-        await self.send(tag, answer)
-
-    def reply(self, tag, obj):
-        """Sends a short answer at once (no wait between frames)."""
-        import json
-        body = json.dumps(obj)
-        self._frames(tag, body, False)
-
-    async def send(self, tag, obj):
-        import json
-        body = json.dumps(obj)
-        obj = None
-        n = (len(body) + CHUNK - 1) // CHUNK or 1
-        for k in range(n):
-            chunk = body[k * CHUNK:(k + 1) * CHUNK]
-            self._out("%s%s %d/%d %08x %s" % (PREFIX, tag, k + 1, n, crc32(chunk.encode()) & 0xFFFFFFFF, chunk))
-            await asyncio.sleep_ms(0)  # the alarm path runs between frames
-
-    def _frames(self, tag, body, _):
-        n = (len(body) + CHUNK - 1) // CHUNK or 1
-        for k in range(n):
-            chunk = body[k * CHUNK:(k + 1) * CHUNK]
-            self._out("%s%s %d/%d %08x %s" % (PREFIX, tag, k + 1, n, crc32(chunk.encode()) & 0xFFFFFFFF, chunk))
-
-
 def _print(line):
     print(line)
+
+
+def _note_boot(reset_cause):
+    """This boot's number; fl.crash (boot counter, last crash) is released after."""
+    from fl import crash
+    from fl.boot import release
+    try:
+        crash.note_boot(reset_cause)
+        return crash.boots()
+    except Exception:  # noqa: BLE001 - a failing flash must not stop the boot
+        return 0
+    finally:
+        release(("fl.crash",))

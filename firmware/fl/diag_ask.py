@@ -5,13 +5,62 @@ object, `{"ok": true, ...}` or `{"ok": false, "error": "..."}`; docs/diag.md lis
 answers come from the validated config the app runs on, without `_secrets`: a secret cannot be
 printed because it is never read here. `set` validates through fl.service (fl.config).
 """
+import asyncio
 import gc
 import json
+from binascii import crc32
 
-from fl import VERSION, crash, ticks
+from fl import VERSION, crash, service, ticks
+from fl.diag import LINE_MAX, LOG_LINES
 from fl.service import SETTABLE, WALK_DEFAULT_S, ServiceError
 
-LOG_MAX = 16
+PROTO = 1
+CHUNK = 192
+PREFIX = "#FL1 "
+LOG_MAX = LOG_LINES
+_TAG_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+async def line(app, console, raw):
+    """One complete request line (bytes-like starting with "?", without its end)."""
+    console.progress += 1
+    for c in raw:
+        if c < 32 or c > 126:
+            console.refused += 1
+            await send(console, "-", {"ok": False, "error": "request is not printable ASCII"})
+            return
+    text = bytes(raw[1:]).decode()
+    tag, _, rest = text.partition(" ")
+    if not 1 <= len(tag) <= 8 or any(c not in _TAG_OK for c in tag):
+        console.refused += 1
+        await send(console, "-", {"ok": False, "error": "tag must be 1..8 letters or digits"})
+        return
+    console.requests += 1
+    try:
+        reply = await answer(app, console, rest.strip())
+    except MemoryError:
+        reply = {"ok": False, "error": "out of memory: ask for less (e.g. one part)"}
+    except Exception as e:  # noqa: BLE001 - a bad request or a bug in an answer never ends the console
+        console.refused += 1
+        reply = {"ok": False, "error": ("%s: %s" % (type(e).__name__, e))[:200]}
+    await send(console, tag, reply)
+
+
+async def overlong(console):
+    console.refused += 1
+    await send(console, "-", {"ok": False, "error": "line longer than %d bytes: dropped" % LINE_MAX})
+
+
+async def send(console, tag, obj):
+    """Prints obj as frames of CHUNK characters, yielding between them: the alarm path runs in
+    between, and a log line falls between two frames, never inside one."""
+    body = json.dumps(obj)
+    obj = None
+    n = (len(body) + CHUNK - 1) // CHUNK or 1
+    for k in range(n):
+        chunk = body[k * CHUNK:(k + 1) * CHUNK]
+        console.out("%s%s %d/%d %08x %s" % (PREFIX, tag, k + 1, n, crc32(chunk.encode()) & 0xFFFFFFFF, chunk))
+        await asyncio.sleep_ms(0)
 PARTS = ("id", "inputs", "paths", "outbox", "faults", "counters", "mem", "clock", "walk")
 
 
@@ -23,7 +72,7 @@ async def answer(app, console, text):
     if verb in PARTS:
         return _ok({verb: _PART[verb](app)})
     if verb == "hello":
-        return _ok({"proto": 1, "fw": VERSION, "id": app.device_id, "verbs": VERBS})
+        return _ok({"proto": PROTO, "fw": VERSION, "id": app.device_id, "verbs": VERBS})
     if verb == "all":
         out = {}
         for p in PARTS:
@@ -41,10 +90,10 @@ async def answer(app, console, text):
     if verb == "config":
         return _ok({"config": masked_config(app.config), "settable": SETTABLE})
     if verb == "leds":
-        await app.service.lamp_test()
+        await service.lamp_test(app)
         return _ok({"tested": ["led_status", "led_fault", "buzzer"]})
     if verb == "silence":
-        app.service.silence("console")
+        service.silence(app, "console")
         return _ok({"silenced": True})
     if verb == "set":
         key, _, value = arg.partition(" ")
@@ -52,11 +101,11 @@ async def answer(app, console, text):
             v = json.loads(value)
         except ValueError:
             return _fail("set KEY VALUE: VALUE must be JSON (a number, true/false, \"text\")")
-        return _do(lambda: {"set": key, "value": app.service.config_set(key, v, "console"),
+        return _do(lambda: {"set": key, "value": service.config_set(app, key, v, "console"),
                             "applies": "after reboot"})
     if verb == "reboot":
-        console.reply("-", {"ok": True, "rebooting": True})
-        app.service.restart("reboot asked on the console")
+        await send(console, "-", {"ok": True, "rebooting": True})
+        service.restart(app, "reboot asked on the console")
         return _ok({})  # on the unix port a test harness may catch the exit
     return _fail("unknown verb %r; try: %s" % (verb[:20], " ".join(VERBS)))
 
@@ -91,27 +140,26 @@ def _int(s, lo, hi, what):
 
 
 def _walk(app, arg):
-    svc = app.service
     if arg.startswith("on"):
         rest = arg[2:].strip()
         try:
-            svc.walk_on("console", _int(rest, 1, 240, "minutes") * 60 if rest else WALK_DEFAULT_S)
+            service.walk_on(app, "console", _int(rest, 1, 240, "minutes") * 60 if rest else WALK_DEFAULT_S)
         except ServiceError as e:
             return _fail(str(e))
     elif arg == "off":
-        svc.walk_off("console")
+        service.walk_off(app, "console")
     elif arg:
         return _fail("walk [on [MINUTES] | off]")
     return _ok({"walk": _walk_state(app)})
 
 
 def _walk_state(app):
-    return {"on": app.service.walk is not None, "left_s": app.service.walk_left_s()}
+    return service.walk_state(app)
 
 
 def _id(app):
     hb = app.heartbeat
-    return {"id": app.device_id, "fw": VERSION, "board": app.board.name, "boot": crash.boots(),
+    return {"id": app.device_id, "fw": VERSION, "board": app.board.name, "boot": app.console.boot,
             "reset": app.reset_cause, "uptime_s": hb.uptime_s(), "safe_mode": app.safe_mode,
             "site": app.config.get("site", "")}
 
@@ -178,8 +226,7 @@ def _clock(app):
 
 
 def _log_lines(app, n):
-    ring = getattr(app, "logring", None)
-    return ring.last(n) if ring else []
+    return app.console.log_lines(n)
 
 
 _PART = {"id": _id, "inputs": _inputs, "paths": _paths, "outbox": _outbox, "faults": lambda app: app.health.faults,

