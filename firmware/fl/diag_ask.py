@@ -38,8 +38,10 @@ async def line(app, console, raw):
     console.requests += 1
     try:
         reply = await answer(app, console, rest.strip())
+    except ServiceError as e:
+        reply = _fail(str(e))
     except MemoryError:
-        reply = {"ok": False, "error": "out of memory: ask for less (e.g. one part)"}
+        reply = _fail("out of memory: ask for less (e.g. one part)")
     except Exception as e:  # noqa: BLE001 - a bad request or a bug in an answer never ends the console
         console.refused += 1
         reply = {"ok": False, "error": ("%s: %s" % (type(e).__name__, e))[:200]}
