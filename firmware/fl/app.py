@@ -126,7 +126,7 @@ class App:
             p.fault_delay_ms = cfg["path_fault_delay_s"] * 1000
         self.links = LinkManager(paths, health=self.health)
         self.mqtt = self._make_mqtt(cfg)
-        self.commands = Commands(self.recorder, self.mqtt, self.prefix + "cmd/result")
+        self.commands = Commands(self.recorder, self.mqtt, self.prefix + "cmd/result", app=self)
         self.sender = Sender(self.outbox, self.mqtt, self.prefix + "event", self.recorder.queued, self.health)
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
@@ -254,8 +254,6 @@ class App:
     def _on_message(self, topic, payload):
         if topic == self.prefix + "ack":
             self.ack_watch.on_ack(payload)
-        elif topic == self.prefix + "cmd" and self.safe_mode:
-            _log.warn("safe mode: remote commands are off; ignoring %d bytes", len(payload))
         elif topic == self.prefix + "cmd":
             self.commands.handle(payload)
         else:

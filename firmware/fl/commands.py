@@ -1,6 +1,8 @@
 """Remote commands from the centre on `firelink/<id>/cmd`; results on `firelink/<id>/cmd/result`.
 
-Only the centre can publish there (the broker's ACL). One command so far:
+Only the centre can publish there (the broker's ACL). `test` is here; `status`, `config get`,
+`config set`, `reboot`, `silence` and `walktest` are in fl/remote.py (loaded on first use), at
+most one a second. In safe mode only `status` runs.
 
   {"cmd": "test", "id": "<ref>"}   records a Contact ID 601 (manual test) event through the
                                    recorder, so it takes the path of any alarm: flash, outbox,
@@ -30,10 +32,13 @@ MAX_BYTES = 256  # a command is a few dozen bytes; anything larger is refused un
 MAX_REF = 32
 MIN_TEST_INTERVAL_MS = 2000
 QUEUE_SLOTS = 4
+REMOTE = ("status", "config get", "config set", "reboot", "silence", "walktest")
 
 
 class Commands:
-    def __init__(self, recorder, mqtt, result_topic):
+    def __init__(self, recorder, mqtt, result_topic, app=None):
+        self._app = app  # fl.remote's commands act on the app
+        self._last_remote = None
         self._recorder = recorder
         self._mqtt = mqtt
         self._topic = result_topic
@@ -93,7 +98,11 @@ class Commands:
             payload = bytes(self._mvs[i][:n]) if n <= MAX_BYTES else n
             self._head = (i + 1) % QUEUE_SLOTS
             self._count -= 1
-            await self._answer(self.execute(payload))
+            result = self.execute(payload)
+            await self._answer(result)
+            if "restart" in result:  # answered first: the centre hears why the device goes away
+                from fl.service import restart
+                restart(self._app, result["restart"])
 
     def execute(self, payload):
         """Parses and runs one command (bytes, or the length of one too large to keep); returns
@@ -111,9 +120,15 @@ class Commands:
             if ref is not None and (type(ref) is not str or len(ref) > MAX_REF):
                 ref = None
                 raise ValueError("id must be a string of at most %d characters" % MAX_REF)
-            if name != "test":
+            if self._app is not None and type(name) is str and name in REMOTE:
+                from fl.remote import dispatch
+                result = dispatch(self, self._app, name, msg, ref)
+            elif name != "test":
                 raise ValueError("unknown command %r" % (name,) if type(name) is str else "no command")
-            result = self._test(ref)
+            elif self._app is not None and self._app.safe_mode:
+                raise ValueError("refused in safe mode (only status runs)")
+            else:
+                result = self._test(ref)
         except (ValueError, TypeError) as e:
             self.refused += 1
             _log.warn("refused command (%d bytes): %s", size, e)

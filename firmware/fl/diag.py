@@ -32,7 +32,7 @@ import sys
 from fl import log, store
 
 LINE_MAX = 160
-LOG_LINES = 10
+LOG_LINES = 8
 
 
 class Console:

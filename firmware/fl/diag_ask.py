@@ -36,6 +36,10 @@ async def line(app, console, raw):
         await send(console, "-", {"ok": False, "error": "tag must be 1..8 letters or digits"})
         return
     console.requests += 1
+    if rest.strip() == "selftest crash" and app.board.name == "sim":
+        # The simulated board only: a real failure of the console task, for the HIL suite's
+        # crash scenario (fl/app.py records it on flash and restarts the task).
+        raise RuntimeError("induced crash (selftest) in the console task")
     try:
         reply = await answer(app, console, rest.strip())
     except ServiceError as e:
@@ -99,6 +103,7 @@ async def answer(app, console, text):
         return _ok({"silenced": True})
     if verb == "set":
         key, _, value = arg.partition(" ")
+        value = value.strip()
         try:
             v = json.loads(value)
         except ValueError:
@@ -145,13 +150,17 @@ def _walk(app, arg):
     if arg.startswith("on"):
         rest = arg[2:].strip()
         try:
-            service.walk_on(app, "console", _int(rest, 1, 240, "minutes") * 60 if rest else WALK_DEFAULT_S)
+            if rest.endswith("s"):  # seconds: a short walk test (the HIL suite's)
+                secs = _int(rest[:-1], 10, 14400, "seconds")
+            else:
+                secs = _int(rest, 1, 240, "minutes") * 60 if rest else WALK_DEFAULT_S
+            service.walk_on(app, "console", secs)
         except ServiceError as e:
             return _fail(str(e))
     elif arg == "off":
         service.walk_off(app, "console")
     elif arg:
-        return _fail("walk [on [MINUTES] | off]")
+        return _fail("walk [on [MINUTES | SECONDSs] | off]")
     return _ok({"walk": _walk_state(app)})
 
 

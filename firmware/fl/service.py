@@ -10,9 +10,10 @@ is on, every input event still goes to the centre, carrying `"test": true` (docs
 and it ends by itself after a bounded time (WALK_DEFAULT_S, at most WALK_MAX_S).
 
 A config change is validated by fl.config (loaded for the moment, released after: it is
-boot-only code, fl/boot.py), written atomically and applied by a restart. From the centre, a
-change that breaks the connection is undone by the device itself: the old config.json is kept
-as ROLLBACK_FILE and, if the broker is not reached within ROLLBACK_S of the restart, it is put
+boot-only code, fl/boot.py), written atomically and applied by a restart. A
+change that breaks the connection is undone by the device itself (from the console or the
+centre alike): the old config.json is kept in ROLLBACK_FILE and, if the broker is not reached
+within the rollback window (ROLLBACK_S unless the centre gives one) of the restart, it is put
 back and the device restarts again (fl/diag.py starts the count at boot, `on_tick()` keeps it).
 """
 import asyncio
@@ -54,8 +55,8 @@ async def lamp_test(app, ms=1500):
 
 # --- walk test ---
 def walk_on(app, by, seconds=WALK_DEFAULT_S):
-    if type(seconds) is not int or not 60 <= seconds <= WALK_MAX_S:
-        raise ServiceError("walk test length must be 60..%d s" % WALK_MAX_S)
+    if type(seconds) is not int or not 10 <= seconds <= WALK_MAX_S:
+        raise ServiceError("walk test length must be 10..%d s" % WALK_MAX_S)
     con = app.console
     fresh = con.walk is None
     con.walk = ticks.Countdown(seconds * 1000)
@@ -87,9 +88,10 @@ def on_tick(app):
 
 
 # --- config ---
-def config_set(app, key, value, by):
+def config_set(app, key, value, by, rollback_s=ROLLBACK_S):
     """Validates `key` = value (parsed JSON) with fl.config and writes config.json atomically;
-    returns the value. The caller restarts the device to apply it."""
+    returns the value. The caller restarts the device to apply it; if the broker is not reached
+    within rollback_s of that restart, the old config comes back by itself."""
     if key not in SETTABLE:
         raise ServiceError("%s cannot be set here (settable: %s)" % (key, ", ".join(SETTABLE)))
     raw = store.read_bytes("config.json")
@@ -112,9 +114,9 @@ def config_set(app, key, value, by):
     for p in _validate(cfg, app.board):
         if (": " + key + ":") in p:
             raise ServiceError(p)
-    if by == "centre":
-        # The device's own way back; the file's presence at boot starts the watch.
-        store.write_atomic(ROLLBACK_FILE, raw or b"{}")
+    # The device's own way back: the window, then the old config; its presence at boot starts
+    # the watch (fl/diag.py), reaching the broker ends it.
+    store.write_atomic(ROLLBACK_FILE, str(rollback_s).encode() + b"\n" + (raw or b"{}"))
     store.write_atomic("config.json", json.dumps(cfg).encode())
     changed(app, "config %s %s -> %s" % (key, _short(old), _short(value)), by)
     return value
@@ -128,14 +130,21 @@ def _watch_rollback(app):
         changed(app, "config change confirmed online", "device")
         return
     con.rollback_s += 1
-    if con.rollback_s >= ROLLBACK_S:
+    kept = store.read_bytes(ROLLBACK_FILE) or b""
+    window, _, old = kept.partition(b"\n")
+    try:
+        window = int(window)
+    except ValueError:
+        window = ROLLBACK_S
+    if con.rollback_s == 1:
+        _log.warn("config changed: kept once the broker is reached, rolled back after %d s without", window)
+    if con.rollback_s >= window:
         con.rollback_s = -1
-        old = store.read_bytes(ROLLBACK_FILE)
-        _log.error("not online %d s after a config change from the centre: rolling back", ROLLBACK_S)
+        _log.error("not online %d s after a config change: rolling back", window)
         if old:
             store.write_atomic("config.json", old)
         _remove(ROLLBACK_FILE)
-        changed(app, "config rolled back: not online within %d s" % ROLLBACK_S, "device")
+        changed(app, "config rolled back: not online within %d s" % window, "device")
         restart(app, "config rollback")
 
 
