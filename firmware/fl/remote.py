@@ -69,6 +69,9 @@ def run(app, name, msg, ref):
         cfg = masked_config(app.config)
         key = msg.get("key")
         if key is None:
+            # One MQTT packet (fl/boot.py MQTT_PACKET): the inputs by name when all would not fit.
+            if len(json.dumps(cfg)) > 1500:
+                cfg["inputs"] = [i["name"] for i in cfg["inputs"]]
             return {"config": cfg}
         v = cfg
         for part in str(key).split("."):

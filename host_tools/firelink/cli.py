@@ -14,7 +14,8 @@ from rich.console import Console
 
 # Modules that provide commands, in the order `--help` lists them.
 COMMAND_MODULES = ["firelink.broker_cmd", "firelink.monitor_cmd", "firelink.virtual_cmd", "firelink.flash_cmd",
-                   "firelink.provision_cmd", "firelink.devices_cmd", "firelink.demo_cmd", "firelink.diag_cmd"]
+                   "firelink.provision_cmd", "firelink.devices_cmd", "firelink.demo_cmd", "firelink.diag_cmd",
+                   "firelink.cmd_cmd"]
 
 
 class CommandError(Exception):

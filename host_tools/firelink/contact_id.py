@@ -52,6 +52,7 @@ CODES: dict[str, Code] = _table(
     ("571", "fire zone bypass", STATUS),
     ("601", "manual test", STATUS),
     ("602", "periodic test", STATUS),
+    ("607", "walk test mode", STATUS),
     ("608", "periodic test, trouble present", FAULT),
     ("622", "event log 50 % full", STATUS),
     ("623", "event log 90 % full", FAULT),

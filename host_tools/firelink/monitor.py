@@ -315,6 +315,9 @@ class Monitor:
             self.store.add_message(m.received_at, m.topic, device, kind, m.payload, m.retained, m.dup)
             if not m.retained:
                 self._device_note(device, self._book.heartbeat(device, hb, m.received_at), out)
+        elif kind == "cmd":  # sent by the centre, not heard from the device: recorded only
+            parse_cmd_result(doc)
+            self.store.add_message(m.received_at, m.topic, device, kind, m.payload, m.retained, m.dup)
         else:
             parse_cmd_result(doc)
             self.store.add_message(m.received_at, m.topic, device, kind, m.payload, m.retained, m.dup)

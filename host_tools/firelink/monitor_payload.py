@@ -19,8 +19,9 @@ from firelink import contact_id
 from firelink.monitor_store import Event
 
 TOPIC_PREFIX = "firelink"
-SUBSCRIPTIONS = ("status", "event", "heartbeat", "cmd/result")
-KINDS = {"status": "status", "event": "event", "heartbeat": "heartbeat", "cmd/result": "cmd_result"}
+# `cmd`: what the centre asked of a device (firelink cmd), kept beside its result (issue 12).
+SUBSCRIPTIONS = ("status", "event", "heartbeat", "cmd/result", "cmd")
+KINDS = {"status": "status", "event": "event", "heartbeat": "heartbeat", "cmd/result": "cmd_result", "cmd": "cmd"}
 
 # Limits. The largest legitimate message (a heartbeat listing every fault) is well under 2 KiB;
 # the firmware refuses to build anything over its 2 KiB packet buffer.
