@@ -19,7 +19,6 @@ import time
 from fl import VERSION, log, ticks
 from fl.clock import Clock
 from fl.commands import Commands
-from fl.diag import Console
 from fl.events import Sequencer
 from fl.health import Health
 from fl.heartbeat import Heartbeat
@@ -69,12 +68,15 @@ class App:
         self.health = Health()
         self.progress = 0  # housekeeping's, for the watchdog
         self.reset_cause = board.reset_cause()
-        self.console = Console(self)  # the serial diagnostics (issue 12): keeps log lines from here
+        self.console = None  # the serial diagnostics (issue 12), where the board has the heap for it
         if loaded is None:
             from fl.boot import load_config
             loaded = load_config(board)
         info = board.board_info()
         self.config, problems = loaded
+        if info.get("diag_console", True):
+            from fl.diag import Console
+            self.console = Console(self)  # keeps the log lines from here on
         cfg = self.config
         log.level = {"debug": log.DEBUG, "info": log.INFO, "warn": log.WARN, "error": log.ERROR}[cfg["log_level"]]
         self.device_id = cfg["device_id"]
@@ -130,7 +132,7 @@ class App:
         self.sender = Sender(self.outbox, self.mqtt, self.prefix + "event", self.recorder.queued, self.health)
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
-        self.indicators = Indicators(board, self.health, self.mqtt)
+        self.indicators = Indicators(board, self.health, self.mqtt, console=self.console)
         self.watchdog = Watchdog(board)
 
     def _status(self, state):
@@ -192,7 +194,7 @@ class App:
             self.recorder.record(LINE_TROUBLE, "restore", spec["zone"], name, "fault")
         if own_now != told_own:
             event = self.recorder.record(own, "new" if own_now else "restore", spec["zone"], name, own_cls,
-                                         more=self.console.test_flag())
+                                         more=self.console and self.console.test_flag())
             if own_cls == "fire" and own_now:
                 self.ack_watch.expect(event.id)
         if trouble and not told_trouble:
@@ -291,8 +293,6 @@ class App:
         for name, obj in parts:
             self.watchdog.watch(name, obj, allowances[name])
         tasks = [asyncio.create_task(self._supervise(name, obj)) for name, obj in parts]
-        # The console waits on the serial line for as long as nobody types: not watched.
-        tasks.append(asyncio.create_task(self._supervise("console", self.console)))
         tasks.append(asyncio.create_task(self.watchdog.run()))
         try:
             await asyncio.gather(*tasks)
@@ -317,7 +317,7 @@ class App:
                     _log.error("task %s failed: %r; starting it again in %d ms", name, e, delay_ms)
                     self.health.count("task_" + name + "_failed")
                     self.health.set_fault("task_" + name, True, repr(e)[:80])
-                    _crashed(name, e, self.heartbeat.uptime_s(), self.console.boot)
+                    _crashed(name, e, self.heartbeat.uptime_s(), self.console and self.console.boot)
                 except Exception:  # noqa: BLE001 - reporting failed too (a full heap): restart it anyway
                     pass  # an exception here would end gather(), i.e. every part: a dead transmitter
             await asyncio.sleep_ms(delay_ms)
@@ -376,7 +376,8 @@ class App:
                 next_test.extend(test_every_ms)
                 self._periodic_test()
             self._restore_carried_faults()
-            self.console.tick()
+            if self.console:
+                self.console.tick()
             self.recorder.declare_lost()
             self._keep_state()
             if not self.outbox.storage_fault:
@@ -448,7 +449,7 @@ def main(board=None, loaded=None):
         asyncio.run(app.shutdown())
     except Exception as e:  # noqa: BLE001 - kept for `firelink diag report`, then a fresh start
         _log.error("the app failed (%r): restarting", e)
-        _crashed("app", e, app.heartbeat.uptime_s(), app.console.boot)
+        _crashed("app", e, app.heartbeat.uptime_s(), app.console and app.console.boot)
         board.reset("software")
     finally:
         asyncio.new_event_loop()

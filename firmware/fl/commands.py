@@ -32,7 +32,6 @@ MAX_BYTES = 256  # a command is a few dozen bytes; anything larger is refused un
 MAX_REF = 32
 MIN_TEST_INTERVAL_MS = 2000
 QUEUE_SLOTS = 4
-REMOTE = ("status", "config get", "config set", "reboot", "silence", "walktest")
 
 
 class Commands:
@@ -120,13 +119,13 @@ class Commands:
             if ref is not None and (type(ref) is not str or len(ref) > MAX_REF):
                 ref = None
                 raise ValueError("id must be a string of at most %d characters" % MAX_REF)
-            if self._app is not None and type(name) is str and name in REMOTE:
-                from fl.remote import dispatch
+            if type(name) is not str:
+                raise ValueError("no command")
+            if self._app is None and name != "test":
+                raise ValueError("unknown command %r" % (name,))
+            if self._app is not None and (name != "test" or self._app.safe_mode):
+                from fl.remote import dispatch  # the rest, and safe mode's refusals (fl/remote.py)
                 result = dispatch(self, self._app, name, msg, ref)
-            elif name != "test":
-                raise ValueError("unknown command %r" % (name,) if type(name) is str else "no command")
-            elif self._app is not None and self._app.safe_mode:
-                raise ValueError("refused in safe mode (only status runs)")
             else:
                 result = self._test(ref)
         except (ValueError, TypeError) as e:

@@ -3,7 +3,8 @@
 `record()` runs where a part of the application failed (fl/app.py): the traceback, the part's
 name, the firmware and how long the device had been up go to CRASH_FILE, atomically. At the
 next boot `note_boot()` adds the reset cause and boot number of the boot that followed, once.
-The diagnostics console (`crash`) and `firelink diag report` read it back. Bounded: the
+The diagnostics console (`crash`) and `firelink diag report` read it back. (The boot number is
+counted by fl/diag.py.) Bounded: the
 traceback is cut to TRACE_MAX characters and at most PER_BOOT records are written per boot (a
 part failing in a loop must not wear the flash); it stays until the next crash replaces it.
 """
@@ -14,7 +15,6 @@ import sys
 from fl import store
 
 CRASH_FILE = "crash.json"
-BOOTS_FILE = "boots.dat"
 TRACE_MAX = 1500
 PER_BOOT = 3
 _written = 0
@@ -62,33 +62,14 @@ def clear():
         pass
 
 
-_boots = 0
-
-
-def boots():
-    """This boot's number (1 = the first boot that counted), 0 before note_boot()."""
-    return _boots
-
-
-def note_boot(reset_cause):
-    """Counts this boot and attaches its reset cause to a crash recorded by the boot before."""
-    global _boots
-    raw = store.read_bytes(BOOTS_FILE)
+def note_boot(reset_cause, boot):
+    """Attaches the reset cause and number of this boot to a crash recorded before it, once.
+    Never raises: a failing flash must not stop the boot."""
     try:
-        _boots = (int(raw) if raw else 0) + 1
-    except ValueError:
-        _boots = 1
-    try:
-        store.write_atomic(BOOTS_FILE, str(_boots).encode())
-    except OSError:
-        pass  # a full flash: the count is this boot's only
-    if not store.exists(CRASH_FILE):
-        return
-    rec = read()
-    if rec is not None and "reset_after" not in rec:
-        rec["reset_after"] = reset_cause
-        rec["boot_after"] = _boots
-        try:
+        rec = read()
+        if rec is not None and "reset_after" not in rec:
+            rec["reset_after"] = reset_cause
+            rec["boot_after"] = boot
             store.write_atomic(CRASH_FILE, json.dumps(rec).encode())
-        except OSError:
-            pass
+    except Exception:  # noqa: BLE001
+        pass

@@ -6,7 +6,8 @@ protocol (docs/diag.md):
 
   request   ?<tag> <verb> [args]\\n       tag: 1..8 of [A-Za-z0-9], echoed in the reply
   reply     #FL1 <tag> <k>/<n> <crc32> <chunk>\\n   k = 1..n; the chunks joined are one JSON
-                                          object; crc32 (8 hex digits) is the chunk's
+                                          object; crc32 (8 hex digits) is the chunk's;
+                                          n is `+` while more follow (a streamed answer)
 
 A reply is cut into chunks of CHUNK characters, one printed line each, so that no print holds
 the loop long (a UART writes ≈11 characters a millisecond) and a log line printed by another
@@ -19,123 +20,131 @@ The REPL stays where it was: Ctrl-C (0x03) never reaches this reader (the UART d
 virtual device's line discipline, turns it into KeyboardInterrupt), so `firelink flash`,
 provisioning and mpremote break in as before. This module stays small because it is always
 loaded; the answers live in fl/diag_ask.py and the actions in fl/service.py, imported on the
-first request (the lean board's heap: docs/memory.md). What must exist before anyone asks lives
-here: the last log lines, this boot's number, the walk test's end.
+first request, and fl/diag_ask.py is forgotten IDLE_DROP_S after the last (the lean board's
+heap: docs/memory.md). What must exist before anyone asks lives here: the last log lines, this
+boot's number, the walk test's end.
 
-The log ring keeps references to the last LOG_LINES lines fl.log printed (a preallocated list of
-slots): the strings are the logger's own, so keeping them allocates nothing, and what it holds
-is bounded by LOG_LINES lines.
+The log ring keeps the last LOG_LINES lines fl.log printed, each cut at LOG_WIDTH bytes, in one
+buffer made at boot. Everything here is counted in the lean board's heap (tests/hil/
+test_heap_fit.py): the rest of the console is in fl/diag_ask.py and fl/service.py.
 """
-import asyncio
 import sys
 
 from fl import log, store
 
 LINE_MAX = 160
-LOG_LINES = 8
+LOG_LINES = 6
+LOG_WIDTH = 100
+IDLE_DROP_S = 3
+POLL_BYTES = 2048
+# The answer when even fl/diag_ask.py cannot load: made here, with its crc, so it costs no heap then.
+NOMEM = '#FL1 - 1/1 a764097f {"ok": false, "error": "out of memory: try again"}'
 
 
 class Console:
-    def __init__(self, app, out=None):
+    def __init__(self, app):
         self._app = app
-        self._ring = [None] * LOG_LINES
-        self._ring_next = 0
+        self.ring = bytearray(LOG_LINES * LOG_WIDTH)
+        self.lens = bytearray(LOG_LINES)
+        self.next = 0
         log.tap = self._keep
-        self.boot = _note_boot(app.reset_cause)
+        self.boot = _count_boot()
+        if store.exists("crash.json"):  # the last crash learns the reset that followed it
+            from fl import crash
+            from fl.boot import release
+            crash.note_boot(app.reset_cause, self.boot)
+            crash = None
+            release(("fl.crash",))  # boot-only (its names stay interned: only when a crash is kept)
         self.walk = None  # ticks.Countdown while walk test mode is on (fl/service.py)
-        # A config change from the centre awaits proof that the broker is still reached: the
-        # seconds counted so far, -1 when none does (fl/service.py keeps ROLLBACK_FILE).
+        # A config change awaits proof that the broker is still reached: seconds counted so far,
+        # -1 when none does (fl/service.py keeps the old config in config.rollback).
         self.rollback_s = 0 if store.exists("config.rollback") else -1
-        self._line = bytearray(LINE_MAX)
-        self._n = 0
-        self._over = False  # the line being read passed LINE_MAX: dropped at its end
+        self.idle_s = -1  # seconds since the last request while fl.diag_ask is loaded
+        self.line = bytearray(LINE_MAX)
+        self.n = 0  # bytes of the line so far; LINE_MAX + 1: too long, dropped at its end
+        self.out = print
+        self._poller = None
         self._one = bytearray(1)
-        self._ask = None  # fl.diag_ask, once asked something
-        self.out = out or _print
-        self.progress = 0
-        self.requests = 0
-        self.ignored = 0  # lines not for the console
-        self.refused = 0  # malformed requests
+        self.requests = self.ignored = self.refused = 0
 
-    # --- what exists before anyone asks ---
     def _keep(self, line):
-        self._ring[self._ring_next] = line
-        self._ring_next = (self._ring_next + 1) % LOG_LINES
-
-    def log_lines(self, n):
-        """The last n log lines, oldest first."""
-        n = max(0, min(n, LOG_LINES))
-        out = []
-        for k in range(n):
-            line = self._ring[(self._ring_next - n + k) % LOG_LINES]
-            if line is not None:
-                out.append(line)
-        return out
+        i = self.next
+        b = line.encode()[:LOG_WIDTH]  # one copy, freed at once: the ring holds no object
+        self.ring[i * LOG_WIDTH:i * LOG_WIDTH + len(b)] = b
+        self.lens[i] = len(b)
+        self.next = (i + 1) % LOG_LINES
 
     def test_flag(self):
         """The JSON an input event carries in walk test (fl/app.py): `"test": true`."""
         return ',"test":true' if self.walk is not None else None
 
     def tick(self):
-        """Housekeeping's, every second: the walk test's own end, a config rollback's watch."""
-        if (self.walk is not None and self.walk.due()) or self.rollback_s >= 0:
+        """Housekeeping's, every second: the walk test's end, a config rollback's watch, and
+        forgetting the answers once nobody asks (fl/service.py)."""
+        if self.idle_s >= 0:
+            self.idle_s += 1
+            if self.idle_s > IDLE_DROP_S:  # nobody asks any more: the answers' code goes
+                self.idle_s = -1
+                import fl
+                busy = self.walk is not None or self.rollback_s >= 0  # fl.service ticks them
+                for name in ("diag_ask", "crash") if busy else ("diag_ask", "crash", "service"):
+                    sys.modules.pop("fl." + name, None)
+                    if name in fl.__dict__:
+                        delattr(fl, name)
+        if self.walk is not None or self.rollback_s >= 0:
             from fl.service import on_tick
             on_tick(self._app)
 
-    # --- the serial line ---
-    async def run(self, stream=None):
-        """Reads the console for ever, one byte at a time: a board's stdin read blocks until
-        it has every byte asked for, so asking for one keeps the wait on the event loop."""
-        if stream is None:
-            stream = asyncio.StreamReader(getattr(sys.stdin, "buffer", sys.stdin))
-        mv = memoryview(self._one)
-        while True:
-            n = await stream.readinto(mv)
-            if not n:
-                await asyncio.sleep_ms(200)  # stdin closed (a detached unix port): look again later
-                continue
+    async def poll(self):
+        """Takes what the serial line holds now, without waiting: fl/indicators.py calls it every
+        tick (the console's local user interface rides on the indicators' task: a task of its
+        own would cost the lean board ≈1 KB). One byte per read: a board's stdin read blocks
+        until it has every byte asked for. At most POLL_BYTES per call."""
+        if self._poller is None:
+            import select
+            self._stdin = getattr(sys.stdin, "buffer", sys.stdin)
+            self._poller = select.poll()
+            self._poller.register(self._stdin, select.POLLIN)
+        k = 0
+        while k < POLL_BYTES and self._poller.poll(0):
+            if not self._stdin.readinto(self._one):
+                return  # closed (a detached unix port)
             await self.feed_byte(self._one[0])
-
-    def _asker(self):
-        if self._ask is None:
-            from fl import diag_ask
-            self._ask = diag_ask
-        return self._ask
+            k += 1
 
     async def feed_byte(self, b):
-        if b == 10 or b == 13:
-            n, over = self._n, self._over
-            self._n = 0
-            self._over = False
-            if over:
-                if self._line[0] == 63:  # "?"
-                    await self._asker().overlong(self)
-                else:
-                    self.ignored += 1
-            elif n:
-                if self._line[0] == 63:
-                    await self._asker().line(self._app, self, memoryview(self._line)[:n])
-                else:  # a person typing, line noise, a terminal's answerback
-                    self.ignored += 1
+        n = self.n
+        if b != 10 and b != 13:
+            if n < LINE_MAX:
+                self.line[n] = b
+                self.n = n + 1
+            else:
+                self.n = LINE_MAX + 1
             return
-        if self._n < LINE_MAX:
-            self._line[self._n] = b
-            self._n += 1
-        else:
-            self._over = True
+        self.n = 0
+        if not n:
+            return
+        if self.line[0] != 63:  # not "?": a person typing, line noise, a terminal's answerback
+            self.ignored += 1
+            return
+        self.idle_s = 0
+        try:
+            from fl import diag_ask
+            await diag_ask.line(self._app, self, memoryview(self.line)[:min(n, LINE_MAX)], n > LINE_MAX)
+        except MemoryError:
+            self.refused += 1
+            self.out(NOMEM)
 
-def _print(line):
-    print(line)
 
-
-def _note_boot(reset_cause):
-    """This boot's number; fl.crash (boot counter, last crash) is released after."""
-    from fl import crash
-    from fl.boot import release
+def _count_boot():
+    """This boot's number, counted on flash (here, not in fl/crash.py: a module loaded at every
+    boot leaves its names in RAM for good)."""
     try:
-        crash.note_boot(reset_cause)
-        return crash.boots()
-    except Exception:  # noqa: BLE001 - a failing flash must not stop the boot
-        return 0
-    finally:
-        release(("fl.crash",))
+        n = int(store.read_bytes("boots.dat") or 0) + 1
+    except ValueError:
+        n = 1
+    try:
+        store.write_atomic("boots.dat", str(n).encode())
+    except OSError:
+        pass  # a full flash: the count is this boot's only
+    return n

@@ -10,20 +10,26 @@ import gc
 import json
 from binascii import crc32
 
-from fl import VERSION, crash, service, ticks
-from fl.diag import LINE_MAX, LOG_LINES
-from fl.service import SETTABLE, WALK_DEFAULT_S, ServiceError
+from fl import VERSION, ticks
+from fl.diag import LINE_MAX, LOG_LINES, LOG_WIDTH
+
+# fl.service (the actions) and fl.crash load only for the verbs that need them: a query costs
+# this module's RAM alone. ServiceError is a ValueError: caught as one here.
+ServiceError = ValueError
+WALK_DEFAULT_S = 30 * 60
 
 PROTO = 1
 CHUNK = 192
 PREFIX = "#FL1 "
-LOG_MAX = LOG_LINES
 _TAG_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
-async def line(app, console, raw):
-    """One complete request line (bytes-like starting with "?", without its end)."""
-    console.progress += 1
+async def line(app, console, raw, over=False):
+    """One complete request line (bytes-like starting with "?", without its end; `over`: it
+    was longer than LINE_MAX and is cut)."""
+    if over:
+        await overlong(console)
+        return
     for c in raw:
         if c < 32 or c > 126:
             console.refused += 1
@@ -36,13 +42,16 @@ async def line(app, console, raw):
         await send(console, "-", {"ok": False, "error": "tag must be 1..8 letters or digits"})
         return
     console.requests += 1
+    if rest.strip() == "all":
+        await _send_all(app, console, tag)
+        return
     if rest.strip() == "selftest crash" and app.board.name == "sim":
-        # The simulated board only: a real failure of the console task, for the HIL suite's
+        # The simulated board only: a real failure of the task that reads the console, for the HIL suite's
         # crash scenario (fl/app.py records it on flash and restarts the task).
-        raise RuntimeError("induced crash (selftest) in the console task")
+        raise RuntimeError("induced crash (selftest) in the task reading the console")
     try:
         reply = await answer(app, console, rest.strip())
-    except ServiceError as e:
+    except ValueError as e:
         reply = _fail(str(e))
     except MemoryError:
         reply = _fail("out of memory: ask for less (e.g. one part)")
@@ -55,6 +64,46 @@ async def line(app, console, raw):
 async def overlong(console):
     console.refused += 1
     await send(console, "-", {"ok": False, "error": "line longer than %d bytes: dropped" % LINE_MAX})
+
+
+class _Stream:
+    """Frames written as the text comes (`k/+`, the last `k/n`): an answer is never one big
+    string, only one part of it at a time."""
+
+    def __init__(self, console, tag):
+        self._console, self._tag, self._k, self._pend = console, tag, 0, ""
+
+    async def write(self, text):
+        self._pend += text
+        while len(self._pend) > CHUNK:
+            chunk, self._pend = self._pend[:CHUNK], self._pend[CHUNK:]
+            await self._frame(chunk, "+")
+
+    async def close(self):
+        await self._frame(self._pend, str(self._k + 1))
+
+    async def _frame(self, chunk, n):
+        self._k += 1
+        self._console.out("%s%s %d/%s %08x %s" % (PREFIX, self._tag, self._k, n,
+                                                  crc32(chunk.encode()) & 0xFFFFFFFF, chunk))
+        await asyncio.sleep_ms(0)
+
+
+async def _send_all(app, console, tag):
+    """`all`: every part, each made and dropped in turn."""
+    st = _Stream(console, tag)
+    await st.write('{"ok": true')
+    for p in PARTS:
+        try:
+            part = json.dumps(_PART[p](app))
+        except MemoryError:
+            part = '{"error": "out of memory"}'
+        await st.write(', "%s": %s' % (p, part))
+        part = None
+    await st.write(', "log": %s' % json.dumps(_log_lines(app, LOG_LINES)))
+    await st.write(', "console": {"requests": %d, "ignored": %d, "refused": %d}}'
+                   % (console.requests, console.ignored, console.refused))
+    await st.close()
 
 
 async def send(console, tag, obj):
@@ -79,22 +128,17 @@ async def answer(app, console, text):
         return _ok({verb: _PART[verb](app)})
     if verb == "hello":
         return _ok({"proto": PROTO, "fw": VERSION, "id": app.device_id, "verbs": VERBS})
-    if verb == "all":
-        out = {}
-        for p in PARTS:
-            out[p] = _PART[p](app)
-        out["log"] = _log_lines(app, 8)
-        out["console"] = {"requests": console.requests, "ignored": console.ignored, "refused": console.refused}
-        return _ok(out)
     if verb == "log":
-        return _ok({"log": _log_lines(app, _int(arg or "10", 1, LOG_MAX, "line count"))})
+        return _ok({"log": _log_lines(app, _int(arg or "10", 1, 1000, "line count"))})  # as many as kept
     if verb == "crash":
+        from fl import crash
         if arg == "clear":
             crash.clear()
             return _ok({})
         return _ok({"crash": crash.read()})
+    from fl import service  # every verb below acts
     if verb == "config":
-        return _ok({"config": masked_config(app.config), "settable": SETTABLE})
+        return _ok({"config": service.masked_config(app.config), "settable": service.SETTABLE})
     if verb == "leds":
         await service.lamp_test(app)
         return _ok({"tested": ["led_status", "led_fault", "buzzer"]})
@@ -132,7 +176,7 @@ def _fail(msg):
 def _do(fn):
     try:
         return _ok(fn())
-    except ServiceError as e:
+    except ValueError as e:
         return _fail(str(e))
 
 
@@ -147,6 +191,7 @@ def _int(s, lo, hi, what):
 
 
 def _walk(app, arg):
+    from fl import service
     if arg.startswith("on"):
         rest = arg[2:].strip()
         try:
@@ -155,7 +200,7 @@ def _walk(app, arg):
             else:
                 secs = _int(rest, 1, 240, "minutes") * 60 if rest else WALK_DEFAULT_S
             service.walk_on(app, "console", secs)
-        except ServiceError as e:
+        except ValueError as e:
             return _fail(str(e))
     elif arg == "off":
         service.walk_off(app, "console")
@@ -165,7 +210,8 @@ def _walk(app, arg):
 
 
 def _walk_state(app):
-    return service.walk_state(app)
+    w = app.console.walk
+    return {"on": w is not None, "left_s": None if w is None else max(0, w.left() // 1000)}
 
 
 def _id(app):
@@ -237,19 +283,21 @@ def _clock(app):
 
 
 def _log_lines(app, n):
-    return app.console.log_lines(n)
+    """The console's last n log lines, oldest first (fl/diag.py keeps them in one buffer)."""
+    con = app.console
+    ring, lens, w = con.ring, con.lens, LOG_WIDTH
+    n = max(0, min(n, LOG_LINES))
+    out = []
+    for k in range(n):
+        i = (con.next - n + k) % LOG_LINES
+        if lens[i]:
+            b = bytes(ring[i * w:i * w + lens[i]])
+            try:
+                out.append(b.decode())
+            except UnicodeError:  # cut inside a character
+                out.append(bytes(c if c < 128 else 63 for c in b).decode())
+    return out
 
 
 _PART = {"id": _id, "inputs": _inputs, "paths": _paths, "outbox": _outbox, "faults": lambda app: app.health.faults,
          "counters": lambda app: app.health.counters, "mem": _mem, "clock": _clock, "walk": _walk_state}
-
-
-def masked_config(cfg):
-    """The running config without `_secrets`; secrets.json's keys are named, never shown."""
-    out = {}
-    for k, v in cfg.items():
-        if k == "_secrets":
-            out["secrets"] = dict((name, "***") for name in v if v[name])
-        else:
-            out[k] = v
-    return out

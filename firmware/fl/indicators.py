@@ -11,7 +11,8 @@ TICK_MS = 500
 
 
 class Indicators:
-    def __init__(self, board, health, mqtt, chirp_every_ms=30000, chirp_ms=100):
+    def __init__(self, board, health, mqtt, chirp_every_ms=30000, chirp_ms=100, console=None):
+        self._console = console  # fl/diag.py: read every tick (the local user interface's other half)
         self._board = board
         self._health = health
         self._mqtt = mqtt
@@ -44,3 +45,5 @@ class Indicators:
                 await asyncio.sleep_ms(self._chirp_ms)
                 self._board.output("buzzer", False)
             await asyncio.sleep_ms(TICK_MS)
+            if self._console is not None:
+                await self._console.poll()

@@ -21,6 +21,7 @@ from fl.log import Logger
 from fl.service import ServiceError
 
 _log = Logger("cmd")
+NAMES = ("status", "config get", "config set", "reboot", "silence", "walktest", "test")
 MIN_INTERVAL_MS = 1000
 
 
@@ -44,8 +45,13 @@ def run(app, name, msg, ref):
     """The result (dict) of one command; ServiceError/ValueError for a refused one."""
     if name == "status":
         return {"status": json.loads(app.heartbeat.payload(counters=True))}
+    if name not in NAMES:
+        raise ServiceError("unknown command %r" % (name,))
     if app.safe_mode:
         raise ServiceError("refused in safe mode (only status runs)")
+    if app.console is None and name in ("walktest", "config set"):
+        # Both keep their state in the console (the walk test's end, the rollback watch).
+        raise ServiceError("not on this board: it runs without the diagnostics console (docs/diag.md)")
     if name == "silence":
         service.silence(app, "centre")
         return {}
@@ -65,8 +71,7 @@ def run(app, name, msg, ref):
             raise ServiceError("walktest needs \"on\": true or false")
         return {"walk": service.walk_state(app)}
     if name == "config get":
-        from fl.diag_ask import masked_config
-        cfg = masked_config(app.config)
+        cfg = service.masked_config(app.config)
         key = msg.get("key")
         if key is None:
             # One MQTT packet (fl/boot.py MQTT_PACKET): the inputs by name when all would not fit.

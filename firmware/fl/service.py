@@ -111,7 +111,7 @@ def config_set(app, key, value, by, rollback_s=ROLLBACK_S):
             raise ServiceError("config.json: %s is not an object" % section)
     old = target.get(name)
     target[name] = value
-    for p in _validate(cfg, app.board):
+    for p in _validate(cfg):
         if (": " + key + ":") in p:
             raise ServiceError(p)
     # The device's own way back: the window, then the old config; its presence at boot starts
@@ -173,17 +173,36 @@ def changed(app, what, by):
     app.recorder.record("306", "new", 0, "", "status", detail=("%s by %s" % (what, by))[:120])
 
 
+def masked_config(cfg):
+    """The running config without `_secrets`: secrets.json's keys are named, never shown."""
+    out = {}
+    for k, v in cfg.items():
+        if k == "_secrets":
+            out["secrets"] = dict((name, "***") for name in v if v[name])
+        else:
+            out[k] = v
+    return out
+
+
 def _short(v):
     s = json.dumps(v)
     return s if len(s) <= 40 else s[:37] + "..."
 
 
-def _validate(cfg, board):
-    """The problems fl.config finds in cfg; the validator is loaded for this and released."""
+def _validate(cfg):
+    """The problems fl.config finds in cfg, loaded for this and released after. The inputs are
+    not settable here and are left out: their check needs board.json's parse too (≈11 KB)."""
+    import gc
     from fl.boot import BOOT_ONLY, release
+    rest = {}
+    for k in cfg:
+        if k != "inputs":
+            rest[k] = cfg[k]
+    gc.collect()
     try:
         from fl import config
-        return config.validate(cfg, board.board_info())[1]
+        return config.validate(rest, {})[1]
+    except MemoryError:
+        raise ServiceError("not enough free memory to validate the change now; try again in a minute")
     finally:
-        board.release_info()
         release(BOOT_ONLY)

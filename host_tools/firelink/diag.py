@@ -36,7 +36,8 @@ PROTO = 1
 READ_TIMEOUT_S = 0.1
 ANSWER_TIMEOUT_S = 5.0
 LOG_KEEP = 500
-_FRAME = re.compile(r"^#FL1 ([A-Za-z0-9-]{1,8}) (\d+)/(\d+) ([0-9a-f]{8}) (.*)$")
+_FRAME = re.compile(r"^#FL1 ([A-Za-z0-9-]{1,8}) (\d+)/(\d+|\+) ([0-9a-f]{8}) (.*)$")
+MAX_FRAMES = 10000
 _LOG = re.compile(r"^\d+ (DEBUG|INFO|WARN|ERROR) ")
 # What the ESP32's ROM prints when it boots into the serial bootloader.
 _BOOTLOADER = re.compile(r"waiting for download|boot:0x[0-9a-f]+ \(DOWNLOAD", re.I)
@@ -130,6 +131,7 @@ class DiagLink:
         self.log: deque[str] = deque(maxlen=LOG_KEEP)
         self.other: deque[str] = deque(maxlen=50)  # neither frames nor log lines (REPL, ROM, noise)
         self.bad_frames = 0
+        self.unreadable = 0
         self.on_log = on_log
         self.error: str | None = None
         self._partial = b""
@@ -165,15 +167,16 @@ class DiagLink:
         m = _FRAME.match(line)
         with self._cond:
             if m:
-                tag, k, n, crc, chunk = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4), m.group(5)
-                if zlib.crc32(chunk.encode()) != int(crc, 16) or not 1 <= k <= n <= 10000:
+                tag, k, crc, chunk = m.group(1), int(m.group(2)), m.group(4), m.group(5)
+                n = None if m.group(3) == "+" else int(m.group(3))  # "+": more follow
+                if zlib.crc32(chunk.encode()) != int(crc, 16) or not 1 <= k <= (n or k) <= MAX_FRAMES:
                     self.bad_frames += 1
                     self._done.setdefault(tag, BadFrame(f"a damaged frame (checksum) in the answer to {tag}"))
                     self._cond.notify_all()
                     return
                 parts = self._parts.setdefault(tag, {})
                 parts[k] = chunk
-                if len(parts) == n:
+                if n is not None and len(parts) == n:
                     del self._parts[tag]
                     try:
                         self._done[tag] = json.loads("".join(parts[i] for i in range(1, n + 1)))
@@ -201,15 +204,16 @@ class DiagLink:
         tag = next(self._tags)
         with self._cond:
             self._done.pop(tag, None)
-            self._done.pop("-", None)
         self._ser.write(f"?{tag} {request}\n".encode("ascii"))
         self._ser.flush()
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while tag not in self._done:
-                if "-" in self._done:  # the console could not even read the request
-                    answer = self._done.pop("-")
-                    raise DeviceRefused(f"the device refused the request: {answer.get('error')}")
+                if "-" in self._done:
+                    # An answer to a line the console could not read (noise, someone typing):
+                    # ours are always well formed, so it is someone else's. Counted, not raised.
+                    self._done.pop("-")
+                    self.unreadable += 1
                 if self.error:
                     raise DiagError(f"{self.port}: the port went away: {self.error}")
                 left = deadline - time.monotonic()

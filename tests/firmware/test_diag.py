@@ -34,12 +34,14 @@ def _answers(lines):
         if not line.startswith("#FL1 "):
             continue
         _, tag, kn, crc, chunk = line.split(" ", 4)
-        k, n = [int(x) for x in kn.split("/")]
+        k, n = kn.split("/")
         eq(int(crc, 16), crc32(chunk.encode()) & 0xFFFFFFFF, "frame crc")
-        parts.setdefault(tag, []).append((k, n, chunk))
+        parts.setdefault(tag, []).append((int(k), n, chunk))
     out = {}
     for tag, chunks in parts.items():
-        eq([c[0] for c in chunks], list(range(1, chunks[0][1] + 1)), "chunks in order")
+        eq([c[0] for c in chunks], list(range(1, len(chunks) + 1)), "chunks in order")
+        eq(chunks[-1][1], str(len(chunks)), "the last frame says how many")
+        ok(all(c[1] in ("+", str(len(chunks))) for c in chunks), "n: + or the count")
         out[tag] = json.loads("".join(c[2] for c in chunks))
     return out
 
