@@ -17,8 +17,9 @@ CONNECT_TIMEOUT_MS = 4000
 
 
 @pytest.fixture
-def gate(site: BrokerFixture) -> Iterator[TcpGate]:
-    with TcpGate(site.host, site.broker.tls_port) as g:
+def gate(request: pytest.FixtureRequest, site: BrokerFixture) -> Iterator[TcpGate]:
+    # Where a board can reach this PC (--broker-host), like the suite's link proxy.
+    with TcpGate(site.host, site.broker.tls_port, host=request.config.getoption("--broker-host") or "127.0.0.1") as g:
         yield g
 
 
