@@ -7,11 +7,12 @@ one directory, so the same broker can be stopped and started again with its devi
 retained messages and sessions.
 
 Identities are bound at the broker (docs/threat-model.md): on every listener the client id
-is the account name (`use_username_as_clientid`), and on the TLS listener the account is the
-certificate's CN (`use_identity_as_username`), so one device's credentials can neither take
-another client's id (and with it its session) nor log in as another account. The ACL names
-every account explicitly (no `%u` patterns): a certificate whose account was revoked still
-completes TLS but may publish and read nothing.
+is the account name (`use_username_as_clientid`), and on the TLS listener a client needs two
+factors: a certificate of the site CA whose CN is the username it sends (our mosquitto plugin,
+mosquitto_plugin/fl_certbind.c, refuses any other) and that account's password (the password
+file). One device's credentials can neither take another client's id (and with it its
+session) nor log in as another account. The ACL names every account explicitly (no `%u`
+patterns).
 """
 from __future__ import annotations
 
@@ -62,8 +63,24 @@ MAX_INFLIGHT_MESSAGES = 20  # per client, unacknowledged QoS 1 deliveries (mosqu
 MIN_CENTRE_PASSWORD = 16  # characters; the centre's account reads and acknowledges everything
 
 
+# The certificate-binding plugin (mosquitto_plugin/fl_certbind.c), built by `make plugin`.
+PLUGIN_NAME = "fl_certbind.so"
+PLUGIN_ENV = "FL_CERTBIND_PLUGIN"  # another build of it (a packaged install)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 class BrokerError(RuntimeError):
     pass
+
+
+def certbind_plugin() -> Path:
+    """The built plugin that binds a TLS client's username to its certificate's CN."""
+    path = Path(os.environ.get(PLUGIN_ENV) or REPO_ROOT / "build" / PLUGIN_NAME)
+    if not path.is_file():
+        raise BrokerError(f"the broker's certificate-binding plugin {path} is missing: build it with `make plugin` "
+                          f"in {REPO_ROOT} (needs gcc and `sudo apt-get install mosquitto-dev libmosquitto-dev "
+                          f"libssl-dev`), or name a built {PLUGIN_NAME} in ${PLUGIN_ENV}")
+    return path
 
 
 class AccountError(BrokerError):
@@ -392,9 +409,10 @@ class Broker:
         return self.add_account(name, password, rotate=rotate)
 
     def centre_cert(self, name: str) -> tuple[Path, Path]:
-        """A client certificate for a centre account (CN = its name: the TLS listener's account),
-        written to pki/centres/<name>.crt and .key (0600); returns their paths. The account must
-        exist: its rights come from the ACL."""
+        """A client certificate for a centre account (CN = its name: on the TLS listener it goes
+        with that username and the account's password, nothing else), written to
+        pki/centres/<name>.crt and .key (0600); returns their paths. The account must exist: its
+        rights come from the ACL."""
         check_centre_name(name)
         if name not in self._accounts():
             raise AccountError(f"no centre account {name!r}: add it first (--monitor-password / --add-centre)")
@@ -614,6 +632,9 @@ class Broker:
             _write_private(self.log_file, b"")
         for path in (self.data_dir, new_db, self.log_file, self.pki_dir / "server.key"):
             self._hand_to_broker(path)
+        # Copied next to the files mosquitto reads: it loads plugins after dropping root, as its own user.
+        plugin = self.dir / PLUGIN_NAME
+        _write_public(plugin, certbind_plugin().read_bytes())
         pk = self.pki_dir
         listener_identity = [
             # The client id is the account: nobody takes another's id, and with it its session.
@@ -625,6 +646,9 @@ class Broker:
             "allow_anonymous false",
             f"password_file {self.dir / 'passwd'}",
             f"acl_file {self.dir / 'acl'}",
+            # Asked before the password file: refuses a TLS username other than the certificate's
+            # CN, defers everything else (the plain listener has no certificate) to the password file.
+            f"plugin {plugin}",
             "persistence true",
             f"persistence_location {self.data_dir}/",
             "autosave_interval 1",
@@ -648,9 +672,9 @@ class Broker:
             "require_certificate true",
             # Revoked and replaced device certificates, refused at the handshake.
             f"crlfile {self.crl_file}",
-            # The account is the certificate's CN (a device's is its id, pki.make_client): a username
-            # sent with another's certificate is ignored.
-            "use_identity_as_username true",
+            # Two factors: the username must be the certificate's CN (a device's is its id,
+            # pki.make_client; the plugin refuses another) and its password must match.
+            "use_identity_as_username false",
             "tls_version tlsv1.2",
         ]
         if user is not None:

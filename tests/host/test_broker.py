@@ -79,6 +79,55 @@ def test_tls_listener_needs_the_site_ca_and_a_client_certificate(broker: BrokerF
     assert isinstance(res, str) and "certificate verify failed" in res
 
 
+def _cert_of(b: Broker, device_id: str) -> dict:
+    pk = b.pki_dir
+    return {"ca_certs": str(pk / "ca.crt"), "certfile": str(pk / "devices" / f"{device_id}.crt"),
+            "keyfile": str(pk / "devices" / f"{device_id}.key")}
+
+
+def test_tls_login_needs_the_certificate_named_by_the_username_and_its_password(tmp_path: Path):
+    """Two factors on the TLS listener (mosquitto_plugin/fl_certbind.c + the password file): A's
+    certificate logs in only as A, and only with A's password. The plain listener is unchanged."""
+    b = Broker(tmp_path / "site", port=free_port(), tls_port=free_port())
+    dev_a, _ = b.add_device("fl-a")
+    dev_b, _ = b.add_device("fl-b")
+    monitor = b.add_monitor()
+    b.start()
+    try:
+        for when in ("at start", "after a reload"):  # a reload re-registers the password file's check
+            tls, cert_a = b.tls_port, _cert_of(b, "fl-a")
+            assert _connect(tls, "fl-a", dev_a.password, cert_a) == 0, when
+            assert _connect(tls, "fl-b", dev_b.password, cert_a) == NOT_AUTHORISED, when
+            assert _connect(tls, "fl-a", "wrong", cert_a) == NOT_AUTHORISED, when
+            assert _connect(tls, "fl-a", dev_b.password, cert_a) == NOT_AUTHORISED, when
+            assert _connect(tls, "monitor", monitor.password, cert_a) == NOT_AUTHORISED, when
+            assert _connect(tls, None, None, cert_a) == NOT_AUTHORISED, when  # type: ignore[arg-type]
+            assert _connect(tls, "fl-b", dev_b.password, _cert_of(b, "fl-b")) == 0, when
+            # The plain listener has no certificate: the password file alone decides, as before.
+            assert _connect(b.port, "fl-a", dev_a.password) == 0, when
+            assert _connect(b.port, "monitor", monitor.password) == 0, when
+            assert _connect(b.port, "fl-b", dev_a.password) == NOT_AUTHORISED, when
+            if when == "at start":
+                mark = b.log_file.stat().st_size
+                assert b.reload().reloaded
+                wait = time.monotonic() + 10
+                while "Reloading config" not in b.log_file.read_bytes()[mark:].decode() and time.monotonic() < wait:
+                    time.sleep(0.05)
+        log = b.log_file.read_text()
+        assert "fl_certbind: refused 127.0.0.1: username 'fl-b' is not its certificate's CN 'fl-a'" in log
+        assert "username 'monitor' is not its certificate's CN 'fl-a'" in log
+    finally:
+        b.stop()
+
+
+def test_the_broker_says_how_to_build_a_missing_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FL_CERTBIND_PLUGIN", str(tmp_path / "nowhere" / "fl_certbind.so"))
+    b = Broker(tmp_path / "site", port=free_port(), tls_port=free_port())
+    with pytest.raises(BrokerError, match=r"fl_certbind.so is missing: build it with `make plugin`"):
+        b.start()
+    assert b.proc is None
+
+
 def test_revoked_device_can_no_longer_connect(tmp_path: Path):
     b = Broker(tmp_path / "site", port=free_port(), tls_port=free_port())
     account, _ = b.add_device("fl-gone")
@@ -246,7 +295,10 @@ def test_a_centre_certificate_logs_in_as_its_account_on_tls(broker: BrokerFixtur
     pk = broker.broker.pki_dir
     tls = {"ca_certs": str(pk / "ca.crt"), "certfile": str(pk / "centres/centre-test.crt"),
            "keyfile": str(pk / "centres/centre-test.key")}
-    assert _connect(broker.broker.tls_port, "anything", "ignored", tls) == 0
+    assert _connect(broker.broker.tls_port, broker.centre_user, broker.centre_pass, tls) == 0
+    # Its certificate with another name, or without its password, is refused.
+    assert _connect(broker.broker.tls_port, broker.monitor_user, broker.monitor_pass, tls) == NOT_AUTHORISED
+    assert _connect(broker.broker.tls_port, broker.centre_user, "ignored", tls) == NOT_AUTHORISED
     assert (pk / "centres/centre-test.key").stat().st_mode & 0o077 == 0
     assert cli.main(["broker", "--dir", str(broker.broker.dir), "--centre-cert", "centre-nobody"]) != 0
     assert "no centre account 'centre-nobody'" in capsys.readouterr().err
