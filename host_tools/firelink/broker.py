@@ -210,7 +210,7 @@ class Broker:
         self.last_reload = ReloadOutcome()  # of the latest account change
         self.last_revoke_marker = ""  # what the latest revoke did to the device's retained status
         self.last_withdrawn = ""  # what the latest revoke or rotation did to the old certificate
-        self.last_kick = ""  # what the latest revoke did to the device's live TLS connection
+        self.last_kick = ""  # what the latest revoke did to the device's live connection
 
     # --- files ---
     @property
@@ -454,7 +454,8 @@ class Broker:
         if not DEVICE_ID_RE.match(username):
             self.last_revoke_marker = "not a valid device id: no status topic to mark"
         elif self.last_reload.signalled:
-            self.last_kick = self.kick_tls(username)
+            # The reload re-checks every connected client's login, a TLS one's password too.
+            self.last_kick = "its live connection (if any) dropped by the reload"
             self.last_revoke_marker = self.mark_revoked(username)
         else:
             self.last_revoke_marker = "no running broker: its retained status is marked at the next revoke while it runs"
@@ -511,50 +512,6 @@ class Broker:
                 c.loop_stop()
                 c.disconnect()
         return f"could not mark {device_id} revoked on the broker ({last}); monitors may show it lost"
-
-    def kick_tls(self, device_id: str, timeout_s: float = 5.0) -> str:
-        """Ends a revoked device's live TLS connection. The reload makes mosquitto re-check
-        passwords, but a TLS client's account is its certificate, which is checked (against the
-        CRL) only at the next handshake: until then it would stay connected, with no rights.
-        Taking its client id over with a one-time certificate of the same CN closes it; that
-        certificate then joins the CRL too. Needs the CA key, like the CRL."""
-        import ssl
-        import tempfile
-
-        import paho.mqtt.client as mqtt
-
-        try:
-            one_time = pki.make_client(self.ca(), device_id)
-        except BrokerError as e:
-            return f"its live TLS connection (if any) stays until it reconnects ({e})"
-        host, port = self.tls_listener()
-        outcome = "no answer from the TLS listener"
-        with tempfile.TemporaryDirectory(prefix="firelink-revoke-") as tmp:
-            crt, key = Path(tmp) / "c.crt", Path(tmp) / "c.key"
-            _write_private(crt, one_time.cert_pem)
-            _write_private(key, one_time.key_pem)
-            done: list[object] = []
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311,
-                            clean_session=True)
-            c.tls_set(ca_certs=str(self.pki_dir / "ca.crt"), certfile=str(crt), keyfile=str(key),
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            c.tls_insecure_set(True)  # our own broker, reached by address: its name does not matter here
-            c.on_connect = lambda client, userdata, flags, rc, props: done.append(rc)
-            try:
-                c.connect(host, port, keepalive=10)
-                c.loop_start()
-                deadline = time.monotonic() + timeout_s
-                while not done and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                outcome = "its live TLS connection closed" if done else outcome
-            except (OSError, ssl.SSLError, ValueError) as e:
-                outcome = f"could not reach the TLS listener to close its connection ({e})"
-            finally:
-                c.loop_stop()
-                c.disconnect()
-        self.withdraw_cert(device_id, one_time.cert_der)
-        self.reload()
-        return outcome
 
     def tls_listener(self) -> tuple[str, int]:
         try:

@@ -142,6 +142,32 @@ def test_revoked_device_can_no_longer_connect(tmp_path: Path):
         b.stop()
 
 
+def test_revoke_drops_the_device_s_live_tls_connection(tmp_path: Path):
+    """Its TLS login is re-checked at the reload like a password login: the account is gone, so
+    is the connection (no need to wait for its next handshake and the CRL)."""
+    b = Broker(tmp_path / "site", port=free_port(), tls_port=free_port())
+    account, _ = b.add_device("fl-gone")
+    b.start()
+    connected, dropped = threading.Event(), threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fl-gone", protocol=mqtt.MQTTv311)
+    c.username_pw_set("fl-gone", account.password)
+    c.tls_set(**_cert_of(b, "fl-gone"))
+    c.on_connect = lambda client, userdata, flags, rc, props: connected.set() if not rc.is_failure else None
+    c.on_disconnect = lambda *args: dropped.set()
+    c.reconnect_delay_set(60, 60)  # one connection: a reconnect would be refused at the handshake anyway
+    try:
+        c.connect("127.0.0.1", b.tls_port, keepalive=60)
+        c.loop_start()
+        assert connected.wait(5)
+        assert b.revoke("fl-gone")
+        assert dropped.wait(10), "the revoked device's TLS connection stayed up"
+        assert "dropped by the reload" in b.last_kick
+    finally:
+        c.loop_stop()
+        c.disconnect()
+        b.stop()
+
+
 def test_state_survives_a_restart(tmp_path: Path):
     b = Broker(tmp_path / "site", port=free_port(), tls_port=free_port())
     account, _ = b.add_device("fl-keep")
