@@ -369,15 +369,15 @@ class Broker:
     def withdraw_cert(self, device_id: str, cert_der: bytes) -> str:
         """Adds the certificate to the site's CRL, which the TLS listener checks at every handshake
         (re-read on reload). Needs the CA key; without it the certificate still completes TLS
-        but its account's rights are gone (ACL). Returns what was done, in words."""
+        but logs in only with its account's current password. Returns what was done, in words."""
         serial = pki.serial_of(cert_der)
         revoked = self._revoked()
         revoked[str(serial)] = device_id
         try:
             crl = pki.make_crl(self.ca(), [int(k) for k in revoked])
         except BrokerError as e:
-            return (f"certificate {serial:x} NOT added to the CRL ({e}); it still completes TLS, with no rights: "
-                    "run the revoke again with the CA key at hand")
+            return (f"certificate {serial:x} NOT added to the CRL ({e}); it still completes TLS, but logs in only "
+                    "with its account's current password: run the revoke again with the CA key at hand")
         _write_private(self.pki_dir / "revoked.json", json.dumps(revoked, indent=1, sort_keys=True).encode())
         _write_public(self.crl_file, crl)
         return f"certificate {serial:x} on the CRL"
