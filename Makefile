@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt host_tools/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: test test-firmware test-host test-hil test-hil-jig test-hil-nojig demo bench pinmap board-check jig-check deps mosquitto clean
+.PHONY: test test-firmware test-host test-hil test-hil-jig test-hil-nojig test-hil-board demo bench pinmap board-check jig-check deps mosquitto clean
 
 deps: $(STAMP) mosquitto
 
@@ -31,13 +31,15 @@ mosquitto:
 		exit 1; \
 	fi
 
-# Every test, then the HIL suite again through the simulated test jig (issue 13: the jig firmware
-# under the unix port on a pty driving the virtual device; the link faults through the proxy),
-# then against the virtual device's port standing in for a board with no jig (the scenarios
-# needing a jig are skipped, each with its reason).
+# Every test, then the HIL scenarios that drive something a jig provides (inputs, EOL, power,
+# reset, indicators: `-m jig`) again through the simulated test jig (issue 13: the jig firmware
+# under the unix port on a pty driving the virtual device; link faults through the proxy; the
+# others would only repeat the first pass: `make test-hil-jig` runs them all), then against the
+# virtual device's port standing in for a board with no jig (the scenarios needing a jig are
+# skipped, each with its reason).
 test: deps
 	$(BIN)/pytest $(PYTEST_ARGS)
-	$(BIN)/pytest tests/hil --jig sim $(PYTEST_ARGS)
+	$(BIN)/pytest tests/hil --jig sim -m jig $(PYTEST_ARGS)
 	$(BIN)/python -m tests.hil.standin $(PYTEST_ARGS)
 
 test-firmware: deps
@@ -54,6 +56,11 @@ test-hil-jig: deps
 
 test-hil-nojig: deps
 	$(BIN)/python -m tests.hil.standin $(PYTEST_ARGS)
+
+# The board-and-jig path end to end: the virtual device's port stands in for a board, a simulated
+# jig's port for the jig (--dut PTY --jig PTY): provisioning through the REPL, the serial jig.
+test-hil-board: deps
+	$(BIN)/python -m tests.hil.standin --with-jig $(PYTEST_ARGS)
 
 demo: deps
 	$(BIN)/firelink demo

@@ -271,10 +271,11 @@ class Sequencer:
     def _write(self, mark):
         img = _seq_image(mark, self._trust)
         try:
-            # Primary first, then backup: a cut between them leaves the higher mark in
-            # the primary and a mark no lower than any issued number in the backup.
-            store.write_atomic(self.path, img)
-            store.write_atomic(self.backup, img)
+            # Primary first, then backup, each in one write (one block, no rename; the CRC tells
+            # a torn one): a cut in either leaves the other whole, and no lower than any number
+            # issued, since a number past a mark is issued only once it is written.
+            store.write_whole(self.path, img)
+            store.write_whole(self.backup, img)
             self.storage_fault = None
         except OSError as e:
             # Keep numbering in RAM: an alarm is worth more than a gap-free sequence.

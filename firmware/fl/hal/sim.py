@@ -160,7 +160,8 @@ class Board:
         if not force and ticks.diff(now, self._last_poll) < POLL_MS:
             return False
         self._last_poll = now
-        if store.block_writes != self._flash_seen and ticks.diff(now, self._flash_at) >= FLASH_STATS_MS:
+        # recent(): after days without a write, the last stamp is old, not (wrapped) in the future.
+        if store.block_writes != self._flash_seen and not ticks.recent(self._flash_at, FLASH_STATS_MS):
             self._flash_seen = store.block_writes
             self._flash_at = now
             _write_sim_file(FLASH, b'{"block_writes":%d,"stall_ms":%d}' % (store.block_writes, store.stall_ms))
