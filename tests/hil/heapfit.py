@@ -29,9 +29,10 @@ HEARTBEATS = 3
 # unix port needs ≈1/0.69 of a 32-bit build (pointers double, bytecode does not): 160k here.
 LEAN_CAP = "160k"
 # What tests/hil/test_heap_fit.py holds the shipped build to today: the smallest passing heap
-# (make bench) is 204k, this leaves one 4 KiB step for the heap's layout varying with timing.
+# (make bench) is 204k on an idle machine; under load the heap's layout varies (heap_peak 184-189 KB
+# seen) and 208k failed once, so this holds it 16 KiB above.
 # LEAN_CAP is not reached yet (docs/memory.md says what is left); lower this as it comes down.
-FIT_CAP = "208k"
+FIT_CAP = "220k"
 STEP_TIMEOUT_S = 20.0
 
 
