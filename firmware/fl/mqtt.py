@@ -179,6 +179,10 @@ class MQTTClient:
         """True once CONNACK, SUBACK and the birth message's PUBACK arrived on this connection."""
         return self._connected
 
+    def path_name(self):
+        """The path the session runs over, None when not connected."""
+        return self._path.name if self._connected and self._path is not None else None
+
     async def wait_connected(self, timeout_ms):
         """True as soon as connected; False if timeout_ms passes first."""
         if self._connected:
@@ -322,6 +326,8 @@ class MQTTClient:
                     self._link_flag = self._kicked = False
                 except Exception as e:
                     self._failed(e)
+                    if not isinstance(e, (Refused, TLSFailed)):
+                        self._path_failed(path)
                 self._close()
                 if self._stopping:
                     break
@@ -523,6 +529,7 @@ class MQTTClient:
                     d, timeout_ms = self._deadlines[pid]
                     if ticks.diff(d, now) <= 0:
                         self._drop("no PUBACK for packet %d within %d ms" % (pid, timeout_ms))
+                        self._path_failed(path)
                         return
                     if ticks.diff(d, wake) < 0:
                         wake = d
@@ -532,6 +539,7 @@ class MQTTClient:
                         ping_at = None
                     elif ticks.diff(now, ping_at) >= self._ping_timeout_ms:
                         self._drop("no PINGRESP within %d ms: broker or path is dead" % self._ping_timeout_ms)
+                        self._path_failed(path)
                         return
                 if ticks.diff(now, next_ping) >= 0:
                     try:
@@ -658,6 +666,13 @@ class MQTTClient:
         self._deadlines.pop(pid, None)
         if len(self._events) < 8:
             self._events.append(ev)
+
+    def _path_failed(self, path):
+        """Tells the link manager that the session over path failed with the path up: it may
+        move to another path (fl/link.py)."""
+        fn = getattr(self._links, "session_failed", None)
+        if fn is not None:
+            fn(path, self.last_error)
 
     # --- waiting and bookkeeping ---
     def _on_link_change(self):
