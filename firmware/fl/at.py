@@ -216,7 +216,7 @@ class AT:
                 return line[len(prefix):].strip()
         return None
 
-    async def escape(self, guard_ms=1100, timeout_ms=3000):
+    async def escape(self, guard_ms=1100, timeout_ms=2000):
         """Leaves data mode: `+++` with a second of silence either side, then expects OK."""
         async with self._lock:
             await asyncio.sleep_ms(guard_ms)

@@ -165,6 +165,9 @@ class Modem:
                 raise Step("radio off/on failed: %s" % e, 3)
         elif rung >= 3:
             await self._power_cycle(rung)
+        if not await self._answering(1000) and rung == 0:
+            # After the ESP32 restarted, the module may still be in data mode: leave it.
+            await self._leave_data()
         if not await self._answering(1000):
             if rung == 0:
                 # Cold start: the module may be off. One PWRKEY press to switch it on.

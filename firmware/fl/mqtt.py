@@ -107,6 +107,7 @@ class MQTTClient:
         if ssl_params is not None and not ssl_params.get("ca_der"):
             raise ValueError("TLS needs ssl_params['ca_der']: the broker must be verified")
         self._links = links
+        self._failed_path = None  # the path a liveness failure was seen on, for the link manager
         self._host = host
         self._port = port
         self._ping_ms = ping_ms
@@ -324,6 +325,11 @@ class MQTTClient:
                     # Notices and kicks from while the session was up are stale now: the
                     # backoff after this drop is honoured, ended only by what comes after it.
                     self._link_flag = self._kicked = False
+                    if self._failed_path is not None:
+                        # The path is up but dead: another path may take over now (its
+                        # notice ends the backoff at once).
+                        self._path_failed(self._failed_path)
+                        self._failed_path = None
                 except Exception as e:
                     self._failed(e)
                     if not isinstance(e, (Refused, TLSFailed)):
@@ -529,7 +535,7 @@ class MQTTClient:
                     d, timeout_ms = self._deadlines[pid]
                     if ticks.diff(d, now) <= 0:
                         self._drop("no PUBACK for packet %d within %d ms" % (pid, timeout_ms))
-                        self._path_failed(path)
+                        self._failed_path = path
                         return
                     if ticks.diff(d, wake) < 0:
                         wake = d
@@ -539,7 +545,7 @@ class MQTTClient:
                         ping_at = None
                     elif ticks.diff(now, ping_at) >= self._ping_timeout_ms:
                         self._drop("no PINGRESP within %d ms: broker or path is dead" % self._ping_timeout_ms)
-                        self._path_failed(path)
+                        self._failed_path = path
                         return
                 if ticks.diff(now, next_ping) >= 0:
                     try:

@@ -126,10 +126,17 @@ class FaultProxy:
                         data = s.recv(65536)
                     except OSError:
                         data = b""
+                    mode = self.effective_mode()
+                    if not data and mode == "stall":
+                        # A dead path carries no FIN either: the other side is not told.
+                        socks.remove(s)
+                        if not socks:
+                            self._drop(dev, up, close=True)
+                            return
+                        continue
                     if not data:
                         self._drop(dev, up, close=True)
                         return
-                    mode = self.effective_mode()
                     if mode == "stall":
                         continue  # dropped without a word
                     if mode == "delay":

@@ -25,6 +25,12 @@ def dut_config(dut_config: dict[str, Any]) -> dict[str, Any]:
             "cellular": {"enabled": True, "failback_stable_s": 10, "backup_test_s": 300}}
 
 
+@pytest.fixture
+def dut_secrets(dut_secrets: dict[str, Any]) -> dict[str, Any]:
+    # Wrong for the simulated SIM (1234): used only when a test locks the SIM with its PIN.
+    return {**dut_secrets, "sim_pin": "0000"}
+
+
 def world(dut: Dut) -> Path:
     if not isinstance(dut, VirtualDut):
         pytest.skip("the modem simulator drives the virtual device only")
@@ -91,3 +97,94 @@ def test_primary_stall_while_idle_faults_and_heartbeats_go_over_4g(centre: Centr
                              30, "a heartbeat over 4G")
     assert hb.doc["link"]["paths"]["wifi"] == "suspect", hb.doc["link"]
     assert state(d)["paths"]["cellular"]["up"] > 0
+
+
+def test_fire_during_a_silent_primary_stall_goes_over_4g(centre: Centre, dut: Dut) -> None:
+    d = world(dut)
+    dev = dut.device_id
+    centre.wait_event(dev, code="305", timeout_s=15)
+    dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=60)
+    control(d, wifi="stall")
+    t0 = time.time()
+    dut.set_input("panel_fire", "active")
+    # The fire's PUBLISH gets no PUBACK within 10 s over Wi-Fi: the session moves to 4G.
+    fire = wait_event_doc(centre, dev, 40, code="110", q="new")
+    print(f"fire during a silent Wi-Fi stall to the centre over 4G: {time.time() - t0:.1f} s")
+    assert fire["path"] == "cellular", fire
+    control(d, wifi="pass")
+    # Failback once Wi-Fi has been stable for failback_stable_s (10 s here) and the broker
+    # answers over it; later events say so.
+    dut.wait_for_log(r"back to it", timeout_s=60)
+    dut.set_input("panel_fire", "normal")
+    restore = wait_event_doc(centre, dev, 30, code="110", q="restore")
+    assert restore["path"] == "wifi", restore
+    assert len(event_docs(centre, dev, code="110", q="new")) == 1, "fire delivered once"
+
+
+def test_failing_backup_test_is_reported_over_wifi(centre: Centre, dut: Dut) -> None:
+    d = world(dut)
+    dev = dut.device_id
+    dut.wait_for_log(r"backup test over cellular: ok", timeout_s=60)
+    control(d, cellular="stall")
+    # A modem reset asks for a backup test at once (the schedule's next one is 5 min away).
+    control(d, modem={"hang": "pwrkey", "drops": 1})
+    dut.wait_for_log(r"backup test over cellular: FAILED", timeout_s=90)
+    fault = wait_event_doc(centre, dev, 20, code="352", q="new", input="backup_test")
+    assert fault["path"] == "wifi", fault
+
+
+def test_sim_missing_and_wrong_pin_are_faults_and_the_pin_is_tried_once(centre: Centre, dut: Dut) -> None:
+    d = world(dut)
+    dev = dut.device_id
+    dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=60)
+    control(d, modem={"sim": "missing"})
+    fault = wait_event_doc(centre, dev, 40, code="353", q="new", input="modem_sim")
+    assert fault["detail"] == "SIM not inserted" and fault["path"] == "wifi", fault
+    control(d, modem={"sim": "ready"})
+    wait_event_doc(centre, dev, 60, code="353", q="restore", input="modem_sim")
+    dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=60)
+    # A SIM that asks for its PIN; the configured one is wrong: tried once, never again.
+    control(d, modem={"sim": "pin"})
+    fault = wait_event_doc(centre, dev, 40, code="353", q="new", input="modem_sim", detail="SIM PIN refused")
+    dut.wait_for_log(r"modem given up until the config changes", timeout_s=10)
+    n = wait_state(d, lambda s: s["modem"]["commands"][-1:] == ["AT+CPIN=0000"], 5,
+                   "the PIN as the last command")["modem"]["command_count"]
+    time.sleep(8)  # what is tested is that nothing more happens
+    s = state(d)["modem"]
+    assert [c for c in s["commands"] if c.startswith("AT+CPIN=")] == ["AT+CPIN=0000"]
+    assert s["command_count"] == n, s["commands"][-5:]
+
+
+def test_dead_modem_climbs_the_ladder_with_the_board_pulse_widths(centre: Centre, dut: Dut) -> None:
+    d = world(dut)
+    dev = dut.device_id
+    dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=60)
+    # The module locks up so that only its RESET line brings it back.
+    control(d, modem={"hang": "reset", "drops": 1})
+    dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=120)
+    pulses = [(p["line"], p["ms"]) for p in state(d)["modem"]["pulses"]]
+    assert [p[0] for p in pulses] == ["pwrkey", "pwrkey", "pwrkey", "reset"], pulses
+    # reference board: PWRKEY on 100 ms, off 2600 ms, RESET 2500 ms (hardware/boards/reference.json)
+    assert 2550 <= pulses[1][1] < 3200 and 85 <= pulses[2][1] < 600 and 2450 <= pulses[3][1] < 3100, pulses
+    resets = [e["detail"] for e in event_docs(centre, dev, code="305", input="modem")]
+    assert resets == ["pwrkey", "reset"] or centre.wait(
+        lambda: [e["detail"] for e in event_docs(centre, dev, code="305", input="modem")] == ["pwrkey", "reset"],
+        20, "the modem resets reported"), resets
+
+
+def test_operator_drops_the_data_session_redial_nothing_lost(centre: Centre, dut: Dut) -> None:
+    d = world(dut)
+    dev = dut.device_id
+    dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=60)
+    dut.set_link("wifi", False)  # 4G alone carries the session
+    centre.wait_message(dev, "heartbeat", lambda r: r.doc.get("link", {}).get("path") == "cellular", 40,
+                        "the session over 4G")
+    control(d, modem={"drops": 1})
+    dut.wait_for_log(r"data session ended by the network", timeout_s=10)
+    dut.set_input("panel_fire", "active")  # while no path works: kept, sent after the redial
+    fire = wait_event_doc(centre, dev, 60, code="110", q="new")
+    assert fire["path"] == "cellular", fire
+    s = wait_state(d, lambda s: s["modem"]["data"], 5, "data mode again")["modem"]
+    assert s["dials"] == 2 and [p["line"] for p in s["pulses"]] == ["pwrkey"], s
+    seqs = [e["seq"] for e in event_docs(centre, dev)]
+    assert sorted(set(seqs)) == list(range(min(seqs), max(seqs) + 1)), seqs

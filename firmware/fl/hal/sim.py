@@ -346,7 +346,7 @@ class _SimModemHw:
             await at.escape()
         except Exception:  # noqa: BLE001 - already in command mode (NO CARRIER)
             pass
-        await at.cmd("ATH", 9000)
+        await at.cmd("ATH", 2000)
 
     def route(self, addr):
         return self._route if self._route is not None else addr
