@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt host_tools/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: test test-firmware test-host test-hil test-hil-jig test-hil-nojig demo bench pinmap board-check jig-check deps mosquitto clean
+.PHONY: test test-firmware test-host test-hil test-hil-jig test-hil-nojig test-hil-board demo bench pinmap board-check jig-check deps mosquitto clean
 
 deps: $(STAMP) mosquitto
 
@@ -54,6 +54,11 @@ test-hil-jig: deps
 
 test-hil-nojig: deps
 	$(BIN)/python -m tests.hil.standin $(PYTEST_ARGS)
+
+# The board-and-jig path end to end: the virtual device's port stands in for a board, a simulated
+# jig's port for the jig (--dut PTY --jig PTY): provisioning through the REPL, the serial jig.
+test-hil-board: deps
+	$(BIN)/python -m tests.hil.standin --with-jig $(PYTEST_ARGS)
 
 demo: deps
 	$(BIN)/firelink demo

@@ -10,14 +10,17 @@ import gc
 import sys
 
 BOOT_ONLY = ("fl.config", "fl.schema", "fl.jsoncheck")
-MQTT_PACKET = 2048  # fl.mqtt's max_packet: one transmit and one receive buffer
+MQTT_PACKET = 2048  # fl.mqtt's max_packet: one transmit buffer, one receive buffer (+5: header)
 
 
-def start_buffers_bytes(outbox_capacity):
-    """What the app allocates in one piece when it starts: the outbox index (a state byte and a
-    4-byte order per slot; the order array is built from a zeroed bytearray, so twice), the MQTT
-    packet buffers, the outbox's slot buffers; plus 1 KB of small change."""
-    return outbox_capacity * (1 + 4 + 4) + 2 * MQTT_PACKET + 5 + 3 * 256 + 1024
+def reserve_buffers(outbox_capacity):
+    """The big buffers of the start (fl.bufpool), made while the heap is still in one piece:
+    the outbox index (a state byte and a 4-byte record order per slot) and the MQTT packets."""
+    from fl import bufpool
+    bufpool.reserve("B", outbox_capacity)
+    bufpool.reserve("I", outbox_capacity)
+    bufpool.reserve("B", MQTT_PACKET)
+    bufpool.reserve("B", MQTT_PACKET + 5)
 
 
 def load_config(board):
@@ -52,15 +55,11 @@ def main():
         from fl.log import Logger
         Logger("boot").error("reading the config failed (%r): the app tries again", e)
         loaded = None
-    # The app's modules load as hundreds of small blocks spread over the heap; the buffers it
-    # then allocates need kilobytes in one piece. Keep that piece free while the code loads
-    # (one block at the bottom of the heap) and hand it back just before the app needs it.
-    cap = loaded[0]["outbox_capacity"] if loaded else 1024
-    try:
-        room = bytearray(start_buffers_bytes(cap))
-    except MemoryError:
-        room = None
+    # asyncio loads parts of itself on first use (gather, Event, wait_for_ms, streams): load them
+    # now, with the code, not later into a heap the app has filled.
+    import asyncio
+    asyncio.gather, asyncio.Event, asyncio.StreamReader  # noqa: B018
+    if loaded:
+        reserve_buffers(loaded[0]["outbox_capacity"])
     from fl.app import main as run_app  # only now: the validator's RAM is free again
-    room = None  # noqa: F841 - freed for the app's buffers
-    gc.collect()
     run_app(board, loaded)

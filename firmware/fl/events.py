@@ -149,39 +149,6 @@ class Event:
             self.id, self.seq, self.cls, self.code, self.q, self.zone, self.input)
 
 
-# --- Contact ID ---------------------------------------------------------------------
-
-_Q_DIGIT = {"new": "1", "restore": "3", "1": "1", "3": "3", "6": "6"}
-
-
-def _digit_value(c):
-    v = int(c, 16)
-    return 10 if v == 0 else v
-
-
-def contact_id_message(account_hex4, q, code, partition, zone):
-    """`ACCT 18 QXYZ GG CCC S`: S makes the digit sum a multiple of 15 (0 counts as 10)."""
-    acct = str(account_hex4).upper()
-    if len(acct) != 4 or any(c not in "0123456789ABCDEF" for c in acct):
-        raise ValueError("bad account %r: want 4 hex digits" % (account_hex4,))
-    qd = _Q_DIGIT.get(q)
-    if qd is None:
-        raise ValueError("bad q %r: want new, restore, 1, 3 or 6" % (q,))
-    if not valid_code(code):
-        raise ValueError("bad code %r: want 3 digits" % (code,))
-    if type(partition) is not int or not 0 <= partition <= 99:
-        raise ValueError("bad partition %r: want 0..99" % (partition,))
-    if type(zone) is not int or not 0 <= zone <= 999:
-        raise ValueError("bad zone %r: want 0..999" % (zone,))
-    body = "%s18%s%s%02d%03d" % (acct, qd, code, partition, zone)
-    total = 0
-    for c in body:
-        total += _digit_value(c)
-    s = 15 - total % 15  # 1..15; a value of 10 is sent as digit 0
-    check = "0" if s == 10 else "0123456789ABCDEF"[s]
-    return "%s 18 %s%s %02d %03d %s" % (acct, qd, code, partition, zone, check)
-
-
 # --- sequence numbers ---------------------------------------------------------------
 
 _SEQ_MAGIC = b"FLSQ"
@@ -304,10 +271,11 @@ class Sequencer:
     def _write(self, mark):
         img = _seq_image(mark, self._trust)
         try:
-            # Primary first, then backup: a cut between them leaves the higher mark in
-            # the primary and a mark no lower than any issued number in the backup.
-            store.write_atomic(self.path, img)
-            store.write_atomic(self.backup, img)
+            # Primary first, then backup, each in one write (one block, no rename; the CRC tells
+            # a torn one): a cut in either leaves the other whole, and no lower than any number
+            # issued, since a number past a mark is issued only once it is written.
+            store.write_whole(self.path, img)
+            store.write_whole(self.backup, img)
             self.storage_fault = None
         except OSError as e:
             # Keep numbering in RAM: an alarm is worth more than a gap-free sequence.

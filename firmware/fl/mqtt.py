@@ -28,6 +28,7 @@ Buffers are allocated once in the constructor: one for what goes out, one for wh
 import asyncio
 import os
 
+from fl import bufpool
 from fl import mqtt_codec as codec
 from fl import mqtt_rx, netio, ticks
 from fl.log import Logger
@@ -135,9 +136,9 @@ class MQTTClient:
         self._connect_pkt = codec.connect(client_id, keepalive_s, clean_session=False, username=username,
                                           password=password, will_topic=w[0], will_payload=w[1],
                                           will_retain=w[2], will_qos=w[3])
-        self._tx = bytearray(max_packet)
+        self._tx = bufpool.take("B", max_packet)  # reserved at boot, in one piece (fl/bufpool.py)
         self._txmv = memoryview(self._tx)
-        self._rx = bytearray(max_packet + 5)  # the largest accepted packet with its fixed header
+        self._rx = bufpool.take("B", max_packet + 5)  # the largest accepted packet with its fixed header
         self._rxmv = memoryview(self._rx)
         self._rs = self._re = 0  # unread bytes are rx[_rs:_re]
         # One packet on the socket at a time. A write the socket takes whole needs no lock;

@@ -38,9 +38,9 @@ record is newer than `keep_after`, so that checkpoint can be written before it i
 hysteresis: 622 below 40 %, 623 below 80 %, and an overflow episode ends below 50 %. On
 re-arming `on_restore(code)` (if set) is called so that the restore can be reported.
 """
-from array import array
 from micropython import const
 
+from fl.bufpool import take
 from fl.log import Logger
 from fl.slotfile import SlotFile, why
 
@@ -66,8 +66,10 @@ class Outbox:
         self.slot_size = slot_size
         self.max_payload = self._file.max_payload
         self.ram_capacity = ram_capacity
-        self._state = bytearray(b"\xfe" * capacity)  # unusable until its segment loads
-        self._order = array("I", bytearray(4 * capacity))
+        self._state = take("B", capacity)  # fl.bufpool: reserved at boot, in one piece
+        for i in range(capacity):
+            self._state[i] = 0xFE  # unusable until its segment loads
+        self._order = take("I", capacity)
         self._ram = []  # [order, priority | _SENT, payload] while flash cannot take them
         self._n_file = 0
         self._usable = 0

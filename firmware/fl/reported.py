@@ -7,15 +7,17 @@ and sends only the difference: the restore of what cleared meanwhile, never a se
 
 The outbox is the journal and this file the checkpoint. Every event reaches flash in the
 outbox before anything else happens, with its seq as the record's number, and a delivered
-record keeps its bytes until its slot is reused. So `reported.json` (small, replaced
-atomically) need not be written per event: it holds the state as of a seq, and at boot the
+record keeps its bytes until its slot is reused. So the checkpoint (small) need not be written
+per event: it holds the state as of a seq, and at boot the
 records numbered above it are replayed. It is written when the outbox is about to reuse a
 slot whose record is newer than the checkpoint (`Outbox.on_overwrite`), after CHECKPOINT_EVERY
 events, and soon after what the outbox cannot replay changes (the centre's acks of fire
 events, lost ranges not yet declared). An idle device writes nothing.
 
-File: {"seq": n, "on": {"code|name": [zone, class]}, "ack": {event id: [due_ts, left_ms]},
-"lost": [[first, last]]}.
+Two files, `reported0.json` and `reported1.json`, written in turn, each in one write (one
+flash block, no rename): the newest whole one counts, so a write cut short leaves the other.
+Each: {"n": generation, "seq": n, "on": {"code|name": [zone, class]}, "ack": {event id:
+[due_ts, left_ms]}, "lost": [[first, last]]}.
 """
 import json
 
@@ -23,7 +25,7 @@ from fl import store
 from fl.log import Logger
 
 _log = Logger("reported")
-PATH = "reported.json"
+PATH = "reported%d.json"
 CHECKPOINT_EVERY = 64  # events applied since the checkpoint: bounds the replay at boot
 LEVEL_CODES = ("622", "623", "624")
 
@@ -44,21 +46,32 @@ class Reported:
         self.dirty = False
         self.storage_fault = None
         self.recovery = "fresh"
-        raw = store.read_bytes(path)
-        if raw is None:
+        self._gen = 0
+        self._slot = 1  # the next write goes to the other file than the newest
+        best = None
+        for slot in (0, 1):
+            raw = store.read_bytes(path % slot)
+            if raw is None:
+                continue
+            try:
+                d = json.loads(raw)
+                gen, seq, on, acks, lost = int(d["n"]), int(d["seq"]), d["on"], d["ack"], d["lost"]
+                if type(on) is not dict or type(acks) is not dict or type(lost) is not list:
+                    raise ValueError("bad types")
+            except (ValueError, KeyError, TypeError) as e:
+                _log.warn("%s unreadable (%s)", path % slot, e)
+                self.recovery = "lost"
+                continue
+            if best is None or gen > best[0]:
+                best = (gen, slot, seq, on, acks, lost)
+        if best is None:
+            if self.recovery == "lost":
+                # Replaying the whole outbox is the best left; a restore may then be missed.
+                _log.error("reported state unreadable: starting from the outbox alone")
             return
-        try:
-            d = json.loads(raw)
-            on, acks, lost = d["on"], d["ack"], d["lost"]
-            seq = int(d["seq"])
-            if type(on) is not dict or type(acks) is not dict or type(lost) is not list:
-                raise ValueError("bad types")
-        except (ValueError, KeyError, TypeError) as e:
-            # Replaying the whole outbox is the best left; a restore may then be missed.
-            _log.error("%s unreadable (%s): starting from the outbox alone", path, e)
-            self.recovery = "lost"
-            return
-        self.on, self.acks, self.lost, self.seq, self.applied = on, acks, lost, seq, seq
+        self._gen, slot, seq, self.on, self.acks, self.lost = best
+        self._slot = 1 - slot
+        self.seq = self.applied = seq
         self.recovery = "file"
 
     # --- the conditions ---
@@ -93,13 +106,15 @@ class Reported:
     # --- the checkpoint ---
     def write(self):
         """Writes the checkpoint (as of the newest event applied); False if flash refused."""
-        data = json.dumps({"seq": self.applied, "on": self.on, "ack": self.acks, "lost": self.lost},
-                          separators=(",", ":")).encode()
+        data = json.dumps({"n": self._gen + 1, "seq": self.applied, "on": self.on, "ack": self.acks,
+                           "lost": self.lost}, separators=(",", ":")).encode()
         try:
-            store.write_atomic(self.path, data)
+            store.write_whole(self.path % self._slot, data)
         except OSError as e:
             self.storage_fault = "reported state write failed: %s" % (e,)
             return False
+        self._gen += 1
+        self._slot = 1 - self._slot
         self.storage_fault = None
         self.seq = self.applied
         self._since = 0

@@ -59,9 +59,9 @@ async def fetch(servers, path, timeout_ms):
             server = path.dhcp_ntp()
             if not server:
                 continue
-        host, port = dns.split_server(server, PORT)
         mine = ticks.after(min(left, SERVER_MS))
         try:
+            host, port = dns.split_server(server, PORT)
             ip = await dns.resolve(host, path.dns_servers(), ticks.left(mine), path.ifname)
             left = ticks.left(mine)
             if left <= 0:
@@ -73,7 +73,7 @@ async def fetch(servers, path, timeout_ms):
             if got:
                 return got + ticks.diff(ticks.ms(), t0) // 2
             why.append("%s: %s" % (server, "no answer" if got is None else "unusable answer"))
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a port that is not a number
             why.append("%s: %s" % (server, e))
     _log.warn("clock sync failed: %s", "; ".join(why) or "no server to ask")
     return None

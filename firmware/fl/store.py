@@ -57,6 +57,16 @@ def write_atomic(path, data):
     charge()
 
 
+def write_whole(path, data):
+    """Replaces a file's content in one write (one block for a small file): atomic on littlefs
+    (a file's new content commits when it is closed), not on POSIX, so callers keep two copies
+    and check what they read (fl/reported.py)."""
+    with open(path, "wb") as f:
+        if f.write(data) != len(data):
+            raise OSError(28)
+    charge(blocks_for(len(data)))
+
+
 def exists(path):
     try:
         os.stat(path)

@@ -9,6 +9,8 @@ run of more than a few seconds crosses it; $FL_TICKS_START sets the first value,
 and `add` refuses what the board refuses. It is stricter than the board in one way: a
 value that is not a tick of this period (e.g. a raw `time.ticks_ms()` from the unix port)
 raises ValueError instead of giving a silently wrong answer.
+On a 32-bit build of the unix port (the board's own tick rules) tests/firmware/test_ticks.py
+checks this emulation against time.ticks_add/ticks_diff value by value.
 
 Rules for callers:
 - A deadline is `add(ms(), d)` with d < 2^29 ms; compare with `diff(deadline, ms())`.

@@ -249,11 +249,11 @@ class Broker:
         return dict(data)
 
     def _save_accounts(self, accounts: dict[str, str]) -> None:
-        """accounts.json, then the files mosquitto reads, each replaced whole (temp + rename); then
-        the running broker reloads."""
+        """The files mosquitto reads, then accounts.json, each replaced whole (temp + rename); then
+        the running broker reloads. accounts.json changes only once everything else is written."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_private(self.accounts_file, json.dumps(accounts, indent=1, sort_keys=True).encode())
         self._write_broker_files(accounts)
+        _write_private(self.accounts_file, json.dumps(accounts, indent=1, sort_keys=True).encode())  # last
         self.last_reload = self.reload()
 
     def _write_broker_files(self, accounts: dict[str, str]) -> None:
@@ -291,8 +291,15 @@ class Broker:
         with open(self.dir / "accounts.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             accounts = self._accounts()
+            before = dict(accounts)
             yield accounts
-            self._save_accounts(accounts)
+            try:
+                self._save_accounts(accounts)
+            except BaseException:
+                # A disk error half way: put back what mosquitto reads, as accounts.json still is.
+                with contextlib.suppress(OSError):
+                    self._write_broker_files(before)
+                raise
 
     def add_account(self, username: str, password: str | None = None, rotate: bool = False) -> Account:
         """A device (`check_device_id`) or centre (`is_centre`) account. An existing one is replaced
@@ -383,6 +390,17 @@ class Broker:
         """Another account with the centre's rights (`centre-<name>`): its own client id, so it never
         displaces the monitor."""
         return self.add_account(name, password, rotate=rotate)
+
+    def centre_cert(self, name: str) -> tuple[Path, Path]:
+        """A client certificate for a centre account (CN = its name: the TLS listener's account),
+        written to pki/centres/<name>.crt and .key (0600); returns their paths. The account must
+        exist: its rights come from the ACL."""
+        check_centre_name(name)
+        if name not in self._accounts():
+            raise AccountError(f"no centre account {name!r}: add it first (--monitor-password / --add-centre)")
+        cred = pki.make_client(self.ca(), name)
+        pki.save(cred, self.pki_dir / "centres", name)
+        return self.pki_dir / "centres" / f"{name}.crt", self.pki_dir / "centres" / f"{name}.key"
 
     def remove_account(self, username: str) -> bool:
         with self._accounts_locked() as accounts:

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--add-device", metavar="DEVICE_ID", help="create a device account and certificate, then exit")
     p.add_argument("--add-centre", metavar="NAME",
                    help="create another centre account (centre-<name>: a second console), then exit")
+    p.add_argument("--centre-cert", metavar="ACCOUNT",
+                   help="issue a client certificate for a centre account (monitor, centre-<name>) to use on the "
+                        "TLS listener, then exit")
     p.add_argument("--rotate", action="store_true",
                    help="with --add-device/--add-centre/--monitor-password: replace an existing credential "
                         "(the old one stops working)")
@@ -69,6 +72,11 @@ def _run(args: argparse.Namespace, out: Console) -> int:
         account = b.add_centre(name, rotate=args.rotate)
         out.print(f"centre account [bold]{account.username}[/] password {account.password}"
                   f"{'; the old password stops working now' if args.rotate else ''}")
+        return 0
+    if args.centre_cert:
+        crt, key = b.centre_cert(args.centre_cert)
+        out.print(f"certificate {crt} and key {key} for {args.centre_cert!r} (e.g. `firelink monitor --tls --port "
+                  f"{args.tls_port} --ca {b.pki_dir / 'ca.crt'} --cert {crt} --key {key}`); the key is secret")
         return 0
     if args.revoke:
         if not b.revoke(args.revoke):

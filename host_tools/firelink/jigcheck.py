@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from firelink.boardcheck import ADC_MAX, Problem, eol_bands, show
+from firelink.boards import REPO
 from firelink.build import BOARD_JSON
 
-JIG_JSON = BOARD_JSON.parent / "jig.json"
+JIG_JSON = REPO / "hardware" / "jig.json"  # beside boards/, not in it: boards.names() lists that folder
 
 # --- Raspberry Pi Pico (RP2040) facts: "Raspberry Pi Pico Datasheet", pinout and §2.1 --------
 # GP0-GP22 and GP26-GP28 reach the header; GP23 (SMPS power save), GP24 (VBUS sense), GP25 (the

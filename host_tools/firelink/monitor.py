@@ -29,7 +29,7 @@ from operator import methodcaller
 from pathlib import Path
 from typing import Any, Callable
 
-from firelink.monitor_devices import FloodMeter, DeviceBook, Supervision
+from firelink.monitor_devices import DeviceBook, FloodMeter, Supervision
 from firelink.monitor_intake import (AckConfirmed, FairQueue, Incoming, Intake, IntakeError, Item, Link, MqttIntake,
                                      MqttSettings)
 from firelink.monitor_payload import (MAX_PAYLOAD, PayloadError, event_id, parse_cmd_result, parse_event,
@@ -149,6 +149,7 @@ class Monitor:
         self._queue = FairQueue()
         self._ack_mids: dict[int, tuple[str, str]] = {}
         self._down_since: float | None = None
+        self._retained_rejected: set[tuple[str, int]] = set()
         self._worker: threading.Thread | None = None
         self._intake = intake(config.mqtt(), self._queue)
 
@@ -165,8 +166,14 @@ class Monitor:
             raise MonitorError(str(e)) from e
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Processes what has arrived, then disconnects. Bounded by timeout_s."""
+        """Processes what has arrived, lets the broker confirm the acks sent (at most 1 s: an
+        unconfirmed one is sent again at the next start), then disconnects. Bounded by timeout_s."""
+        deadline = time.monotonic() + timeout_s
         self.wait_idle(timeout_s)
+        confirm_by = min(deadline, time.monotonic() + 1.0)
+        while self._ack_mids and self.failure is None and time.monotonic() < confirm_by:
+            self.wait_idle(0.02)
+            time.sleep(0.01)
         self._intake.stop()
         self._stop_worker(timeout_s)
 
@@ -346,6 +353,14 @@ class Monitor:
             self._warn(out, f"event {ev.id} arrived as a retained message (a replay, not live)", m.topic, ev.device)
 
     def _reject(self, m: Incoming, device: str | None, kind: str, reason: str, out: _Outcome) -> None:
+        if m.retained:
+            # The broker replays retained junk at every (re)subscription: keep and report it once.
+            key = (m.topic, hash(m.payload))
+            if key in self._retained_rejected:
+                return
+            if len(self._retained_rejected) >= 10000:
+                self._retained_rejected.clear()
+            self._retained_rejected.add(key)
         self.stats.malformed += 1
         self.store.quarantine(m.received_at, m.topic, device, kind, m.payload, reason, m.retained, m.dup)
         if device is None:

@@ -20,6 +20,7 @@ from firelink import boards, unixport
 
 _HERE = Path(__file__).resolve()
 CONTROL = "sim/control.json"
+CONTROL_SEQ = "sim/control.seq"  # bumped in place after each control.json change (fl/hal/sim.py)
 STATES = ("active", "normal", "open", "short")
 
 
@@ -290,4 +291,18 @@ def write_control(directory: Path, changes: dict[str, Any]) -> dict[str, Any]:
     (d / "sim").mkdir(parents=True, exist_ok=True)
     with open(d / "sim" / "control.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return update_json(d / CONTROL, changes)
+        data = update_json(d / CONTROL, changes)
+        _bump(d / CONTROL_SEQ)
+        return data
+
+
+def _bump(path: Path) -> None:
+    """Counts a change in place (same file, never replaced): the simulated board keeps it open and
+    re-reads 8 bytes each poll, which allocates nothing on its heap, unlike reading control.json."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        old = os.pread(fd, 8, 0)
+        n = int.from_bytes(old, "little") + 1 if len(old) == 8 else 1
+        os.pwrite(fd, (n % (1 << 63)).to_bytes(8, "little"), 0)
+    finally:
+        os.close(fd)

@@ -11,7 +11,8 @@ littlefs block rewrite takes on the reference SPI NOR flash (fl/hal/sim.py: `typ
    (run.py's measure_backlog);
 3. block writes per delivered event in each phase, counted once the device has marked its
    removals and checkpointed (the counter stays still for SETTLE_S);
-4. an idle spell (heartbeats only): block writes, and that rate per day.
+4. an idle spell (heartbeats only), once the boot has been marked healthy (a write once per
+   boot): block writes, and that rate per day.
 """
 from __future__ import annotations
 
@@ -79,6 +80,14 @@ def settled_writes(device_dir: Path, timeout_s: float = 60.0) -> int:
         time.sleep(0.2)
 
 
+def wait_console(path: Path, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in path.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{text!r} not in {path} within {timeout_s:g} s")
+        time.sleep(0.5)
+
+
 def measure(model: str, root: Path, changes: int, backlog: int, idle_s: float, heapsize: str, app: Path,
             console: Console) -> FlashRun:
     from firelink.localsite import LocalSite
@@ -104,11 +113,15 @@ def measure(model: str, root: Path, changes: int, backlog: int, idle_s: float, h
         b = bench.measure_backlog(site, backlog, console)
         with console.status(f"flash model {model}: waiting for removals and checkpoint"):
             w2 = settled_writes(site.device_dir)
+        with console.status(f"flash model {model}: waiting for the boot to be marked healthy (once per boot)"):
+            # 60 s connected clears the boot counter (fl/bootguard.py): a write per boot, not per day.
+            wait_console(site.console_log, "app: healthy: boot counter cleared", 180.0)
+            w_idle = settled_writes(site.device_dir)
         with console.status(f"flash model {model}: idle for {idle_s:.0f} s (heartbeats only)"):
             t0 = time.monotonic()
             time.sleep(idle_s)
             site.check_device()
-            w3 = int(flash_stats(site.device_dir).get("block_writes", w2))
+            w3 = int(flash_stats(site.device_dir).get("block_writes", w_idle))
             idle = time.monotonic() - t0
     finally:
         if previous is None:
@@ -118,7 +131,7 @@ def measure(model: str, root: Path, changes: int, backlog: int, idle_s: float, h
         site.close()
     return FlashRun(model, stall_ms, changes, (lat.ms(50), lat.ms(95), lat.ms(99)), lat.debounce_ms,
                     w1 - w0, len(lat.seconds), b.events, b.fill_s, b.all_s, w2 - w1, b.duplicates, len(b.gaps),
-                    idle, w3 - w2)
+                    idle, w3 - w_idle)
 
 
 def table(runs: list[FlashRun]) -> Table:

@@ -24,6 +24,10 @@ under the MicroPython unix port, its heap capped with `-X heapsize`). The scenar
    idle day with typical and worst-case flash write times, each on a site of its own.
 7. the centre (tests/bench/bench_monitor.py): another device's fire during a 10,000-event flood,
    and the monitor's reconnect after a broker outage.
+8. heap (tests/bench/bench_heap.py): the smallest heap the alarm scenario passes in, import cost
+   per module, garbage per idle input scan.
+9. tests/bench/bench_wire.py (its own site, `--wire-minutes`): supervision bytes per device per
+   month at default settings over TLS, counted at a proxy, and the time to report a dead device.
 
 The exit status is 0 when every part ran, whatever the figures; 1 when one could not run.
 """
@@ -49,7 +53,7 @@ from firelink import build, virtual
 from firelink.localsite import LocalSite, SiteError
 from firelink.monitor_devices import WENT_ONLINE
 from firelink.monitor_store import Event
-from tests.bench import bench_flash, bench_jig, bench_monitor, bench_wire
+from tests.bench import bench_flash, bench_heap, bench_jig, bench_monitor, bench_wire
 from tests.tooling import ROOT, firmware_env, micropython_binary
 
 DEVICE_ID = "fl-02000000be01"  # as long as a default id ("fl-" + the MAC in hex): the topic's real size
@@ -474,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flash-idle-s", type=float, default=60.0, help="idle spell per flash model (default: %(default)s)")
     p.add_argument("--wire-minutes", type=float, default=10.0,
                    help="bench_wire.py's steady-state window at default settings over TLS; 0 skips it (default: %(default)s)")
+    p.add_argument("--no-heap", action="store_true", help="skip bench_heap.py (smallest heap, import costs, idle scan)")
     args = p.parse_args(argv)
 
     console = Console()
@@ -545,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                         "from the jig's edge stamp (simulated jig on a pty)"))
 
         if not args.no_micro:
-            account, _ = broker.add_device("fl-mqttbench")  # bench_mqtt.py publishes as its own device
+            account, _ = broker.add_device("fl-mqttbench", rotate=True)  # bench_mqtt.py publishes as its own device
             time.sleep(0.3)  # mosquitto re-reads its password file on the SIGHUP add_device sends
             site.stop_device()
             site.stop_monitor()  # it would take bench_mqtt's 150-byte test payloads for malformed events
@@ -575,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         rows, wire_failed = bench_wire.run(args.dir / "wire", args.wire_minutes, args.heapsize, app, console)
         summary += rows
         failed = failed or wire_failed
+    if not args.no_heap and failed != "interrupted":
+        failed = bench_heap.run_part(args.dir / "heap", console, summary) or failed
 
     if not failed and not args.no_flash:
         try:

@@ -112,3 +112,31 @@ def test_a_change_retried_after_a_recording_failure_records_each_event_once():
     app._on_input(spec, "open", "active")  # the inputs retry the same change
     events = [json.loads(p) for p in _queued_payloads(app)]
     eq([(e["code"], e["q"]) for e in events], [("110", "new"), ("380", "restore")], "each event once, fire first")
+
+
+async def test_wifi_power_save_follows_mains_and_board_json_is_released_after_start():
+    app = _app(inputs=[{"name": "mains", "kind": "mains", "channel": "in5", "contact": "nc", "debounce_ms": 0,
+                        "zone": 5}])
+    ok(app.board._info is None, "board.json parse released once the parts have read it")
+    task = asyncio.create_task(app._supervise("inputs", app.inputs))
+
+    def power_save():
+        return json.loads(store.read_bytes("sim/outputs.json") or b"{}").get("wifi_power_save")
+
+    for _ in range(100):
+        if app.inputs.started:
+            break
+        await asyncio.sleep_ms(20)
+    write("sim/control.json", json.dumps({"inputs": {"in5": 1}}))  # NC contact opens: mains lost
+    for _ in range(100):
+        if power_save() is True:
+            break
+        await asyncio.sleep_ms(20)
+    eq(power_save(), True, "on battery: Wi-Fi power save back on")
+    write("sim/control.json", json.dumps({"inputs": {"in5": 0}}))
+    for _ in range(100):
+        if power_save() is False:
+            break
+        await asyncio.sleep_ms(20)
+    eq(power_save(), False, "on mains: power save off (PM_NONE on the ESP32)")
+    task.cancel()

@@ -4,7 +4,8 @@ import os
 from fwtest import eq, ok, raises, read, write
 
 from fl import events
-from fl.events import Event, Sequencer, contact_id_message
+from fl.contact_id import contact_id_message
+from fl.events import Event, Sequencer
 
 FIRE_JSON = (b'{"id":"00000005-abcd","seq":5,"ts":1760000000,"tsync":true,"code":"110","q":"new",'
              b'"zone":1,"input":"in1","class":"fire"}')

@@ -12,7 +12,7 @@ from fwtest import eq, ok, skip
 
 HEAPSIZE = "64k"
 TIMEOUT_S = 120
-MODULES = ("__init__", "ticks", "store", "log", "slotfile", "outbox")
+MODULES = ("__init__", "ticks", "store", "log", "bufpool", "slotfile", "outbox")
 
 
 def _firmware_dir():

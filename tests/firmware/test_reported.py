@@ -40,6 +40,12 @@ def _sent(app):
         app.outbox.remove(item[0])
 
 
+def _checkpoint():
+    """The newest checkpoint file's content."""
+    docs = [json.loads(store.read_bytes(p)) for p in ("reported0.json", "reported1.json") if store.exists(p)]
+    return max(docs, key=lambda d: d["n"])
+
+
 def _rows(evs):
     return [(e["code"], e["q"], e["input"]) for e in evs if e["code"] != "305"]
 
@@ -112,14 +118,14 @@ async def test_fire_awaiting_its_ack_is_supervised_after_a_reboot():
     app.recorder.checkpoint()
     app = _boot({"in1": 0}, centre_ack_timeout_s=30)
     eq(app.ack_watch.pending(), 1, "still awaited after the reboot")
-    saved = json.loads(store.read_bytes("reported.json"))["ack"]
+    saved = _checkpoint()["ack"]
     ok(fire["id"] in saved and 0 < saved[fire["id"]][1] <= 30000, saved)
     app.ack_watch.on_ack(json.dumps({"id": fire["id"]}).encode())
     eq(app.ack_watch.pending(), 0)
     app._keep_state()
     for _ in range(3):
         app._keep_state()  # within STATE_FLUSH_S ticks
-    eq(json.loads(store.read_bytes("reported.json"))["ack"], {}, "the ack is on flash")
+    eq(_checkpoint()["ack"], {}, "the ack is on flash")
     app = _boot({"in1": 0}, centre_ack_timeout_s=30)
     eq(app.ack_watch.pending(), 0, "acked before the reboot: not supervised again")
 
@@ -153,3 +159,24 @@ async def test_fire_awaited_before_a_power_cut_raises_354_after_it():
     t.cancel()
     ok("centre_ack" in app.health.faults, "354 raised: %r" % app.health.faults)
     ok(("354", "new", "centre_ack") in _rows(_sent(app)), "and recorded")
+
+
+async def test_a_torn_checkpoint_falls_back_to_the_other_and_the_outbox():
+    app = _boot({"in1": 0, "in2": 0})
+    await app.start_inputs()
+    _sent(app)
+    before = store.block_writes
+    ok(app.recorder.checkpoint(), "written")
+    eq(store.block_writes - before, 1, "one block: no rename")
+    write("sim/control.json", json.dumps({"inputs": dict(NORMAL, in2=0)}))
+    app = _boot({"in2": 0})  # panel_fire cleared while off: 110 restore owed
+    await app.start_inputs()
+    eq(_rows(_sent(app)), [("110", "restore", "panel_fire")])
+    ok(app.recorder.checkpoint(), "second file")
+    newest = "reported%d.json" % (1 - app.reported._slot)
+    with open(newest, "wb") as f:
+        f.write(store.read_bytes(newest)[:20])  # cut short by a power cut
+    app = _boot({"in2": 0})
+    eq(app.reported.recovery, "file", "the older file")
+    await app.start_inputs()
+    eq(_rows(_sent(app)), [], "nothing owed twice: the outbox replayed what the older file lacks")

@@ -53,6 +53,7 @@ CAPABILITIES = {
     "raw": "set an input to a raw level or ADC count: the virtual device only",
     "flash": "reach the device's flash as files on this host: the virtual device only",
     "ticks": "start the device's tick counter near its wrap ($FL_TICKS_START): the virtual device only",
+    "dns": "give the device the suite's DNS server, as its network's DHCP would: the virtual device only",
 }
 # Why a board, even on the jig, cannot do what only the virtual device does.
 BOARD_LIMITS = {
@@ -64,6 +65,7 @@ BOARD_LIMITS = {
     "raw": "the jig drives inputs through switches and resistors (states), not raw levels",
     "flash": "a board's flash is reached through its REPL, not as files on this host",
     "ticks": "a board's tick counter starts where its ROM starts it",
+    "dns": "a board's DNS server is the one its network's DHCP gives",
 }
 # A booting ESP32's ROM line, or the virtual device's supervisor starting the firmware.
 BOOT_LINE = r"rst:0x|\[virtual\] booting"
@@ -84,6 +86,7 @@ class Dut(abc.ABC):
 
     device_id: str
     _cursor = 0  # where wait_for_log() searches from by default
+    REBOOTED = SOFT_REBOOT  # what repl() waits for after its soft reboot
     capabilities: frozenset[str] = frozenset()
     # When the last input change happened, on the host's clock (time.time()): taken from the
     # jig's own stamp of the edge it drove, or just after the virtual device's control file
@@ -208,11 +211,15 @@ class Dut(abc.ABC):
         if reboot:
             # "MPY: soft reboot" comes before main.py starts: the firmware runs once it says
             # so itself. Returning earlier, the next repl()'s ^C would reach a firmware still
-            # importing (or none at all, and be dropped with the reboot's stale input).
-            self.wait_for_log(SOFT_REBOOT, timeout_s, since=mark)
-            after_reboot = self._cursor
-            self.wait_for_log(FIRMWARE_UP, timeout_s)
-            self._cursor = after_reboot  # the caller may wait for the boot line too
+            # importing (or none at all, and be dropped with the reboot's stale input). On a
+            # board's port the soft reboot line may be lost (REBOOTED): then the banner is it.
+            m = self.wait_for_log(self.REBOOTED, timeout_s, since=mark)
+            if re.search(FIRMWARE_UP, m.group(0)):
+                self._cursor -= len(m.group(0).encode("utf-8", "replace"))  # the caller may wait for it too
+            else:
+                after_reboot = self._cursor
+                self.wait_for_log(FIRMWARE_UP, timeout_s)
+                self._cursor = after_reboot  # the caller may wait for the boot line too
 
     def read_file(self, path: str) -> bytes:
         with self.repl() as dev:
@@ -304,13 +311,21 @@ class VirtualDut(Dut):
 
 
 class SerialDut(Dut):
-    """An ESP32 on a serial port: the console and the REPL. `start()` provisions it with the
-    files of `image` (a directory as virtual.create() writes it: config.json, secrets.json,
+    """An ESP32 on a serial port: the console and the REPL. `start()` clears what the firmware
+    kept on flash from the last scenario (STATE_FILES) and provisions it with the files of
+    `image` (a directory as virtual.create() writes it: config.json, secrets.json,
     certificates) where they differ from what it holds, through the REPL, so that each
-    scenario's configuration reaches the board; then the soft reboot starts it. Everything in
-    the outside world needs the test jig (JigDut wraps this class)."""
+    scenario meets a fresh device with its configuration; then the soft reboot starts it.
+    Everything in the outside world needs the test jig (JigDut wraps this class)."""
 
     IMAGE_FILES = ("config.json", "secrets.json")
+    # The port is closed between mpremote and our reader, and a UART drops what it sends then:
+    # "MPY: soft reboot" may be lost, the firmware's banner just after it comes to us.
+    REBOOTED = SOFT_REBOOT + "|" + FIRMWARE_UP
+    # What the firmware keeps on flash between boots (fl/outbox.py, fl/recorder.py checkpoint,
+    # fl/events.py Sequencer, fl/bootguard.py): removed at start(), so that each scenario meets
+    # a device as fresh as the virtual device's new directory. Keep in step with the firmware.
+    STATE_FILES = ("outbox", "reported.json", "seq.dat", "seq.dat.bak", "boot.dat")
 
     def __init__(self, port: str, baudrate: int = 115200, image: Path | None = None) -> None:
         import serial
@@ -366,6 +381,7 @@ class SerialDut(Dut):
             self._open()
         mark = self.log_position()
         with self.repl() as dev:
+            dev.run(_WIPE % (self.STATE_FILES,))
             for name in self._image_files():
                 data = (self.image / name).read_bytes()  # type: ignore[operator]
                 try:
@@ -411,6 +427,20 @@ class SerialDut(Dut):
         with self._lock:
             return len(self._log)
 
+
+# Removes files and directories (one level) at the device's REPL; missing ones are fine.
+_WIPE = """import os
+for p in %r:
+    try:
+        for f in os.listdir(p):
+            os.remove(p + '/' + f)
+        os.rmdir(p)
+    except OSError:
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+"""
 
 # What a board keeps from its own provisioning across the scenarios' files: its Wi-Fi (the
 # scenario knows the suite's broker, not the bench's network).
@@ -466,7 +496,8 @@ class JigDut(Dut):
         """Powers the device on; the first time, with every input the jig reaches normal (as
         wired on a site). Later (after a power cut) the inputs stay as the scenario left them."""
         mark = self.log_position()
-        if not self._wired:
+        first = not self._wired
+        if first:
             self._normal_inputs()
             self._wired = True
         if isinstance(self.inner, VirtualDut):
@@ -475,7 +506,8 @@ class JigDut(Dut):
             self._power_on()
         else:
             self._power_on()
-            self.inner.start()  # provisions through the REPL, then a soft reboot
+            if first:  # once: a later power-on (after a cut) must boot exactly as a board does
+                self.inner.start()  # takes the console, provisions through the REPL, soft reboot
         self._cursor = mark
 
     def _power_on(self) -> None:

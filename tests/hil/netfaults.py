@@ -105,12 +105,12 @@ class TcpGate:
     says nothing, whatever the device sends (a broker or middlebox hung mid-handshake).
     `relay`: forwards new connections to the real broker."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self.stall = True
         self.accepted = 0
-        self.host = "127.0.0.1"
-        self.port = free_port()
+        self.host = host
+        self.port = free_port(host)
         self._server = socket.create_server((self.host, self.port))
         self._server.settimeout(0.2)
         self._stop = threading.Event()
@@ -181,10 +181,11 @@ def start_virtual(request: pytest.FixtureRequest, directory: Path, config: dict[
                   world: dict[str, Any]) -> Iterator[Dut]:
     """Like conftest's `dut`, with sim/control.json holding `world` before the first boot (the
     network the board finds when it powers up)."""
-    d = make_dut(str(request.config.getoption("--dut")), directory, config, secrets, certs,
-                 firmware=firmware, heapsize=heapsize)
-    if not isinstance(d, VirtualDut):
-        pytest.skip("network faults are injected around the virtual device")
+    spec = str(request.config.getoption("--dut"))
+    if spec != "virtual":
+        pytest.skip("the device's network (its DNS server, its clock) is set around the virtual device only")
+    d = make_dut(spec, directory, config, secrets, certs, firmware=firmware, heapsize=heapsize)
+    assert isinstance(d, VirtualDut)
     virtual.write_control(d.dir, world)
     d.start()
     try:

@@ -68,7 +68,9 @@ def test_alarm_and_restore_reach_the_centre_with_code_class_zone_and_sequence(ce
     # Every event acknowledged by the centre (the broker confirmed each ack), none twice.
     centre.wait(lambda: all(e.acked_at for e in centre.store.events(dev)), 5, "acks confirmed")
     assert [e.acks for e in centre.store.events(dev)] == [1] * 5
-    assert not centre.warnings
+    # About this device: the session broker may hold other tests' retained junk, which the centre
+    # rightly quarantines and reports.
+    assert not [w for w in centre.warnings if w.device == dev]
 
 
 @pytest.mark.needs("inputs", "signal", "battery")

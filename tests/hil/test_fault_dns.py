@@ -36,6 +36,7 @@ def dut(request: pytest.FixtureRequest, tmp_path: Path, dut_config: dict[str, An
                              dut_heapsize, {"dns": [resolver.addr]})
 
 
+@pytest.mark.needs("inputs", "dns")
 def test_fire_is_on_flash_at_once_while_the_resolver_never_answers(centre: Centre, dut: Dut,
                                                                   resolver: UdpServer) -> None:
     dut.wait_for_log(rf"ERROR mqtt: connection to {BROKER_NAME}:\d+ failed: .*no answer for {BROKER_NAME}",

@@ -34,6 +34,7 @@ def flapping(dut: Dut) -> Iterator[threading.Event]:
     t.join(5)
 
 
+@pytest.mark.needs("inputs", "path")
 def test_fire_is_on_flash_at_once_while_the_link_flaps(centre: Centre, dut: Dut,
                                                       flapping: threading.Event) -> None:
     centre.wait_event(dut.device_id, code="305", timeout_s=15)  # booted and was connected once

@@ -48,6 +48,7 @@ def dut(request: pytest.FixtureRequest, tmp_path: Path, dut_config: dict[str, An
                              dut_heapsize, {"clock_synced": False, "dns": []})
 
 
+@pytest.mark.needs("inputs", "clock")
 def test_fire_is_on_flash_at_once_while_ntp_is_blackholed(centre: Centre, dut: Dut, ntp: UdpServer) -> None:
     dut.wait_for_log(rf"WARN sntp: clock sync failed: {ntp.addr}: no answer", timeout_s=20, since=0)
     n = ntp.requests

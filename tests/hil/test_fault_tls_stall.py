@@ -17,8 +17,9 @@ CONNECT_TIMEOUT_MS = 4000
 
 
 @pytest.fixture
-def gate(site: BrokerFixture) -> Iterator[TcpGate]:
-    with TcpGate(site.host, site.broker.tls_port) as g:
+def gate(request: pytest.FixtureRequest, site: BrokerFixture) -> Iterator[TcpGate]:
+    # Where a board can reach this PC (--broker-host), like the suite's link proxy.
+    with TcpGate(site.host, site.broker.tls_port, host=request.config.getoption("--broker-host") or "127.0.0.1") as g:
         yield g
 
 
@@ -41,6 +42,7 @@ def dut_certs(site: BrokerFixture) -> dict[str, bytes]:
             "device.key.der": (pk / "devices" / f"{site.device_user}.key.der").read_bytes()}
 
 
+@pytest.mark.needs("inputs", "link")
 def test_fire_is_on_flash_at_once_while_the_broker_stalls_the_tls_handshake(centre: Centre, dut: Dut,
                                                                            gate: TcpGate) -> None:
     dut.wait_for_log(r"ERROR mqtt: connect timed out after \d+ ms in the TLS handshake", timeout_s=20, since=0)

@@ -154,6 +154,7 @@ def assert_monitor_held(site: BrokerFixture, log_mark: int) -> None:
 
 # --- client ids and accounts ---
 
+@pytest.mark.needs("inputs")
 def test_a_stolen_password_cannot_displace_the_monitor_or_another_device(
         site: BrokerFixture, stolen: Stolen, centre: Centre, dut: Dut) -> None:
     ready(centre, dut)
@@ -196,6 +197,7 @@ def test_a_stolen_password_cannot_displace_the_monitor_or_another_device(
     assert not [c for c in centre.changes_of(DEV_B) if c.change in ("offline", "lost")]
 
 
+@pytest.mark.needs("inputs")
 def test_a_stolen_certificate_is_its_own_account_whatever_username_it_sends(
         site: BrokerFixture, stolen: Stolen, centre: Centre, dut: Dut) -> None:
     """On the TLS listener the account is the certificate's CN: A's certificate with B's username
@@ -234,6 +236,7 @@ def test_a_stolen_certificate_is_its_own_account_whatever_username_it_sends(
 
 # --- what A sends ---
 
+@pytest.mark.needs("inputs")
 def test_a_2_64_heartbeat_and_a_1_mb_event_leave_the_monitor_running(
         site: BrokerFixture, stolen: Stolen, centre: Centre, dut: Dut) -> None:
     ready(centre, dut)
@@ -265,6 +268,7 @@ def test_a_2_64_heartbeat_and_a_1_mb_event_leave_the_monitor_running(
     assert_monitor_held(site, log_mark)
 
 
+@pytest.mark.needs("inputs")
 def test_a_10000_event_burst_is_stored_and_b_keeps_its_latency(
         site: BrokerFixture, stolen: Stolen, centre: Centre, dut: Dut) -> None:
     ready(centre, dut)
@@ -307,6 +311,7 @@ def _burst(a: Attacker) -> None:
 
 # --- revocation (last: A is gone afterwards) ---
 
+@pytest.mark.needs("inputs")
 def test_revoking_the_stolen_box_locks_it_out_and_the_centre_shows_it_revoked(
         site: BrokerFixture, stolen: Stolen, centre: Centre, dut: Dut) -> None:
     ready(centre, dut)

@@ -239,3 +239,27 @@ def test_the_ca_key_can_be_protected_or_kept_offline(tmp_path: Path, monkeypatch
         assert _connect(b2.port, "fl-one", "wrong") == NOT_AUTHORISED
     finally:
         b2.stop()
+
+
+def test_a_centre_certificate_logs_in_as_its_account_on_tls(broker: BrokerFixture, capsys: pytest.CaptureFixture[str]):
+    assert cli.main(["broker", "--dir", str(broker.broker.dir), "--centre-cert", "centre-test"]) == 0
+    pk = broker.broker.pki_dir
+    tls = {"ca_certs": str(pk / "ca.crt"), "certfile": str(pk / "centres/centre-test.crt"),
+           "keyfile": str(pk / "centres/centre-test.key")}
+    assert _connect(broker.broker.tls_port, "anything", "ignored", tls) == 0
+    assert (pk / "centres/centre-test.key").stat().st_mode & 0o077 == 0
+    assert cli.main(["broker", "--dir", str(broker.broker.dir), "--centre-cert", "centre-nobody"]) != 0
+    assert "no centre account 'centre-nobody'" in capsys.readouterr().err
+
+
+def test_a_write_failure_half_way_leaves_the_accounts_as_they_were(tmp_path: Path):
+    d = tmp_path / "site"
+    b = Broker(d)
+    b.add_device("fl-there")
+    accounts, passwd = (d / "accounts.json").read_bytes(), (d / "passwd").read_bytes()
+    (d / "acl").unlink()
+    (d / "acl").mkdir()  # the ACL cannot be replaced: a disk error after the password file
+    with pytest.raises(OSError):
+        b.add_device("fl-new")
+    assert (d / "accounts.json").read_bytes() == accounts
+    assert (d / "passwd").read_bytes() == passwd

@@ -125,7 +125,7 @@ def test_malformed_messages_are_quarantined_and_warned_and_the_monitor_goes_on(d
     assert all(q.reason == "unexpected topic" for q in unknown)
     assert any(w.topic == "elsewhere/topic" for w in run.sink.warnings)
     wait_until(lambda: acks_for(peer, dev) == ["00000004-ok"])  # nothing malformed is acknowledged
-    assert run.monitor.stats.malformed == len(bad) + 2
+    assert len(run.store.quarantined(device=dev.id)) == len(bad)  # (other tests' retained junk may be there too)
     assert run.monitor.device(dev.id).state == "online"  # malformed or not, the device spoke
 
 
@@ -222,9 +222,11 @@ def test_store_survives_restart_and_broker_keeps_messages_meanwhile(devices, pee
 
     second = start_monitor(db=db, client_id="centre-restart-test")
     second.sink.wait(lambda s: s.events_of(dev.id))
-    wait_until(lambda: len(acks_for(peer, dev)) == 3)
+    # The duplicate is acked again; so is 1 once more if the broker had not confirmed its first ack
+    # before the stop (an unconfirmed ack is sent again at the next start).
+    wait_until(lambda: sorted(set(acks_for(peer, dev)[1:])) == ["00000001-r", "00000002-r"])
     assert [e.id for e in second.sink.events_of(dev.id)] == ["00000002-r"]  # the old one is not shown again
-    assert sorted(acks_for(peer, dev)[1:]) == ["00000001-r", "00000002-r"]
+    assert acks_for(peer, dev).count("00000002-r") == 1
     assert [e.seq for e in second.store.events(dev.id)] == [1, 2]
     assert len(second.store.messages(device=dev.id, kind="event")) == 3
     assert second.store.devices()[dev.id].state == "online"
@@ -274,13 +276,13 @@ def test_a_failing_sink_is_dropped_and_a_failing_store_stops_the_monitor_unacked
     peer.subscribe(dev.topic("ack"))
     peer.publish(dev.topic("event"), event_payload(1, "00000001-s"))
     run.sink.wait(lambda s: s.events_of(dev.id))  # the other sinks still hear of it
-    assert "screen unplugged" in run.sink.wait(lambda s: s.warnings)[-1].reason
+    run.sink.wait(lambda s: any("screen unplugged" in w.reason for w in s.warnings))
     assert not any(isinstance(s, Broken) for s in run.monitor.sinks)
     wait_until(lambda: acks_for(peer, dev) == ["00000001-s"])
 
     run.store.close()  # the disk goes away
     peer.publish(dev.topic("event"), event_payload(2, "00000002-s"))
     wait_until(lambda: run.monitor.failure is not None)
-    assert "monitor stopped" in run.sink.warnings[-1].reason
+    assert any("monitor stopped" in w.reason for w in run.sink.warnings)
     time.sleep(0.2)
     assert acks_for(peer, dev) == ["00000001-s"]  # nothing acknowledged that is not stored

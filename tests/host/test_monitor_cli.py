@@ -81,6 +81,36 @@ def test_line_sink_format():
         {"type": "seq_gap", "at": 1001.0, "device": "fl-a", "first": 4, "last": 6}]
 
 
+def test_line_sink_and_live_view_tell_losses_floods_and_the_brokers_outage():
+    from rich.console import Console
+
+    buf = io.StringIO()
+    sink, view = LineSink(buf), LiveView()
+    for s in (sink, view):
+        s.on_loss("fl-a", 4, 9, 1002.0, "0000000d-aa")
+        s.on_flood("fl-b", True, {"since": 1003.0, "last": 1003.0, "events": 101, "fire": 101}, 1003.0)
+        s.on_flood("fl-b", False, {"since": 1003.0, "last": 1004.0, "events": 900, "fire": 880, "quarantined": 20},
+                   1006.0)
+        s.on_broker(False, 1007.0, "connection lost")
+    records = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert records == [
+        {"type": "seq_lost", "at": 1002.0, "device": "fl-a", "first": 4, "last": 9, "event": "0000000d-aa"},
+        {"type": "flood", "at": 1003.0, "device": "fl-b", "since": 1003.0, "events": 101, "fire": 101, "fault": 0,
+         "status": 0, "quarantined": 0},
+        {"type": "flood_end", "at": 1006.0, "device": "fl-b", "since": 1003.0, "events": 900, "fire": 880,
+         "fault": 0, "status": 0, "quarantined": 20},
+        {"type": "broker_down", "at": 1007.0, "detail": "connection lost"}]
+    out = io.StringIO()
+    Console(file=out, width=160, color_system=None).print(view.renderable())
+    text = out.getvalue()
+    assert "BROKER UNREACHABLE (connection lost)" in text
+    assert "EVENTS LOST on the device: seq 4..9" in text and "FLOOD" in text and "880 fire" in text
+    view.on_broker(True, 1010.0, "back after 3.0 s")
+    out = io.StringIO()
+    Console(file=out, width=160, color_system=None).print(view.renderable())
+    assert "UNREACHABLE" not in out.getvalue() and "back after 3.0 s" in out.getvalue()
+
+
 def test_live_view_renders(devices, peers, start_monitor):
     from rich.console import Console
 

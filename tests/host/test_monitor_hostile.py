@@ -86,7 +86,8 @@ def test_no_device_message_stops_the_monitor_and_none_poisons_its_session(device
     pb.publish(b.topic("event"), event_payload(2, "b-fire-2"))
     again.sink.wait(lambda s: s.events_of(b.id))
     assert again.monitor.wait_idle(5)
-    assert again.monitor.stats.malformed == 0 and again.monitor.failure is None
+    assert again.monitor.failure is None
+    assert again.sink.warnings_of(a.id) == [] and len(again.store.quarantined(device=a.id)) == len(HOSTILE)
 
 
 def test_oversized_payloads_are_quarantined_in_part_and_the_quarantine_is_bounded(start_monitor, monkeypatch):
@@ -150,6 +151,15 @@ def test_a_flood_is_one_fault_its_events_stored_and_acked_and_another_devices_fi
     wait_until(lambda: any(strict(x)["type"] == "flood_end" for x in lines.getvalue().splitlines()), timeout_s=10)
     end = [strict(x) for x in lines.getvalue().splitlines() if strict(x)["type"] == "flood_end"][0]
     assert end["device"] == a.id and end["events"] + 50 >= n and end["fire"] == end["events"]
+
+
+def test_retained_junk_is_quarantined_and_reported_once_not_at_every_resubscription(start_monitor):
+    run = start_monitor()
+    for _ in range(3):  # as the broker replays it after each reconnect
+        run.monitor.ingest("firelink/fl-old-junk/status", b"offline 1234", retained=True)
+    assert run.monitor.wait_idle(5)
+    assert len(run.store.quarantined(device="fl-old-junk")) == 1
+    assert len(run.sink.warnings_of("fl-old-junk")) == 1
 
 
 def test_a_junk_flood_is_one_fault_not_a_warning_per_message(start_monitor):

@@ -27,7 +27,7 @@ def test_the_project_jig_passes_and_reaches_every_input() -> None:
 
 
 @pytest.mark.parametrize("change, expected", [
-    (lambda j: j["contacts"].update(in9={"pin": 20}), "input contacts.in9: no input 'in9' on board firelink-ref-v1"),
+    (lambda j: j["contacts"].update(in9={"pin": 20}), "input contacts.in9: no input 'in9' on board firelink-ref-v2"),
     (lambda j: j["contacts"]["in2"].update(pin=2), "pin-twice contacts.in2.pin: GP2 is already contacts.in1.pin"),
     (lambda j: j["eol"]["in7"].update(alarm=13), "pin-twice power.pin: GP13 is already eol.in7.alarm"),
     (lambda j: j["en"].update(pin=25), "pin en.pin: GP25 is the Pico's own (the on-board LED)"),

@@ -34,7 +34,7 @@ def control(d: Path) -> dict:
 def test_the_jig_drives_the_virtual_devices_control_file_and_stamps_edges(sim: SimJig, device: Path) -> None:
     jig = Jig.open(sim.path)
     try:
-        assert jig.version["wiring"] == "firelink-jig-v1" and jig.version["dut"] == "firelink-ref-v1"
+        assert jig.version["wiring"] == "firelink-jig-v1" and jig.version["dut"] == "firelink-ref-v2"
         assert set(jig.contacts) == {"in1", "in2", "in3", "in4", "in5"} and set(jig.eol) == {"in6", "in7"}
         c = control(device)
         assert c["power"] is False and c["inputs"]["in4"] == 1  # safe state: off, every contact open

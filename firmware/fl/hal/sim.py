@@ -36,6 +36,11 @@ from fl.log import Logger
 
 _log = Logger("sim")
 CONTROL = "sim/control.json"
+# The host tools bump an 8-byte counter here, in place, after each change of control.json: the
+# poll re-reads it through a file kept open, which allocates nothing (reading control.json
+# every 10 ms would churn the heap as no ESP32 does). Without it (a test writing control.json
+# itself) the poll reads control.json.
+CONTROL_SEQ = "sim/control.seq"
 OUTPUTS = "sim/outputs.json"
 POLL_MS = 10
 FLASH = "sim/flash.json"
@@ -90,6 +95,9 @@ class Board:
         self._edges = EdgeWait()
         self._poller = None
         self._mains = True
+        self._seq_file = None
+        self._seq = bytearray(8)
+        self._seq_seen = bytearray(8)
         self._rtc_set = False
         store.ensure_dir("sim")
         try:
@@ -130,16 +138,35 @@ class Board:
         sys.exit(EXIT_STATUS.get(cause, 4))
 
     # --- the outside world ---
+    def _seq_changed(self):
+        """True when control.seq says control.json changed, or cannot tell (no seq file)."""
+        f = self._seq_file
+        if f is None:
+            try:
+                f = self._seq_file = open(CONTROL_SEQ, "rb")
+            except OSError:
+                return True
+        f.seek(0)
+        if f.readinto(self._seq) != 8:
+            return True
+        if self._seq == self._seq_seen:
+            return False
+        self._seq_seen[:] = self._seq
+        return True
+
     def refresh(self, force=False):
         """Re-reads control.json at most every POLL_MS; returns True if it changed."""
         now = ticks.ms()
         if not force and ticks.diff(now, self._last_poll) < POLL_MS:
             return False
         self._last_poll = now
-        if store.block_writes != self._flash_seen and ticks.diff(now, self._flash_at) >= FLASH_STATS_MS:
+        # recent(): after days without a write, the last stamp is old, not (wrapped) in the future.
+        if store.block_writes != self._flash_seen and not ticks.recent(self._flash_at, FLASH_STATS_MS):
             self._flash_seen = store.block_writes
             self._flash_at = now
             _write_sim_file(FLASH, b'{"block_writes":%d,"stall_ms":%d}' % (store.block_writes, store.stall_ms))
+        if not self._seq_changed() and not force:
+            return False
         raw = store.read_bytes(CONTROL)
         if raw == self._control_raw:
             return False
@@ -153,9 +180,16 @@ class Board:
         return True
 
     async def _poll(self):
+        failing = False
         while True:
             await asyncio.sleep_ms(POLL_MS)
-            self.refresh()
+            try:
+                self.refresh()
+                failing = False
+            except Exception as e:  # noqa: BLE001 - the simulated pins never stop (a full heap, a bad file)
+                if not failing:
+                    _log.warn("reading %s failed: %r", CONTROL, e)
+                failing = True
 
     def wait_inputs(self, timeout_ms):
         """Awaitable (not a coroutine: nothing allocated per scan): ends after timeout_ms or
