@@ -94,7 +94,6 @@ class App:
         self.recorder.before_checkpoint = self._snapshot_acks
         self._state_dirty_s = 0
         self._input_names = set(s["name"] for s in cfg["inputs"])
-        self._backup_test_due = False  # a modem reset asks for a backup test
         self._carried = None  # faults reported before the reboot, not yet shown gone or active
         self.health.listen(self._on_fault)
         for name, detail in list(self.health.faults.items()):  # raised while the recorder opened
@@ -123,19 +122,21 @@ class App:
         info = None
         board.release_info()
         paths = board.paths(cfg)
-        cell = cfg["cellular"]
         for p in paths:
             p.fault_delay_ms = cfg["path_fault_delay_s"] * 1000
-            modem = getattr(p, "modem", None)
-            if modem is not None:
-                modem.health = self.health
-                modem.on_reset = self._on_modem_reset
-        self.links = LinkManager(paths, health=self.health, stable_ms=cell["failback_stable_s"] * 1000,
-                                 max_switches=cell["max_switches"], probe=self._probe)
+        if len(paths) > 1:
+            from fl.pathmgr import PathManager  # Wi-Fi and 4G: which carries the session
+
+            self.links = PathManager(paths, self.health, cfg["cellular"], (cfg["broker"]["host"], cfg["broker"]["port"]),
+                                     self.recorder.record)
+        else:
+            self.links = LinkManager(paths, health=self.health)
         self.mqtt = self._make_mqtt(cfg)
         self.commands = Commands(self.recorder, self.mqtt, self.prefix + "cmd/result")
         self.sender = Sender(self.outbox, self.mqtt, self.prefix + "event", self.recorder.queued, self.health)
-        self.sender.tag_path = len(paths) > 1
+        if len(paths) > 1:
+            self.sender.tag_path = True
+            self.links.mqtt = self.mqtt
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
         self.indicators = Indicators(board, self.health, self.mqtt)
@@ -204,37 +205,6 @@ class App:
                 self.ack_watch.expect(event.id)
         if trouble and not told_trouble:
             self.recorder.record(LINE_TROUBLE, "new", spec["zone"], name, "fault")
-
-    def _on_modem_reset(self, how):
-        """A modem reset (a rung of its recovery ladder) is a status event; a backup test follows."""
-        self.recorder.record("305", "new", 0, "modem", "status", detail=how)
-        self._backup_test_due = True
-
-    async def _probe(self, path, timeout_ms):
-        from fl.link import broker_probe
-
-        b = self.config["broker"]
-        return await broker_probe(path, b["host"], b["port"], timeout_ms)
-
-    async def _backup_test(self):
-        """The backup path proves it reaches the broker (fl.link.broker_probe) without taking
-        the session: at boot once it is up, after each modem reset, every backup_test_s.
-        A failure is the `backup_test` fault (352), reported over whichever path works."""
-        paths = self.links.paths
-        if len(paths) < 2:
-            return True
-        backup = paths[-1] if self.links.current() is paths[0] else paths[0]
-        if not backup.is_up():
-            return False  # a path that is down is the path fault's business: test once it is up
-        try:
-            ok = await self._probe(backup, 10000)
-        except Exception as e:  # noqa: BLE001 - a probe that fails to start is a failed test
-            _log.warn("backup test over %s: %r", backup.name, e)
-            ok = False
-        self.health.count("backup_tests")
-        _log.info("backup test over %s: %s", backup.name, "ok" if ok else "FAILED")
-        self.health.set_fault("backup_test", not ok, "%s does not reach the broker" % backup.name)
-        return True
 
     def _on_fault(self, name, active, detail):
         code = fault_code(name)
@@ -390,18 +360,9 @@ class App:
         next_test = ticks.Countdown(test_every_ms)
         next_sync = ticks.Countdown(0)  # may wait days for a path: a deadline's age would wrap
         fault_delay_ms = self.config["path_fault_delay_s"] * 1000
-        backup_every_ms = self.config["cellular"]["backup_test_s"] * 1000
-        next_backup = ticks.Countdown(0)
         while True:
             await asyncio.sleep_ms(1000)
             self.progress += 1
-            if len(self.links.paths) > 1 and (next_backup.due() or self._backup_test_due) \
-                    and self.mqtt.connected:
-                # At boot (once the session and the backup are up), then on schedule and after
-                # modem resets.
-                if await self._backup_test():
-                    self._backup_test_due = False
-                    next_backup.start(backup_every_ms)
             # A path can be up while the broker is not reachable through it (WAN down, broker
             # gone): that is communication trouble too, reported after the same delay.
             offline_ms = 0 if self.mqtt.connected or self.links.current() is None else offline_ms + 1000
