@@ -11,7 +11,7 @@ a reply keeps at most LINES_MAX lines. Nothing in the input can raise out of the
 
 The stream needs `async readinto(buf) -> n`, `write(bytes)` and `async drain()` (asyncio's
 Stream has all three). While another owner has the stream (PPP on the ESP32 after CONNECT)
-the reader is held: `hold(True)`.
+the reader task is cancelled and started again afterwards (fl/modem.py).
 """
 import asyncio
 
@@ -81,8 +81,6 @@ class AT:
         self._fail = None
         self._done = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._held = False
-        self._resume = asyncio.Event()
         self.garbage = 0  # lines dropped: too long, not text, surplus reply lines
         self.urcs = 0
         self.final = None  # the last command's final result line
@@ -90,27 +88,17 @@ class AT:
 
     # --- the reader ---
     async def run(self):
-        """The reader: runs for the channel's life. Never raises for anything received."""
+        """The reader: runs until cancelled. Never raises for anything received."""
+        self._n = 0  # a line cut by data mode is not continued after it
         s = self._s
         while True:
             self.progress += 1
-            if self._held:
-                self._resume.clear()
-                await self._resume.wait()
-                continue
             n = await s.readinto(self._rx)
             if not n:
                 # A pty at VMIN 0 can report readable and give nothing: not an end.
                 await asyncio.sleep_ms(20)
                 continue
             self.feed(self._rx, n)
-
-    def hold(self, held):
-        """Stops (True) or restarts the reader: PPP owns the UART while data mode is up."""
-        self._held = held
-        if not held:
-            self._n = 0
-            self._resume.set()
 
     def feed(self, data, n=None):
         """Takes n bytes of data (a reader's chunk, or a test's)."""

@@ -15,8 +15,9 @@ faults of their own. Nothing here ever resets the ESP32: the alarm path goes on 
 The hardware layer gives `hw` (fl/hal): `open()` → an asyncio stream to the modem's UART,
 `async pulse(line, ms)` for "pwrkey" / "reset" with the board's polarity and widths in
 `hw.pwrkey_on_ms`, `hw.pwrkey_off_ms`, `hw.reset_ms`, `urc(line)` (sees every unsolicited
-line first), `async data_start(at, timeout_ms) -> bool` after CONNECT (PPP on the ESP32),
-`data_up() -> bool`, `async data_stop(at)`.
+line first), `async data_start(timeout_ms) -> bool` after CONNECT (PPP on the ESP32),
+`data_up() -> bool`, `async data_stop()`, `ppp_owns_uart` (True: the AT reader stops while
+data mode is up), `route(addr)`, `dns_servers()`, `ifname`.
 """
 import asyncio
 
@@ -354,7 +355,11 @@ class Modem:
             await self.at.cmd("ATD*99#", DIAL_MS)
         except ATError as e:
             raise Step("dial: %s" % e, 1 if e.code == "NO CARRIER" else 2)
-        if not await self.hw.data_start(self.at, DATA_MS):
+        if self.hw.ppp_owns_uart:
+            # PPP reads the UART from now on: this channel's reader must not take its bytes.
+            self._reader.cancel()
+            self._reader = None
+        if not await self.hw.data_start(DATA_MS):
             raise Step("no data link after CONNECT", 2)
         _log.info("4G data up (APN %s, %s dBm)", self.info.get("apn"), self.info.get("rssi_dbm"))
 
@@ -368,9 +373,21 @@ class Modem:
         self._count("modem_data_lost")
 
     async def _leave_data(self):
+        """PPP off (the hardware layer), the UART back to this channel, then the modem out of
+        data mode: `+++` and ATH (both fail harmlessly if NO CARRIER already ended it)."""
         try:
-            await self.hw.data_stop(self.at)
-        except (OSError, ATError) as e:
+            await self.hw.data_stop()
+        except OSError as e:
+            _log.warn("stopping PPP: %s", e)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self.at.run())
+        try:
+            await self.at.escape()
+        except ATError:
+            pass
+        try:
+            await self.at.cmd("ATH", 2000)
+        except ATError as e:
             _log.warn("leaving data mode: %s", e)
         self.state = "registered"
         self._lost = False
@@ -386,7 +403,11 @@ class CellPath(Path):
     def __init__(self, modem):
         super().__init__()
         self.modem = modem
-        self.ifname = modem.hw.ifname
+
+    @property
+    def ifname(self):
+        # PPP names its interface once it is up (ESP32 `pp1`); the simulator has none.
+        return self.modem.hw.ifname
 
     def is_up(self):
         return self.modem.data_up()

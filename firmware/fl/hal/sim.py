@@ -317,6 +317,7 @@ class _SimModemHw:
     address), the loopback route this path's sockets take: its fault proxy to the broker."""
 
     ifname = None
+    ppp_owns_uart = False  # the simulator's data path is a socket: the pty stays the AT channel's
     PINS = "sim/pins.json"
 
     def __init__(self, board, info):
@@ -360,7 +361,7 @@ class _SimModemHw:
         elif line == "NO CARRIER":
             self._route = None
 
-    async def data_start(self, at, timeout_ms):
+    async def data_start(self, timeout_ms):
         deadline = ticks.after(timeout_ms)
         while not ticks.due(deadline):
             if self._offered:
@@ -374,13 +375,8 @@ class _SimModemHw:
     def data_up(self):
         return self._route is not None
 
-    async def data_stop(self, at):
+    async def data_stop(self):
         self._route = None
-        try:
-            await at.escape()
-        except Exception:  # noqa: BLE001 - already in command mode (NO CARRIER)
-            pass
-        await at.cmd("ATH", 2000)
 
     def route(self, addr):
         return self._route if self._route is not None else addr
