@@ -415,6 +415,14 @@ def read_state(directory: Path) -> dict[str, Any]:
         return {}
 
 
+def read_control(directory: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(directory) / PathWorld.CONTROL).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def update_control(directory: Path, changes: dict[str, Any]) -> dict[str, Any]:
     """Merges changes into sim/paths.json (one level deep, like control.json)."""
     path = Path(directory) / PathWorld.CONTROL
