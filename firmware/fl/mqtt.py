@@ -109,6 +109,7 @@ class MQTTClient:
             raise ValueError("TLS needs ssl_params['ca_der']: the broker must be verified")
         self._links = links
         self._failed_path = None  # the path a liveness failure was seen on, for the link manager
+        self.rx_at = None  # ticks of the last packet received in the current session
         self._host = host
         self._port = port
         self._ping_ms = ping_ms
@@ -516,6 +517,11 @@ class MQTTClient:
         epoch = self._epoch
         ping_at = None
         ping_rx = 0
+        # A path may ask for more frequent pings (an unmetered primary with a backup beside it:
+        # a silent stall is found sooner, fl.pathmgr).
+        ping_ms = min(getattr(self._path, "ping_ms", None) or self._ping_ms, self._ping_ms)
+        seen_rx = self._rx_count
+        self.rx_at = ticks.ms()
         self._supervising = True
         try:
             while True:
@@ -531,6 +537,8 @@ class MQTTClient:
                     self._drop("moving from %s to a preferred path" % path.name)
                     return
                 now = ticks.ms()
+                if self._rx_count != seen_rx:
+                    seen_rx, self.rx_at = self._rx_count, now  # the session's last sign of life
                 wake = ticks.add(now, _TICK_MS)
                 for pid in self._deadlines:
                     d, timeout_ms = self._deadlines[pid]
@@ -540,7 +548,7 @@ class MQTTClient:
                         return
                     if ticks.diff(d, wake) < 0:
                         wake = d
-                next_ping = ticks.add(self._tx_at, self._ping_ms)
+                next_ping = ticks.add(self._tx_at, ping_ms)
                 if ping_at is not None:
                     if self._rx_count != ping_rx:
                         ping_at = None
@@ -679,7 +687,7 @@ class MQTTClient:
         move to another path (fl/link.py)."""
         fn = getattr(self._links, "session_failed", None)
         if fn is not None:
-            fn(path, self.last_error)
+            fn(path, self.last_error, self.rx_at)
 
     # --- waiting and bookkeeping ---
     def _on_link_change(self):

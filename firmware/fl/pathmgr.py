@@ -36,6 +36,10 @@ async def broker_probe(path, host, port, timeout_ms):
 
 SWITCH_WINDOW_MS = 600000  # the cap on switches counts over 10 minutes
 PROBE_MS = 5000
+# Wi-Fi as primary is pinged this often (it costs no data plan): with the 10 s answer deadline
+# and the fault delay counted from the last packet heard, a silent stall is reported within
+# ~90 s (path_fault_delay_s 90 by default). The 4G backup keeps broker.ping_interval_s.
+PRIMARY_PING_MS = 30000
 
 
 class PathManager(LinkManager):
@@ -62,6 +66,8 @@ class PathManager(LinkManager):
         self.mqtt = None  # set by the app: tests wait for its session
         self._test_due = True  # at boot, then every backup_test_s and after each modem reset
         for p in paths:
+            if p is paths[0] and p.name == "wifi":
+                p.ping_ms = PRIMARY_PING_MS
             modem = getattr(p, "modem", None)
             if modem is not None:
                 modem.health = health
@@ -115,7 +121,7 @@ class PathManager(LinkManager):
             self._health.count("path_switches")
         return True
 
-    def session_failed(self, path, reason=""):
+    def session_failed(self, path, reason="", silent_since=None):
         """The MQTT session over `path` failed although the path is up (called by fl.mqtt)."""
         if path.name in self._demoted or len(self.paths) < 2:
             return
@@ -131,7 +137,9 @@ class PathManager(LinkManager):
         _log.warn("%s is up but the session over it failed (%s): moving to %s", path.name, reason, other.name)
         self._demoted[path.name] = ticks.ms()
         path.close_all()
-        path.down_since = ticks.ms()
+        # The path has been failing since its session last heard the broker, not since now:
+        # the fault delay counts from then (EN 50136 DP4: a lost primary within 90 s).
+        path.down_since = silent_since if ticks.recent(silent_since, 3600000) else ticks.ms()
         self._notify()
 
     async def _failback(self, p):

@@ -4,6 +4,7 @@ proxy of its own (the Wi-Fi path has another). Real mosquitto, the real firmware
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -199,3 +200,23 @@ def test_operator_drops_the_data_session_redial_nothing_lost(centre: Centre, dut
     assert s["dials"] == 2 and [p["line"] for p in s["pulses"]] == ["pwrkey"], s
     seqs = [e["seq"] for e in event_docs(centre, dev)]
     assert sorted(set(seqs)) == list(range(min(seqs), max(seqs) + 1)), seqs
+
+
+def test_wifi_flapping_bounded_switches_no_duplicates(centre: Centre, dut: Dut) -> None:
+    d = world(dut)
+    dev = dut.device_id
+    dut.wait_for_log(r"backup test over cellular: ok", timeout_s=60)
+    pos = dut.log_position()
+    control(d, wifi="flap")  # pass and reset alternately, 5 s each
+    state_ = "normal"
+    for _ in range(8):  # 40 s of flapping with a fire change every 5 s
+        state_ = "active" if state_ == "normal" else "normal"
+        dut.set_input("panel_fire", state_)
+        time.sleep(5)  # the flapping itself is what is tested: changes spread over it
+    control(d, wifi="pass")
+    centre.wait(lambda: len([e for e in centre.events_of(dev) if e.code == "110"]) >= 8, 90, "all 8 fire changes")
+    moves = len(re.findall(r"moving to cellular|back to it", dut.log_text(pos)))
+    assert moves <= 6, f"{moves} switches in under 10 minutes (cap 6)"
+    fires = [e for e in centre.events_of(dev) if e.code == "110"]
+    assert len(fires) == 8 and len({e.id for e in fires}) == 8, [(e.seq, e.q) for e in fires]
+    assert [e.q for e in sorted(fires, key=lambda e: e.seq)] == ["new", "restore"] * 4
