@@ -151,8 +151,23 @@ def wait_accepted(host: str, port: int, username: str, password: str, timeout_s:
         time.sleep(0.05)
 
 
+def clear_retained(host: str, port: int, username: str, password: str, topic: str, timeout_s: float = 5.0) -> None:
+    """An empty retained message on `topic`: the broker forgets what it held there."""
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311)
+    c.username_pw_set(username, password)
+    c.connect(host, port, keepalive=10)
+    c.loop_start()
+    try:
+        c.publish(topic, b"", qos=1, retain=True).wait_for_publish(timeout_s)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
 @pytest.fixture
-def fresh_accounts(broker: BrokerFixture) -> FreshAccounts:
+def fresh_accounts(broker: BrokerFixture) -> Iterator[FreshAccounts]:
     """A device account and two centre accounts of this test's own. The broker binds client ids to
     accounts, so sessions (and what they queued) are per account: fresh ones keep a test from
     receiving what an earlier test left queued, and let it run two centre clients at once."""
@@ -165,10 +180,12 @@ def fresh_accounts(broker: BrokerFixture) -> FreshAccounts:
     for account in (device, first, second):
         wait_accepted(broker.host, broker.port, account.username, account.password)
     pk = broker.broker.pki_dir / "devices"
-    return FreshAccounts({
+    yield FreshAccounts({
         "FL_DEVICE_ID": device.username, "FL_DEVICE_USER": device.username, "FL_DEVICE_PASS": device.password,
         "FL_MONITOR_USER": first.username, "FL_MONITOR_PASS": first.password,
         "FL_CENTRE_USER": second.username, "FL_CENTRE_PASS": second.password,
         "FL_DEVICE_CERT_DER": str(pk / f"{device.username}.crt.der"),
         "FL_DEVICE_KEY_DER": str(pk / f"{device.username}.key.der"),
     })
+    # The test's births and wills (not JSON) would be replayed to every later monitor as retained.
+    clear_retained(broker.host, broker.port, device.username, device.password, f"firelink/{device.username}/status")

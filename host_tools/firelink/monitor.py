@@ -29,7 +29,7 @@ from operator import methodcaller
 from pathlib import Path
 from typing import Any, Callable
 
-from firelink.monitor_devices import DeviceBook, FloodMeter, Supervision
+from firelink.monitor_devices import MAX_RANGES, DeviceBook, FloodMeter, Supervision
 from firelink.monitor_intake import (AckConfirmed, FairQueue, Incoming, Intake, IntakeError, Item, Link, MqttIntake,
                                      MqttSettings)
 from firelink.monitor_payload import (MAX_PAYLOAD, PayloadError, event_id, parse_cmd_result, parse_event,
@@ -150,6 +150,8 @@ class Monitor:
         self._ack_mids: dict[int, tuple[str, str]] = {}
         self._down_since: float | None = None
         self._retained_rejected: set[tuple[str, int]] = set()
+        self._capped: set[str] = set()  # devices whose seq tracking hit its bound (warned once)
+        self._next_clock = 0.0
         self._worker: threading.Thread | None = None
         self._intake = intake(config.mqtt(), self._queue)
 
@@ -208,7 +210,8 @@ class Monitor:
     def _work(self) -> None:
         while True:
             # Wake at least twice a second to look at supervision deadlines, open gaps and floods.
-            deadlines = [d for d in (self._book.next_deadline(), self._flood.next_check()) if d is not None]
+            deadlines = [max(d, self._next_clock) for d in (self._book.next_deadline(), self._flood.next_check())
+                         if d is not None]
             wait = max(0.0, min([0.5] + [d - time.time() for d in deadlines]))
             batch = self._queue.get_batch(self.config.batch_max, wait)
             if batch is None:
@@ -233,7 +236,10 @@ class Monitor:
                         self.store.mark_acked(*self._ack_mids.pop(item.mid), at=item.at)
                 elif isinstance(item, Link):
                     self._link(item, out)
-            self._clocks(time.time(), out)
+            now = time.time()
+            if now >= self._next_clock:  # every device's clocks: at most ten times a second, not per batch
+                self._next_clock = now + 0.1
+                self._clocks(now, out)
             for name in self._book.dirty:
                 self.store.save_device(self._book.devices[name])
             self._book.dirty.clear()
@@ -348,6 +354,10 @@ class Monitor:
             if tracker.declare_lost(first, last) and self.store.add_loss(ev.device, first, last, ev.id,
                                                                           ev.received_at):
                 out.notes.append(methodcaller("on_loss", ev.device, first, last, ev.received_at, ev.id))
+        if tracker.capped and ev.device not in self._capped:
+            self._capped.add(ev.device)
+            self._warn(out, f"more than {MAX_RANGES} gaps or lost ranges: the monitor tracks no more for this "
+                            "device (its events are still stored)", m.topic, ev.device)
         out.notes.append(methodcaller("on_event", ev))
         if ev.retained:
             self._warn(out, f"event {ev.id} arrived as a retained message (a replay, not live)", m.topic, ev.device)

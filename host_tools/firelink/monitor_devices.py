@@ -17,13 +17,14 @@ back, and is shown only if it does not.
 """
 from __future__ import annotations
 
+import bisect
 import statistics
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from firelink.monitor_payload import Heartbeat
-from firelink.monitor_store import Device, subtract
+from firelink.monitor_store import Device, merged, subtract
 
 UNKNOWN, ONLINE, OFFLINE, LOST, REVOKED = "unknown", "online", "offline", "lost", "revoked"
 
@@ -69,18 +70,34 @@ class _Gap:
     reported: bool = False
 
 
+MAX_RANGES = 1000  # open gaps, and declared lost ranges, tracked per device
+
+
 class SeqTracker:
     """One device's sequence numbers: the lowest and highest held, the runs missing between them,
     and the ranges the device declared lost (TEAM contract: `lost` on its 624 event), which are
-    a loss already reported, not a gap."""
+    a loss already reported, not a gap.
+
+    Bounded for a hostile device: at most MAX_RANGES open gaps and MAX_RANGES declared ranges
+    (sorted and merged); beyond that `capped` is set and new ones are not tracked. The work per
+    event is a bisection, and `due` looks at the gaps only when one can be due."""
 
     def __init__(self, lo: int | None = None, hi: int | None = None) -> None:
         self.lo, self.hi = lo, hi
-        self.gaps: list[_Gap] = []
-        self.declared: list[tuple[int, int]] = []
+        self.gaps: list[_Gap] = []  # sorted by first
+        self.declared: list[tuple[int, int]] = []  # sorted and merged
+        self.capped = False
+        self._next_due: float | None = None  # the oldest unreported gap's `since`, or earlier
 
     def _open(self, first: int, last: int, now: float) -> list[_Gap]:
-        return [_Gap(a, b, now) for a, b in subtract((first, last), self.declared)]
+        room = MAX_RANGES - len(self.gaps)
+        parts = subtract((first, last), self.declared)
+        if len(parts) > room:
+            self.capped = True
+            parts = parts[:max(0, room)]
+        if parts and (self._next_due is None or now < self._next_due):
+            self._next_due = now
+        return [_Gap(a, b, now) for a, b in parts]
 
     def add(self, seq: int, now: float) -> bool:
         """Records a new event's seq; returns whether it arrived late (after a higher seq)."""
@@ -97,22 +114,27 @@ class SeqTracker:
                 self.gaps[0:0] = self._open(seq + 1, self.lo - 1, now)
             self.lo = seq
             return True
-        for i, g in enumerate(self.gaps):
-            if g.first <= seq <= g.last:
-                parts = [_Gap(a, b, g.since, g.reported) for a, b in ((g.first, seq - 1), (seq + 1, g.last)) if a <= b]
-                self.gaps[i:i + 1] = parts
-                break
+        i = bisect.bisect_right(self.gaps, seq, key=lambda g: g.first) - 1
+        if i >= 0 and self.gaps[i].first <= seq <= self.gaps[i].last:
+            g = self.gaps[i]
+            self.gaps[i:i + 1] = [_Gap(a, b, g.since, g.reported)
+                                  for a, b in ((g.first, seq - 1), (seq + 1, g.last)) if a <= b]
         return True
 
     def declare_lost(self, first: int, last: int) -> bool:
-        """The device says it dropped first..last: no longer a gap. Returns whether it is news."""
-        if (first, last) in self.declared:
+        """The device says it dropped first..last: no longer a gap. Returns whether it is news
+        (not already declared, and tracked)."""
+        if not subtract((first, last), self.declared):
             return False
-        self.declared.append((first, last))
-        kept = []
-        for g in self.gaps:
-            kept += [_Gap(a, b, g.since, g.reported) for a, b in subtract((g.first, g.last), [(first, last)])]
-        self.gaps = kept
+        if len(self.declared) >= MAX_RANGES:
+            self.capped = True
+            return False
+        self.declared = merged(self.declared + [(first, last)])
+        lo = bisect.bisect_left(self.gaps, first, key=lambda g: g.last)
+        hi = bisect.bisect_right(self.gaps, last, key=lambda g: g.first)
+        kept = [_Gap(a, b, g.since, g.reported) for g in self.gaps[lo:hi]
+                for a, b in subtract((g.first, g.last), [(first, last)])]
+        self.gaps[lo:hi] = kept
         return True
 
     def missing(self) -> int:
@@ -120,11 +142,19 @@ class SeqTracker:
 
     def due(self, now: float, grace_s: float) -> list[tuple[int, int]]:
         """Gaps open for `grace_s` and not yet reported; marks them reported."""
+        if self._next_due is None or now - self._next_due < grace_s:
+            return []
         out = []
+        pending = None
         for g in self.gaps:
-            if not g.reported and now - g.since >= grace_s:
+            if g.reported:
+                continue
+            if now - g.since >= grace_s:
                 g.reported = True
                 out.append((g.first, g.last))
+            elif pending is None or g.since < pending:
+                pending = g.since
+        self._next_due = pending
         return out
 
 
@@ -321,8 +351,11 @@ class DeviceBook:
             self.seqs[name] = SeqTracker(lo, hi)
         for name, first, last in losses:
             self.seq(name).declared.append((first, last))
+        for tracker in self.seqs.values():
+            tracker.declared = merged(tracker.declared)
         for name, first, last in gaps:
             self.seqs[name].gaps.append(_Gap(first, last, now))
+            self.seqs[name]._next_due = now
 
 
 class FloodMeter:

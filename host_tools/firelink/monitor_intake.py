@@ -20,7 +20,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -163,7 +163,6 @@ class MqttSettings:
     cert: Path | None = None
     key: Path | None = None
     retry_s: float = 0.5  # reconnect attempts while the broker is away
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class MqttIntake:

@@ -7,6 +7,7 @@ version. One writer (the monitor's worker thread); `readonly=True` opens a secon
 """
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
 import threading
@@ -416,17 +417,41 @@ class MonitorStore:
         declared: dict[str, list[tuple[int, int]]] = {}
         for name, first, last in self.losses(device):
             declared.setdefault(name, []).append((first, last))
+        declared = {name: merged(ranges) for name, ranges in declared.items()}
         out = []
         for name, first, last in rows:
             out += [(name, a, b) for a, b in subtract((first, last), declared.get(name, []))]
         return out
 
 
+def merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive ranges sorted, overlapping and adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
 def subtract(span: tuple[int, int], ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of the inclusive range `span` that none of `ranges` covers."""
-    parts = [span]
-    for lo, hi in ranges:
-        parts = [piece for a, b in parts for piece in ((a, min(b, lo - 1)), (max(a, hi + 1), b)) if piece[0] <= piece[1]]
+    """The parts of the inclusive range `span` that none of `ranges` (sorted and merged, see
+    `merged`) covers. Only the ranges that overlap the span are looked at."""
+    first, last = span
+    parts = []
+    i = bisect.bisect_left(ranges, (first, first))
+    if i > 0 and ranges[i - 1][1] >= first:
+        i -= 1
+    at = first
+    while i < len(ranges) and ranges[i][0] <= last:
+        lo, hi = ranges[i]
+        if lo > at:
+            parts.append((at, lo - 1))
+        at = max(at, hi + 1)
+        i += 1
+    if at <= last:
+        parts.append((at, last))
     return parts
 
 

@@ -18,6 +18,7 @@ import os
 from jigfw.wiring import eol_count, eol_resistance
 
 CONTROL = "sim/control.json"
+CONTROL_SEQ = "sim/control.seq"  # the change counter the virtual device polls (fl/hal/sim.py)
 OUTPUTS = "sim/outputs.json"
 SUPERVISOR = "sim/supervisor.json"
 RAIL_MV = 3300
@@ -86,6 +87,22 @@ class SimHal:
             os.rename(tmp, path)
         except OSError as e:
             raise SimError("cannot write %s: %s" % (path, e))
+        self._bump()
+
+    def _bump(self):
+        """Counts the change in place, as the host tools do: once the counter exists the virtual
+        device re-reads control.json only when it moves."""
+        try:
+            f = open(self._path(CONTROL_SEQ), "r+b")
+        except OSError:
+            return  # no counter: the device reads control.json on every poll
+        try:
+            old = f.read(8)
+            n = (int.from_bytes(old, "little") + 1 if len(old) == 8 else 1) % (1 << 63)
+            f.seek(0)
+            f.write(n.to_bytes(8, "little"))
+        finally:
+            f.close()
 
     def _powered(self):
         st = _read_json(self._path(SUPERVISOR))

@@ -486,6 +486,10 @@ class JigDut(Dut):
     def device_id(self) -> str:  # type: ignore[override]
         return self.inner.device_id
 
+    @property
+    def REBOOTED(self) -> str:  # type: ignore[override]  # noqa: N802 - the inner device's port decides
+        return self.inner.REBOOTED
+
     def missing_reason(self, capability: str) -> str:
         if capability in BOARD_LIMITS:
             return BOARD_LIMITS[capability]

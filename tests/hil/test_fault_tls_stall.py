@@ -42,7 +42,7 @@ def dut_certs(site: BrokerFixture) -> dict[str, bytes]:
             "device.key.der": (pk / "devices" / f"{site.device_user}.key.der").read_bytes()}
 
 
-@pytest.mark.needs("inputs", "link")
+@pytest.mark.needs("inputs")
 def test_fire_is_on_flash_at_once_while_the_broker_stalls_the_tls_handshake(centre: Centre, dut: Dut,
                                                                            gate: TcpGate) -> None:
     dut.wait_for_log(r"ERROR mqtt: connect timed out after \d+ ms in the TLS handshake", timeout_s=20, since=0)

@@ -295,6 +295,21 @@ def test_declared_losses_are_losses_with_their_range_not_gaps(devices, peers, st
         assert s.seq_gaps(dev.id) == [(dev.id, 14, 14)]
 
 
+def test_lost_ranges_without_end_are_bounded(start_monitor):
+    run = start_monitor(flood_events=10_000)
+    seq = 0
+    for n in range(200):  # 8 ranges each, far apart: 1,600 declared ranges
+        ranges = [[10_000 + 100 * (8 * n + k), 10_000 + 100 * (8 * n + k)] for k in range(8)]
+        seq += 1
+        run.monitor.ingest("firelink/fl-liar/event", event_payload(seq, f"{seq:08x}-l", code="624", cls="status",
+                                                                   lost=ranges))
+    assert run.monitor.wait_idle(20)
+    assert len(run.store.events("fl-liar")) == 200  # every event held
+    assert len(run.store.losses("fl-liar")) == 1000
+    capped = [w for w in run.sink.warnings_of("fl-liar") if "tracks no more" in w.reason]
+    assert len(capped) == 1
+
+
 def test_event_time_has_milliseconds_and_latency_is_real(devices, peers, start_monitor):
     run = start_monitor()
     dev = devices()

@@ -144,3 +144,29 @@ def test_contact_id_table_has_the_firmware_codes():
              and node.value.isdigit()}
     assert {"110", "305", "602", "624"} <= codes  # the scan finds them where they are
     assert sorted(codes - set(contact_id.CODES)) == []
+
+
+def test_ranges_merge_and_subtract():
+    from firelink.monitor_store import merged, subtract
+    assert merged([(5, 9), (1, 2), (3, 3), (8, 12), (20, 20)]) == [(1, 3), (5, 12), (20, 20)]
+    ranges = merged([(4, 9), (12, 12), (20, 30)])
+    assert subtract((1, 40), ranges) == [(1, 3), (10, 11), (13, 19), (31, 40)]
+    assert subtract((5, 8), ranges) == [] and subtract((10, 11), ranges) == [(10, 11)]
+    assert subtract((9, 12), ranges) == [(10, 11)] and subtract((1, 2), []) == [(1, 2)]
+
+
+def test_seq_tracker_is_bounded_against_a_hostile_device():
+    from firelink.monitor_devices import MAX_RANGES
+    t = SeqTracker()
+    for seq in range(0, 4 * MAX_RANGES, 2):  # every other seq: a gap each time
+        t.add(seq, now=0.0)
+    assert len(t.gaps) == MAX_RANGES and t.capped
+    t = SeqTracker()
+    t.add(1, 0.0)
+    for i in range(2 * MAX_RANGES):
+        t.declare_lost(10 + 3 * i, 10 + 3 * i)
+    assert len(t.declared) == MAX_RANGES and t.capped
+    assert t.declare_lost(10, 10) is False  # already declared: not news
+    t.add(10 + 3 * MAX_RANGES + 1, 1.0)
+    assert len(t.gaps) <= MAX_RANGES
+    assert t.due(1.5, grace_s=1.0) == [] and t.due(2.0, grace_s=1.0)

@@ -163,9 +163,9 @@ class Board:
     async def sync_clock(self, path, servers, timeout_ms):
         """SNTP over `path` (fl.sntp: asyncio, bounded by timeout_ms); sets the RTC, which TLS
         verification needs. Returns whether it did."""
-        from fl import sntp
-
         try:
+            from fl import sntp  # loaded at the first sync (≈3.7 KB with fl.dns on a 32-bit port)
+
             utc_ms = await sntp.fetch(servers, path, timeout_ms)
             if utc_ms is None:
                 return False
