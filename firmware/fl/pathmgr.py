@@ -51,8 +51,9 @@ class PathManager(LinkManager):
     stall nobody announces) and another path is up: the session moves at once and fire never
     waits for the first path to recover. A demoted path comes back (failback) only after it
     has stayed up for `stable_ms` and a probe over it reached the broker. Every switch is
-    counted; beyond `max_switches` in 10 minutes the manager stays where it is, so a flapping
-    path cannot make the session flap with it."""
+    counted; beyond `max_switches` in 10 minutes no failback happens (the session stays on the
+    backup), so a flapping path cannot make the session flap with it. Moving away from a failed
+    path is never refused: a fire must not wait on a dead path."""
 
     def __init__(self, paths, health, cell, broker, record=None, check_ms=250, bring_up_timeout_ms=20000):
         """cell: config's "cellular" section; broker: (host, port) for the probe; record: the
@@ -108,17 +109,26 @@ class PathManager(LinkManager):
                              "state": modem.state, "resets": modem.resets, "dials": modem.dials}
         return d
 
-    def _may_switch(self):
-        now = ticks.ms()
+    def _recent_switches(self):
         while self._switch_at and not ticks.recent(self._switch_at[0], SWITCH_WINDOW_MS):
             self._switch_at.pop(0)
-        if len(self._switch_at) >= self.max_switches:
-            self.refused_switches += 1
-            return False
-        self._switch_at.append(now)
+        return len(self._switch_at)
+
+    def _note_switch(self):
+        if self._recent_switches() >= self.max_switches:
+            self._switch_at.pop(0)  # bounded: the oldest goes (it only delays failbacks)
+        self._switch_at.append(ticks.ms())
         self.switches += 1
         if self._health is not None:
             self._health.count("path_switches")
+
+    def _may_switch(self):
+        """A failback is allowed only below max_switches in 10 minutes: a flapping primary
+        leaves the session on the backup instead of dragging it back and forth."""
+        if self._recent_switches() >= self.max_switches:
+            self.refused_switches += 1
+            return False
+        self._note_switch()
         return True
 
     def session_failed(self, path, reason="", silent_since=None):
@@ -131,9 +141,8 @@ class PathManager(LinkManager):
                 other = q
         if other is None:
             return  # nowhere better to go: keep trying this one
-        if not self._may_switch():
-            _log.warn("%s failed (%s) but %d switches in 10 min: staying", path.name, reason, self.max_switches)
-            return
+        # Always allowed: a fire must never wait on a dead path. The cap holds back failbacks.
+        self._note_switch()
         _log.warn("%s is up but the session over it failed (%s): moving to %s", path.name, reason, other.name)
         self._demoted[path.name] = ticks.ms()
         path.close_all()

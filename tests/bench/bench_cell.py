@@ -33,7 +33,9 @@ from firelink.localsite import LocalSite, SiteError
 FIRE = "panel_fire"
 HEAP = "320k"  # the 4G parts need it on the 64-bit port (tests/hil/test_cell.py says why)
 FAST = {"heartbeat_s": 3600, "path_fault_delay_s": 90,
-        "cellular": {"enabled": True, "failback_stable_s": 10, "backup_test_s": 3600}}
+        # Ten failovers and failbacks per device within minutes: beyond the default cap of 6
+        # switches per 10 min, which would (rightly) leave the session on 4G.
+        "cellular": {"enabled": True, "failback_stable_s": 10, "backup_test_s": 3600, "max_switches": 100}}
 DEFAULTS = {"cellular": {"enabled": True}}
 P95_AIM_S = 15.0
 DP4_PRIMARY_S = 90.0

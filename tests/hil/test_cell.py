@@ -133,18 +133,6 @@ def test_fire_during_a_silent_primary_stall_goes_over_4g(centre: Centre, dut: Du
     assert len(event_docs(centre, dev, code="110", q="new")) == 1, "fire delivered once"
 
 
-def test_failing_backup_test_is_reported_over_wifi(centre: Centre, dut: Dut) -> None:
-    d = world(dut)
-    dev = dut.device_id
-    dut.wait_for_log(r"backup test over cellular: ok", timeout_s=60)
-    control(d, cellular="stall")
-    # A modem reset asks for a backup test at once (the schedule's next one is 5 min away).
-    control(d, modem={"hang": "pwrkey", "drops": 1})
-    dut.wait_for_log(r"backup test over cellular: FAILED", timeout_s=90)
-    fault = wait_event_doc(centre, dev, 20, code="352", q="new", input="backup_test")
-    assert fault["path"] == "wifi", fault
-
-
 def test_sim_missing_and_wrong_pin_are_faults_and_the_pin_is_tried_once(centre: Centre, dut: Dut) -> None:
     d = world(dut)
     dev = dut.device_id
@@ -167,17 +155,22 @@ def test_sim_missing_and_wrong_pin_are_faults_and_the_pin_is_tried_once(centre: 
     assert s["command_count"] == n, s["commands"][-5:]
 
 
-def test_dead_modem_climbs_the_ladder_with_the_board_pulse_widths(centre: Centre, dut: Dut) -> None:
+def test_dead_modem_climbs_the_ladder_and_the_failing_backup_test_is_reported(centre: Centre, dut: Dut) -> None:
     d = world(dut)
     dev = dut.device_id
     dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=60)
-    # The module locks up so that only its RESET line brings it back.
-    control(d, modem={"hang": "reset", "drops": 1})
+    # The module locks up so that only its RESET line brings it back; meanwhile its data path
+    # stalls, so the backup test that follows each modem reset fails.
+    control(d, cellular="stall", modem={"hang": "reset", "drops": 1})
     dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=120)
     pulses = [(p["line"], p["ms"]) for p in state(d)["modem"]["pulses"]]
     assert [p[0] for p in pulses] == ["pwrkey", "pwrkey", "pwrkey", "reset"], pulses
     # reference board: PWRKEY on 100 ms, off 2600 ms, RESET 2500 ms (hardware/boards/reference.json)
     assert 2550 <= pulses[1][1] < 3200 and 85 <= pulses[2][1] < 600 and 2450 <= pulses[3][1] < 3100, pulses
+    # Failing backup test → 352 `backup_test`, reported over Wi-Fi.
+    dut.wait_for_log(r"backup test over cellular: FAILED", timeout_s=30)
+    fault = wait_event_doc(centre, dev, 20, code="352", q="new", input="backup_test")
+    assert fault["path"] == "wifi", fault
     resets = [e["detail"] for e in event_docs(centre, dev, code="305", input="modem")]
     assert resets == ["pwrkey", "reset"] or centre.wait(
         lambda: [e["detail"] for e in event_docs(centre, dev, code="305", input="modem")] == ["pwrkey", "reset"],
@@ -216,7 +209,8 @@ def test_wifi_flapping_bounded_switches_no_duplicates(centre: Centre, dut: Dut) 
     control(d, wifi="pass")
     centre.wait(lambda: len([e for e in centre.events_of(dev) if e.code == "110"]) >= 8, 90, "all 8 fire changes")
     moves = len(re.findall(r"moving to cellular|back to it", dut.log_text(pos)))
-    assert moves <= 6, f"{moves} switches in under 10 minutes (cap 6)"
+    # The cap (6 per 10 min) holds back failbacks; moving off a failed path is never refused.
+    assert moves <= 7, f"{moves} switches in under 10 minutes (cap 6 + the last failover)"
     fires = [e for e in centre.events_of(dev) if e.code == "110"]
     assert len(fires) == 8 and len({e.id for e in fires}) == 8, [(e.seq, e.q) for e in fires]
     assert [e.q for e in sorted(fires, key=lambda e: e.seq)] == ["new", "restore"] * 4
