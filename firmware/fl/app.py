@@ -17,6 +17,7 @@ import json
 import time
 
 from fl import VERSION, log, ticks
+from fl.boot import release
 from fl.clock import Clock
 from fl.commands import Commands
 from fl.events import Sequencer
@@ -101,7 +102,11 @@ class App:
         _log.info("FireLink %s on %s as %s, reset cause %s, %d events waiting", VERSION, board.name,
                   self.device_id, self.reset_cause, len(self.outbox))
         # What stays active as the centre was told: no second `new` follows for these.
-        self.recorder.record("305", "new", 0, "", "status", detail=self.reset_cause, more=self._active_json())
+        from fl import recovery
+        self.recorder.record("305", "new", 0, "", "status", detail=self.reset_cause,
+                             more=recovery.active_json(self.outbox, self.reported))
+        del recovery
+        release(("fl.recovery",))  # boot-only: its heap goes to what runs
         self.recorder.restore_levels()
         if safe_mode:
             failed = guard.failed_boots if guard else 0
@@ -165,18 +170,6 @@ class App:
             birth=(self.prefix + "status", self._status("online")),
             subscriptions=[(self.prefix + "ack", 1), (self.prefix + "cmd", 1)],
             on_message=self._on_message, backoff_max_s=b["backoff_max_s"], health=self.health)
-
-    def _active_json(self):
-        """The 305's `"active": ["code:name", ...]`: as many as fit beside the event."""
-        room = self.outbox.max_payload - 180
-        items = []
-        for code, name, _, _ in self.reported.active():
-            item = json.dumps(code + ":" + name)
-            if len(item) + 1 > room:
-                break
-            room -= len(item) + 1
-            items.append(item)
-        return ',"active":[%s]' % ",".join(items)
 
     # --- what flows in ---
     def _on_input(self, spec, old, new):
