@@ -47,7 +47,9 @@ SEQ_BLOCK = 256  # the floor on flash for when the outbox cannot tell: one write
 STATE_FLUSH_S = 3  # an ack (not in the outbox's journal) is on flash within this
 # Health faults → the Contact ID code of the event that reports each; `task_<part>` (a part
 # that failed and was restarted) is 307 too. Other faults show in the heartbeat only.
-FAULT_CODES = {"centre_ack": "354", "path_wifi": "351", "path_cellular": "352"}
+FAULT_CODES = {"centre_ack": "354", "path_wifi": "351", "path_cellular": "352", "backup_test": "352",
+               "paths_all": "350"}
+FAULT_CODES.update((name, "353") for name in ("modem_sim", "modem_service", "modem_signal", "modem_dead"))
 FAULT_CODES.update((name, "307") for name in ("safe_mode", "config", "storage", "sequence", "input_read",
                                                "input_event", "unsendable"))
 FAULT_CODES.update((name, "350") for name in ("mqtt_auth", "mqtt_tls", "mqtt_refused", "mqtt_subscribe",
@@ -127,10 +129,19 @@ class App:
         paths = board.paths(cfg)
         for p in paths:
             p.fault_delay_ms = cfg["path_fault_delay_s"] * 1000
-        self.links = LinkManager(paths, health=self.health)
+        if len(paths) > 1:
+            from fl.pathmgr import PathManager  # Wi-Fi and 4G: which carries the session
+
+            self.links = PathManager(paths, self.health, cfg["cellular"], (cfg["broker"]["host"], cfg["broker"]["port"]),
+                                     self.recorder.record)
+        else:
+            self.links = LinkManager(paths, health=self.health)
         self.mqtt = self._make_mqtt(cfg)
         self.commands = Commands(self.recorder, self.mqtt, self.prefix + "cmd/result")
         self.sender = Sender(self.outbox, self.mqtt, self.prefix + "event", self.recorder.queued, self.health)
+        if len(paths) > 1:
+            self.sender.tag_path = True
+            self.links.mqtt = self.mqtt
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
         self.indicators = Indicators(board, self.health, self.mqtt)
