@@ -1,16 +1,18 @@
 # FireLink: `make demo` runs an alarm end to end on a virtual device; `make test` runs every test.
 # Both install what they need: a virtual environment with pinned packages and, when missing,
-# mosquitto from Debian's packages (as root; otherwise they say how to install it).
+# mosquitto from Debian's packages (as root; otherwise they say how to install it), and build the
+# broker's certificate-binding plugin (mosquitto_plugin/, with mosquitto's and OpenSSL's headers).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt host_tools/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+PLUGIN := build/fl_certbind.so
 
-.PHONY: test test-firmware test-host test-hil test-hil-jig test-hil-nojig test-hil-board demo bench pinmap board-check jig-check deps mosquitto clean
+.PHONY: test test-firmware test-host test-hil test-hil-jig test-hil-nojig test-hil-board demo bench pinmap board-check jig-check deps mosquitto mosquitto-dev plugin clean
 
-deps: $(STAMP) mosquitto
+deps: $(STAMP) mosquitto plugin
 
 $(STAMP): requirements.txt host_tools/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "FireLink needs Python 3.10 or newer")'
@@ -28,6 +30,25 @@ mosquitto:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; \
 	else \
 		echo "mosquitto is missing: install it with 'sudo apt-get install mosquitto mosquitto-clients', then run make again" >&2; \
+		exit 1; \
+	fi
+
+# The TLS listener's username must be the client certificate's CN (docs/threat-model.md):
+# firelink.broker copies this plugin next to the broker's files and names it in mosquitto.conf.
+plugin: $(PLUGIN)
+
+$(PLUGIN): mosquitto_plugin/fl_certbind.c | mosquitto-dev
+	@mkdir -p $(dir $@)
+	$(CC) -std=c99 -Wall -Wextra -Werror -O2 -fPIC -shared -o $@ $< -lcrypto
+
+mosquitto-dev:
+	@if [ -f /usr/include/mosquitto_broker.h ] && [ -f /usr/include/mosquitto.h ] && \
+		[ -f /usr/include/openssl/x509.h ] && command -v $(CC) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing mosquitto's plugin headers, OpenSSL's and a C compiler from Debian's packages"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-dev libmosquitto-dev libssl-dev gcc >/dev/null; \
+	else \
+		echo "the broker plugin needs headers: install them with 'sudo apt-get install mosquitto-dev libmosquitto-dev libssl-dev gcc', then run make again" >&2; \
 		exit 1; \
 	fi
 

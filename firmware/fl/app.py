@@ -17,6 +17,7 @@ import json
 import time
 
 from fl import VERSION, log, ticks
+from fl.boot import release
 from fl.clock import Clock
 from fl.commands import Commands
 from fl.events import Sequencer
@@ -46,7 +47,9 @@ SEQ_BLOCK = 256  # the floor on flash for when the outbox cannot tell: one write
 STATE_FLUSH_S = 3  # an ack (not in the outbox's journal) is on flash within this
 # Health faults → the Contact ID code of the event that reports each; `task_<part>` (a part
 # that failed and was restarted) is 307 too. Other faults show in the heartbeat only.
-FAULT_CODES = {"centre_ack": "354", "path_wifi": "351", "path_cellular": "352"}
+FAULT_CODES = {"centre_ack": "354", "path_wifi": "351", "path_cellular": "352", "backup_test": "352",
+               "paths_all": "350"}
+FAULT_CODES.update((name, "353") for name in ("modem_sim", "modem_service", "modem_signal", "modem_dead"))
 FAULT_CODES.update((name, "307") for name in ("safe_mode", "config", "storage", "sequence", "input_read",
                                                "input_event", "unsendable"))
 FAULT_CODES.update((name, "350") for name in ("mqtt_auth", "mqtt_tls", "mqtt_refused", "mqtt_subscribe",
@@ -103,7 +106,11 @@ class App:
         _log.info("FireLink %s on %s as %s, reset cause %s, %d events waiting", VERSION, board.name,
                   self.device_id, self.reset_cause, len(self.outbox))
         # What stays active as the centre was told: no second `new` follows for these.
-        self.recorder.record("305", "new", 0, "", "status", detail=self.reset_cause, more=self._active_json())
+        from fl import recovery
+        self.recorder.record("305", "new", 0, "", "status", detail=self.reset_cause,
+                             more=recovery.active_json(self.outbox, self.reported))
+        del recovery
+        release(("fl.recovery",))  # boot-only: its heap goes to what runs
         self.recorder.restore_levels()
         if safe_mode:
             failed = guard.failed_boots if guard else 0
@@ -126,10 +133,19 @@ class App:
         paths = board.paths(cfg)
         for p in paths:
             p.fault_delay_ms = cfg["path_fault_delay_s"] * 1000
-        self.links = LinkManager(paths, health=self.health)
+        if len(paths) > 1:
+            from fl.pathmgr import PathManager  # Wi-Fi and 4G: which carries the session
+
+            self.links = PathManager(paths, self.health, cfg["cellular"], (cfg["broker"]["host"], cfg["broker"]["port"]),
+                                     self.recorder.record)
+        else:
+            self.links = LinkManager(paths, health=self.health)
         self.mqtt = self._make_mqtt(cfg)
         self.commands = Commands(self.recorder, self.mqtt, self.prefix + "cmd/result", app=self)
         self.sender = Sender(self.outbox, self.mqtt, self.prefix + "event", self.recorder.queued, self.health)
+        if len(paths) > 1:
+            self.sender.tag_path = True
+            self.links.mqtt = self.mqtt
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
         self.indicators = Indicators(board, self.health, self.mqtt, console=self.console)
@@ -158,18 +174,6 @@ class App:
             birth=(self.prefix + "status", self._status("online")),
             subscriptions=[(self.prefix + "ack", 1), (self.prefix + "cmd", 1)],
             on_message=self._on_message, backoff_max_s=b["backoff_max_s"], health=self.health)
-
-    def _active_json(self):
-        """The 305's `"active": ["code:name", ...]`: as many as fit beside the event."""
-        room = self.outbox.max_payload - 180
-        items = []
-        for code, name, _, _ in self.reported.active():
-            item = json.dumps(code + ":" + name)
-            if len(item) + 1 > room:
-                break
-            room -= len(item) + 1
-            items.append(item)
-        return ',"active":[%s]' % ",".join(items)
 
     # --- what flows in ---
     def _on_input(self, spec, old, new):

@@ -19,7 +19,7 @@ KINDS = FIRE_KINDS + ("supervisory", "fault", "mains", "battery", "tamper")
 # dips but still reports within the 60 s the standards expect.
 DEBOUNCE_MS = {"fire": 50, "smoke": 50, "heat": 50, "manual": 50, "supervisory": 1000,
                "fault": 2000, "tamper": 500, "mains": 10000, "battery": 30000}
-SECRET_KEYS = ("mqtt_username", "mqtt_password", "wifi_password", "tls_ca", "tls_cert", "tls_key")
+SECRET_KEYS = ("mqtt_username", "mqtt_password", "wifi_password", "tls_ca", "tls_cert", "tls_key", "sim_pin")
 # Where provisioning puts the DER files when secrets.json does not name them.
 TLS_FILES = {"tls_ca": "ca.der", "tls_cert": "device.der", "tls_key": "device.key.der"}
 MAX_BYTES = 16384  # far above any real config; keeps a corrupt file from eating the heap
@@ -51,7 +51,7 @@ _BROKER = (
     ("backoff_max_s", ("int", 1, 3600), 60),
 )
 _TOP_KEYS = ("device_id", "site", "heartbeat_s", "centre_ack_timeout_s", "path_fault_delay_s", "periodic_test_s", "outbox_capacity",
-             "log_level", "ntp_servers",
+             "log_level", "ntp_servers", "paths",
              "broker", "wifi", "cellular", "inputs")
 _BROKER_KEYS = ("host", "port", "tls", "server_hostname", "keepalive_s", "connect_timeout_ms",
                 "puback_timeout_ms", "ping_interval_s", "backoff_max_s")
@@ -128,11 +128,43 @@ def _validate(raw, board_info, default_device_id, file, problems):
     wifi = rep.section(raw, "wifi")
     rep.unknown(wifi, ("ssid",), "wifi.")
     config["wifi"] = {"ssid": rep.take(wifi, "ssid", "wifi.", ("bytes", 1, 32), "")}
-    cell = rep.section(raw, "cellular")
-    rep.unknown(cell, ("apn",), "cellular.")
-    config["cellular"] = {"apn": rep.take(cell, "apn", "cellular.", _APN, "")}
+    config["cellular"] = _cellular(rep.section(raw, "cellular"), rep)
+    config["paths"] = _paths(raw, rep)
     config["inputs"] = _inputs(raw, board_info, rep)
     return config
+
+
+_CELL = (
+    ("enabled", ("bool",), False),
+    ("apn", _APN, ""),  # "": from the SIM's operator (Vietnam's carriers), else the network's default
+    ("user", ("str", 1, 64, None, None), ""),
+    ("password", ("str", 1, 64, None, None), ""),
+    ("auth", ("one", ("none", "pap", "chap")), "none"),
+    ("lte_only", ("bool",), True),  # 2G is gone in Vietnam; 3G goes by 2028
+    ("backup_test_s", ("int", 300, 86400), 3600),
+    ("failback_stable_s", ("int", 10, 3600), 60),
+    ("max_switches", ("int", 1, 100), 6),  # per 10 minutes
+)
+
+
+def _cellular(cell, rep):
+    rep.unknown(cell, [k for k, _, _ in _CELL], "cellular.")
+    out = {}
+    for key, rule, default in _CELL:
+        out[key] = rep.take(cell, key, "cellular.", rule, default)
+    if out["auth"] != "none" and not out["user"]:
+        rep.add("cellular.auth", "%s needs cellular.user (authentication off)" % out["auth"])
+        out["auth"] = "none"
+    return out
+
+
+def _paths(raw, rep):
+    """Path priority: the first that works carries the session."""
+    v = raw.get("paths", ["wifi", "cellular"])
+    if type(v) is list and 1 <= len(v) <= 2 and len(set(v)) == len(v) and all(p in ("wifi", "cellular") for p in v):
+        return v
+    rep.add("paths", "expected a list of distinct path names from wifi, cellular; using wifi then cellular")
+    return ["wifi", "cellular"]
 
 
 def default_ping_s(keepalive_s):
@@ -291,6 +323,8 @@ def _secrets(raw, config, file, problems):
         v = raw[key]
         if key in TLS_FILES:
             expect, good = "a file name of 1..64 characters", _ok(_FILE, v)
+        elif key == "sim_pin":
+            expect, good = "4..8 digits", type(v) is str and 4 <= len(v) <= 8 and v.isdigit()
         elif key == "wifi_password":
             # WPA2: a passphrase of 8..63 characters or the 256-bit key as 64 hex digits.
             expect = "a string of 8..63 characters (or 64 hex digits)"

@@ -215,49 +215,16 @@ class Sequencer:
         self.block = block
         self.storage_fault = None
         self.skipped = None
-        best = None
-        trust = 0
-        found = False
-        primary = None
-        for p in (path, path + ".tmp", self.backup, self.backup + ".tmp"):
-            data = store.read_bytes(p)
-            if data is None:
-                continue
-            found = True
-            r = _seq_read(data)
-            if p == path:
-                primary = r
-            if r is not None and (best is None or r[0] > best):
-                best, trust = r
-        self._have_mark = best is not None
-        if best is None:
-            self.recovery = "lost" if found else "fresh"
-            best = 1
-        else:
-            self.recovery = "primary" if primary is not None else "backup"
-        self._next = best if best > 0 else 1
-        self._trust = trust
-        self._reserved = self._next  # nothing of the new boot is reserved yet
+        from fl import recovery  # boot-only code (the app releases it once booted)
+        recovery.read_sequence(self, path)
 
     def resume(self, newest, complete):
         """At boot: `newest` is the highest number among the outbox's records (0 if none),
         `complete` whether the outbox loaded every file. Continues at newest + 1 when that is
         known to follow the last number issued (the mark on flash is above it); otherwise at
         the mark (never a repeat), noting the skipped range."""
-        mark = self._next
-        if self._have_mark and complete and newest > 0 and self._trust <= newest < mark:
-            self._next = newest + 1
-            self._reserved = mark  # still reserved on flash: no write until numbering reaches it
-            self.recovery = "outbox"
-            return
-        if not self._have_mark:
-            # A new device, or both copies unreadable: the outbox is all there is.
-            self.at_least(newest)
-            return
-        if newest >= mark:
-            self._next = newest + 1
-        elif self.recovery != "fresh" and newest + 1 < mark:
-            self.skipped = (newest + 1, mark - 1)
+        from fl import recovery
+        recovery.resume_sequence(self, newest, complete)
 
     def unstored(self, seq):
         """A number went out with its record held in RAM (flash refused the outbox): the

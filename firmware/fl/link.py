@@ -53,11 +53,16 @@ class Path:
         """The NTP server this path's network offers (config "dhcp"), or None."""
         return None
 
+    def route(self, addr):
+        """The address a socket of this path connects to for addr: addr itself on a board (the
+        socket is bound to the path's interface); the simulated board's per-path fault proxy."""
+        return addr
+
     async def open(self, addr, timeout_ms, ssl_ctx=None, server_hostname=None):
         """Opens a stream over this path; the socket is closed if the path goes down."""
         if not self.is_up():
             raise PathDown(113, "%s is down" % self.name)  # EHOSTUNREACH
-        stream, raw = await netio.open_stream(addr, timeout_ms, ssl_ctx, server_hostname, self.ifname)
+        stream, raw = await netio.open_stream(self.route(addr), timeout_ms, ssl_ctx, server_hostname, self.ifname)
         self._socks.append(raw)
         return stream, raw
 

@@ -108,6 +108,8 @@ class MQTTClient:
         if ssl_params is not None and not ssl_params.get("ca_der"):
             raise ValueError("TLS needs ssl_params['ca_der']: the broker must be verified")
         self._links = links
+        self._failed_path = None  # the path a liveness failure was seen on, for the link manager
+        self.rx_at = None  # ticks of the last packet received in the current session
         self._host = host
         self._port = port
         self._ping_ms = ping_ms
@@ -179,6 +181,10 @@ class MQTTClient:
     def connected(self):
         """True once CONNACK, SUBACK and the birth message's PUBACK arrived on this connection."""
         return self._connected
+
+    def path_name(self):
+        """The path the session runs over, None when not connected."""
+        return self._path.name if self._connected and self._path is not None else None
 
     async def wait_connected(self, timeout_ms):
         """True as soon as connected; False if timeout_ms passes first."""
@@ -321,8 +327,15 @@ class MQTTClient:
                     # Notices and kicks from while the session was up are stale now: the
                     # backoff after this drop is honoured, ended only by what comes after it.
                     self._link_flag = self._kicked = False
+                    if self._failed_path is not None:
+                        # The path is up but dead: another path may take over now (its
+                        # notice ends the backoff at once).
+                        self._path_failed(self._failed_path)
+                        self._failed_path = None
                 except Exception as e:
                     self._failed(e)
+                    if not isinstance(e, (Refused, TLSFailed)):
+                        self._path_failed(path)
                 self._close()
                 if self._stopping:
                     break
@@ -504,6 +517,11 @@ class MQTTClient:
         epoch = self._epoch
         ping_at = None
         ping_rx = 0
+        # A path may ask for more frequent pings (an unmetered primary with a backup beside it:
+        # a silent stall is found sooner, fl.pathmgr).
+        ping_ms = min(getattr(self._path, "ping_ms", None) or self._ping_ms, self._ping_ms)
+        seen_rx = self._rx_count
+        self.rx_at = ticks.ms()
         self._supervising = True
         try:
             while True:
@@ -519,20 +537,24 @@ class MQTTClient:
                     self._drop("moving from %s to a preferred path" % path.name)
                     return
                 now = ticks.ms()
+                if self._rx_count != seen_rx:
+                    seen_rx, self.rx_at = self._rx_count, now  # the session's last sign of life
                 wake = ticks.add(now, _TICK_MS)
                 for pid in self._deadlines:
                     d, timeout_ms = self._deadlines[pid]
                     if ticks.diff(d, now) <= 0:
                         self._drop("no PUBACK for packet %d within %d ms" % (pid, timeout_ms))
+                        self._failed_path = path
                         return
                     if ticks.diff(d, wake) < 0:
                         wake = d
-                next_ping = ticks.add(self._tx_at, self._ping_ms)
+                next_ping = ticks.add(self._tx_at, ping_ms)
                 if ping_at is not None:
                     if self._rx_count != ping_rx:
                         ping_at = None
                     elif ticks.diff(now, ping_at) >= self._ping_timeout_ms:
                         self._drop("no PINGRESP within %d ms: broker or path is dead" % self._ping_timeout_ms)
+                        self._failed_path = path
                         return
                 if ticks.diff(now, next_ping) >= 0:
                     try:
@@ -659,6 +681,13 @@ class MQTTClient:
         self._deadlines.pop(pid, None)
         if len(self._events) < 8:
             self._events.append(ev)
+
+    def _path_failed(self, path):
+        """Tells the link manager that the session over path failed with the path up: it may
+        move to another path (fl/link.py)."""
+        fn = getattr(self._links, "session_failed", None)
+        if fn is not None:
+            fn(path, self.last_error, self.rx_at)
 
     # --- waiting and bookkeeping ---
     def _on_link_change(self):

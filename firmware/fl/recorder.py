@@ -44,51 +44,15 @@ class Recorder:
         self.replayed_fires = []  # [(event id, ts, tsync)] of fire `new` events replayed at boot
         self._declared = {}  # seq of a 624 -> the ranges it declared
         self._dropped_seen = outbox.dropped
-        # The outbox keeps the newest record's payload even after delivery: numbering resumes
-        # right after it (its number is its seq; the payload's seq covers older outboxes).
-        hint = outbox.newest_order
-        payload = outbox.newest_payload()
-        if payload is not None:
-            try:
-                hint = max(hint, Event.from_json(payload).seq)
-            except ValueError as e:
-                _log.warn("newest outbox record unreadable: %s", e)
-        sequencer.resume(hint, outbox.complete())
-        sequencer.at_least(outbox.newest_order)  # record numbers must keep growing
-        if sequencer.recovery in ("backup", "lost"):
-            _log.warn("sequence file %s: resuming at %d", sequencer.recovery, sequencer.peek())
-            health.count("seq_recovered_" + sequencer.recovery)
-        if sequencer.skipped:
-            _log.warn("outbox cannot tell where numbering stands: seq %d..%d skipped", *sequencer.skipped)
-            health.count("seq_skipped")
+        from fl import recovery  # boot-only code (the app releases it once booted)
+        recovery.resume_numbering(self)
         outbox.on_restore = self._level_restored
         outbox.on_drop = self._dropped
         if reported is not None:
-            self._replay()
+            recovery.replay(self)
         self._report()
         if len(outbox):
             self.queued.set()
-
-    def _replay(self):
-        rep, ob = self.reported, self.outbox
-        n = 0
-        for _, payload in ob.records_after(rep.seq):
-            try:
-                ev = Event.from_json(payload)
-            except ValueError as e:
-                _log.warn("outbox record unreadable at replay: %s", e)
-                continue
-            rep.apply(ev.seq, ev.code, ev.q, ev.zone, ev.input, ev.cls)
-            if ev.cls == "fire" and ev.q == "new":
-                self.replayed_fires.append((ev.id, ev.ts, ev.tsync))
-            n += 1
-        if n:
-            _log.info("reported state: %d events replayed from the outbox past seq %d", n, rep.seq)
-        for r in rep.lost:
-            ob.lose_range(r[0], r[1])
-        ob.set_levels(rep.is_active("622", ""), rep.is_active("623", ""), rep.is_active("624", ""))
-        ob.keep_after = rep.seq
-        ob.on_overwrite = self.checkpoint
 
     def checkpoint(self):
         """Writes the reported state's checkpoint (also from inside a put: records nothing)."""

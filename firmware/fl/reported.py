@@ -48,31 +48,8 @@ class Reported:
         self.recovery = "fresh"
         self._gen = 0
         self._slot = 1  # the next write goes to the other file than the newest
-        best = None
-        for slot in (0, 1):
-            raw = store.read_bytes(path % slot)
-            if raw is None:
-                continue
-            try:
-                d = json.loads(raw)
-                gen, seq, on, acks, lost = int(d["n"]), int(d["seq"]), d["on"], d["ack"], d["lost"]
-                if type(on) is not dict or type(acks) is not dict or type(lost) is not list:
-                    raise ValueError("bad types")
-            except (ValueError, KeyError, TypeError) as e:
-                _log.warn("%s unreadable (%s)", path % slot, e)
-                self.recovery = "lost"
-                continue
-            if best is None or gen > best[0]:
-                best = (gen, slot, seq, on, acks, lost)
-        if best is None:
-            if self.recovery == "lost":
-                # Replaying the whole outbox is the best left; a restore may then be missed.
-                _log.error("reported state unreadable: starting from the outbox alone")
-            return
-        self._gen, slot, seq, self.on, self.acks, self.lost = best
-        self._slot = 1 - slot
-        self.seq = self.applied = seq
-        self.recovery = "file"
+        from fl import recovery  # boot-only code (the app releases it once booted)
+        recovery.read_reported(self, path)
 
     # --- the conditions ---
     def is_active(self, code, name):

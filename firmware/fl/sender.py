@@ -29,6 +29,7 @@ class Sender:
         self._wake = wake  # asyncio.Event set by the recorder whenever it queues an event
         self._health = health
         self._retry_ms = retry_ms
+        self.tag_path = False  # with two paths each event says which carried it (`"path"`)
         self._kicked_at = None  # ticks_ms of the last kick()
         # One event for both reasons to look again while disconnected: an event was queued (a
         # fire must kick at once) or the connection came up.
@@ -75,6 +76,8 @@ class Sender:
             self._outbox.mark_sent(handle)
             if sent_before:
                 self.resent += 1
+            if self.tag_path:
+                payload = _tagged(payload, self._mqtt.path_name())
             try:
                 ok = await self._mqtt.publish(self._topic, payload, qos=1, dup=sent_before)
             except ValueError as e:
@@ -92,6 +95,13 @@ class Sender:
             else:
                 # The client drops and rebuilds the connection; the event stays in the outbox.
                 await asyncio.sleep_ms(50)
+
+
+def _tagged(payload, path):
+    """The event as published: its stored JSON object with `"path": "<name>"` added last."""
+    if not path or len(payload) < 2 or payload[-1] != 0x7D:  # "}"
+        return payload
+    return bytes(payload[:-1]) + b',"path":"' + path.encode() + b'"}'
 
 
 class AckWatch:

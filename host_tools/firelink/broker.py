@@ -7,11 +7,12 @@ one directory, so the same broker can be stopped and started again with its devi
 retained messages and sessions.
 
 Identities are bound at the broker (docs/threat-model.md): on every listener the client id
-is the account name (`use_username_as_clientid`), and on the TLS listener the account is the
-certificate's CN (`use_identity_as_username`), so one device's credentials can neither take
-another client's id (and with it its session) nor log in as another account. The ACL names
-every account explicitly (no `%u` patterns): a certificate whose account was revoked still
-completes TLS but may publish and read nothing.
+is the account name (`use_username_as_clientid`), and on the TLS listener a client needs two
+factors: a certificate of the site CA whose CN is the username it sends (our mosquitto plugin,
+mosquitto_plugin/fl_certbind.c, refuses any other) and that account's password (the password
+file). One device's credentials can neither take another client's id (and with it its
+session) nor log in as another account. The ACL names every account explicitly (no `%u`
+patterns).
 """
 from __future__ import annotations
 
@@ -62,8 +63,24 @@ MAX_INFLIGHT_MESSAGES = 20  # per client, unacknowledged QoS 1 deliveries (mosqu
 MIN_CENTRE_PASSWORD = 16  # characters; the centre's account reads and acknowledges everything
 
 
+# The certificate-binding plugin (mosquitto_plugin/fl_certbind.c), built by `make plugin`.
+PLUGIN_NAME = "fl_certbind.so"
+PLUGIN_ENV = "FL_CERTBIND_PLUGIN"  # another build of it (a packaged install)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 class BrokerError(RuntimeError):
     pass
+
+
+def certbind_plugin() -> Path:
+    """The built plugin that binds a TLS client's username to its certificate's CN."""
+    path = Path(os.environ.get(PLUGIN_ENV) or REPO_ROOT / "build" / PLUGIN_NAME)
+    if not path.is_file():
+        raise BrokerError(f"the broker's certificate-binding plugin {path} is missing: build it with `make plugin` "
+                          f"in {REPO_ROOT} (needs gcc and `sudo apt-get install mosquitto-dev libmosquitto-dev "
+                          f"libssl-dev`), or name a built {PLUGIN_NAME} in ${PLUGIN_ENV}")
+    return path
 
 
 class AccountError(BrokerError):
@@ -193,7 +210,7 @@ class Broker:
         self.last_reload = ReloadOutcome()  # of the latest account change
         self.last_revoke_marker = ""  # what the latest revoke did to the device's retained status
         self.last_withdrawn = ""  # what the latest revoke or rotation did to the old certificate
-        self.last_kick = ""  # what the latest revoke did to the device's live TLS connection
+        self.last_kick = ""  # what the latest revoke did to the device's live connection
 
     # --- files ---
     @property
@@ -352,15 +369,15 @@ class Broker:
     def withdraw_cert(self, device_id: str, cert_der: bytes) -> str:
         """Adds the certificate to the site's CRL, which the TLS listener checks at every handshake
         (re-read on reload). Needs the CA key; without it the certificate still completes TLS
-        but its account's rights are gone (ACL). Returns what was done, in words."""
+        but logs in only with its account's current password. Returns what was done, in words."""
         serial = pki.serial_of(cert_der)
         revoked = self._revoked()
         revoked[str(serial)] = device_id
         try:
             crl = pki.make_crl(self.ca(), [int(k) for k in revoked])
         except BrokerError as e:
-            return (f"certificate {serial:x} NOT added to the CRL ({e}); it still completes TLS, with no rights: "
-                    "run the revoke again with the CA key at hand")
+            return (f"certificate {serial:x} NOT added to the CRL ({e}); it still completes TLS, but logs in only "
+                    "with its account's current password: run the revoke again with the CA key at hand")
         _write_private(self.pki_dir / "revoked.json", json.dumps(revoked, indent=1, sort_keys=True).encode())
         _write_public(self.crl_file, crl)
         return f"certificate {serial:x} on the CRL"
@@ -392,9 +409,10 @@ class Broker:
         return self.add_account(name, password, rotate=rotate)
 
     def centre_cert(self, name: str) -> tuple[Path, Path]:
-        """A client certificate for a centre account (CN = its name: the TLS listener's account),
-        written to pki/centres/<name>.crt and .key (0600); returns their paths. The account must
-        exist: its rights come from the ACL."""
+        """A client certificate for a centre account (CN = its name: on the TLS listener it goes
+        with that username and the account's password, nothing else), written to
+        pki/centres/<name>.crt and .key (0600); returns their paths. The account must exist: its
+        rights come from the ACL."""
         check_centre_name(name)
         if name not in self._accounts():
             raise AccountError(f"no centre account {name!r}: add it first (--monitor-password / --add-centre)")
@@ -436,7 +454,8 @@ class Broker:
         if not DEVICE_ID_RE.match(username):
             self.last_revoke_marker = "not a valid device id: no status topic to mark"
         elif self.last_reload.signalled:
-            self.last_kick = self.kick_tls(username)
+            # The reload re-checks every connected client's login, a TLS one's password too.
+            self.last_kick = "its live connection (if any) dropped by the reload"
             self.last_revoke_marker = self.mark_revoked(username)
         else:
             self.last_revoke_marker = "no running broker: its retained status is marked at the next revoke while it runs"
@@ -493,50 +512,6 @@ class Broker:
                 c.loop_stop()
                 c.disconnect()
         return f"could not mark {device_id} revoked on the broker ({last}); monitors may show it lost"
-
-    def kick_tls(self, device_id: str, timeout_s: float = 5.0) -> str:
-        """Ends a revoked device's live TLS connection. The reload makes mosquitto re-check
-        passwords, but a TLS client's account is its certificate, which is checked (against the
-        CRL) only at the next handshake: until then it would stay connected, with no rights.
-        Taking its client id over with a one-time certificate of the same CN closes it; that
-        certificate then joins the CRL too. Needs the CA key, like the CRL."""
-        import ssl
-        import tempfile
-
-        import paho.mqtt.client as mqtt
-
-        try:
-            one_time = pki.make_client(self.ca(), device_id)
-        except BrokerError as e:
-            return f"its live TLS connection (if any) stays until it reconnects ({e})"
-        host, port = self.tls_listener()
-        outcome = "no answer from the TLS listener"
-        with tempfile.TemporaryDirectory(prefix="firelink-revoke-") as tmp:
-            crt, key = Path(tmp) / "c.crt", Path(tmp) / "c.key"
-            _write_private(crt, one_time.cert_pem)
-            _write_private(key, one_time.key_pem)
-            done: list[object] = []
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311,
-                            clean_session=True)
-            c.tls_set(ca_certs=str(self.pki_dir / "ca.crt"), certfile=str(crt), keyfile=str(key),
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            c.tls_insecure_set(True)  # our own broker, reached by address: its name does not matter here
-            c.on_connect = lambda client, userdata, flags, rc, props: done.append(rc)
-            try:
-                c.connect(host, port, keepalive=10)
-                c.loop_start()
-                deadline = time.monotonic() + timeout_s
-                while not done and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                outcome = "its live TLS connection closed" if done else outcome
-            except (OSError, ssl.SSLError, ValueError) as e:
-                outcome = f"could not reach the TLS listener to close its connection ({e})"
-            finally:
-                c.loop_stop()
-                c.disconnect()
-        self.withdraw_cert(device_id, one_time.cert_der)
-        self.reload()
-        return outcome
 
     def tls_listener(self) -> tuple[str, int]:
         try:
@@ -614,6 +589,9 @@ class Broker:
             _write_private(self.log_file, b"")
         for path in (self.data_dir, new_db, self.log_file, self.pki_dir / "server.key"):
             self._hand_to_broker(path)
+        # Copied next to the files mosquitto reads: it loads plugins after dropping root, as its own user.
+        plugin = self.dir / PLUGIN_NAME
+        _write_public(plugin, certbind_plugin().read_bytes())
         pk = self.pki_dir
         listener_identity = [
             # The client id is the account: nobody takes another's id, and with it its session.
@@ -625,6 +603,9 @@ class Broker:
             "allow_anonymous false",
             f"password_file {self.dir / 'passwd'}",
             f"acl_file {self.dir / 'acl'}",
+            # Asked before the password file: refuses a TLS username other than the certificate's
+            # CN, defers everything else (the plain listener has no certificate) to the password file.
+            f"plugin {plugin}",
             "persistence true",
             f"persistence_location {self.data_dir}/",
             "autosave_interval 1",
@@ -648,9 +629,9 @@ class Broker:
             "require_certificate true",
             # Revoked and replaced device certificates, refused at the handshake.
             f"crlfile {self.crl_file}",
-            # The account is the certificate's CN (a device's is its id, pki.make_client): a username
-            # sent with another's certificate is ignored.
-            "use_identity_as_username true",
+            # Two factors: the username must be the certificate's CN (a device's is its id,
+            # pki.make_client; the plugin refuses another) and its password must match.
+            "use_identity_as_username false",
             "tls_version tlsv1.2",
         ]
         if user is not None:

@@ -76,7 +76,9 @@ def _run(args: argparse.Namespace, out: Console) -> int:
     if args.centre_cert:
         crt, key = b.centre_cert(args.centre_cert)
         out.print(f"certificate {crt} and key {key} for {args.centre_cert!r} (e.g. `firelink monitor --tls --port "
-                  f"{args.tls_port} --ca {b.pki_dir / 'ca.crt'} --cert {crt} --key {key}`); the key is secret")
+                  f"{args.tls_port} --ca {b.pki_dir / 'ca.crt'} --cert {crt} --key {key} --username "
+                  f"{args.centre_cert}` with its password); the key is secret, and the TLS listener takes "
+                  "the certificate only with its own account's name and password")
         return 0
     if args.revoke:
         if not b.revoke(args.revoke):

@@ -47,6 +47,7 @@ CODES: dict[str, Code] = _table(
     ("350", "communication trouble", FAULT),
     ("351", "path 1 (Wi-Fi) fault", FAULT),
     ("352", "path 2 (4G) fault", FAULT),
+    ("353", "4G modem trouble (SIM, service, signal, no answer)", FAULT),
     ("354", "no acknowledgement from the centre", FAULT),
     ("570", "zone bypass", STATUS),
     ("571", "fire zone bypass", STATUS),

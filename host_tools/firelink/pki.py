@@ -1,8 +1,8 @@
 """The site's certificate authority: a CA, the broker's server certificate and per-device
 client certificates. Devices get DER copies (the MicroPython TLS stack rejects PEM).
 
-A device certificate's CN is its device id: the broker's TLS listener takes the account from
-it (`use_identity_as_username`). The CA key signs every credential of the site: it can be
+A device certificate's CN is its device id: the broker's TLS listener takes it only with that
+username and the account's password (mosquitto_plugin/fl_certbind.c). The CA key signs every credential of the site: it can be
 encrypted with a passphrase ($FL_CA_PASSPHRASE when it is made, or `firelink broker
 --protect-ca`) and kept offline between provisioning sessions (docs/threat-model.md)."""
 from __future__ import annotations

@@ -14,7 +14,9 @@
     firelink virtual status                 running?, pids, serial port, boots, inputs (driven and reported)
     firelink virtual input NAME STATE       STATE: active | normal | open | short (open/short: EOL inputs)
     firelink virtual input NAME --raw 1234  a raw level (digital 0/1) or ADC count; NAME may be a channel (in6)
-    firelink virtual link wifi down|up
+    firelink virtual link wifi down|up|stall   stall: open sockets, bytes dropped (4G devices)
+    firelink virtual link 4g down|up|stall
+    firelink virtual modem sim-missing|sim-ready|sim-pin|sim-puk|drop|hang | modem rssi -85
     firelink virtual rssi -75 | battery 3300 | clock synced|unsynced
 
 Every command takes --dir (default run/devices/dev1). Talk to the device's REPL with
@@ -73,10 +75,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--raw", type=int, help="raw value instead of a state: 0/1 digital level, 0..4095 ADC count")
     s.set_defaults(func=run_input)
 
-    s = vsub.add_parser("link", parents=[common], help="take a network path down or up")
-    s.add_argument("path", help="a network path of the simulated board: " + ", ".join(virtual.SIM_PATHS))
-    s.add_argument("updown", choices=("up", "down"))
+    s = vsub.add_parser("link", parents=[common], help="take a network path down or up, or stall it silently")
+    s.add_argument("path", help="a network path of the simulated board: wifi, or 4g (with cellular.enabled)")
+    s.add_argument("updown", choices=("up", "down", "stall"),
+                   help="stall: sockets stay open and every byte is dropped (nobody is told)")
     s.set_defaults(func=run_link)
+
+    s = vsub.add_parser("modem", parents=[common], help="drive the simulated modem (4G devices)")
+    s.add_argument("what", choices=("sim-missing", "sim-ready", "sim-pin", "sim-puk", "rssi", "drop", "hang"),
+                   help="SIM state; rssi DBM; drop: the operator ends the data session; hang: the module locks up")
+    s.add_argument("value", nargs="?", type=int, help="dBm for rssi (-113..-51)")
+    s.set_defaults(func=run_modem)
 
     s = vsub.add_parser("rssi", parents=[common], help="set the signal strength in dBm")
     s.add_argument("dbm", type=int)
@@ -235,7 +244,33 @@ def run_status(args: argparse.Namespace) -> int:
     links = ", ".join(f"{k} {'up' if v else 'down'}" for k, v in control.get("links", {}).items()) or "wifi up"
     out.print(f"links: {links}; rssi {control.get('rssi', -60)} dBm; battery {control.get('battery_mv', 4000)} mV; "
               f"clock {'synced' if control.get('clock_synced', True) else 'unsynced'}")
+    if _has_cell(args.dir):
+        _paths_status(out, args.dir, control)
     return 0
+
+
+def _paths_status(out: Console, d: Path, control: dict[str, Any]) -> None:
+    """Both paths: what the world does to each (firelink.modemsim) and what the device said."""
+    from firelink import modemsim
+
+    world = modemsim.read_state(d)
+    table = Table("path", "link", "proxy", "bytes up", "bytes down", "connections")
+    for name, label in (("wifi", "wifi"), ("cellular", "4g")):
+        p = world.get("paths", {}).get(name, {})
+        if name == "wifi":
+            state = "up" if control.get("links", {}).get("wifi", True) else "down"
+        else:
+            m = world.get("modem", {})
+            state = "data" if m.get("data") else ("registered" if m.get("reg") in (1, 5) else "no service")
+        table.add_row(label, state, p.get("mode", "-"), str(p.get("up", "-")), str(p.get("down", "-")),
+                      str(p.get("connections", "-")))
+    out.print(table)
+    m = world.get("modem", {})
+    if m:
+        pulses = ", ".join(f"{p['line']} {p['ms']} ms" for p in m.get("pulses", [])[-4:]) or "none"
+        out.print(f"modem: {'on' if m.get('powered') else 'off'}, SIM {m.get('sim')}, "
+                  f"rssi {2 * m.get('rssi_csq', 0) - 113} dBm, registration {m.get('reg')}, dials {m.get('dials')}, "
+                  f"boots {m.get('boots')}; last pulses: {pulses}")
 
 
 def run_input(args: argparse.Namespace) -> int:
@@ -250,10 +285,59 @@ def run_input(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_cell(d: Path) -> bool:
+    return bool(((virtual.read_json(Path(d) / "config.json") or {}).get("cellular") or {}).get("enabled"))
+
+
 def run_link(args: argparse.Namespace) -> int:
+    from firelink import modemsim
+
     _need_dir(args)
-    return _set(args, lambda d, up: virtual.set_link(d, args.path, up), args.updown == "up",
-                f"{args.path} {args.updown}")
+    path = {"4g": "cellular", "lte": "cellular"}.get(args.path, args.path)
+    if path not in ("wifi", "cellular"):
+        raise _error(WorldError(f"link {args.path!r}: the simulated board has wifi and 4g"))
+    if path == "cellular" and not _has_cell(args.dir):
+        raise _error(WorldError("link 4g: this device has no 4G (set cellular.enabled in its config.json)"))
+    if path == "wifi" and args.updown != "stall":
+        if _has_cell(args.dir):
+            modemsim.update_control(args.dir, {"wifi": "pass"})
+        return _set(args, lambda d, up: virtual.set_link(d, "wifi", up), args.updown == "up", f"wifi {args.updown}")
+    if path == "wifi":
+        if not _has_cell(args.dir):
+            raise _error(WorldError("link wifi stall: the path proxies run for devices with cellular.enabled"))
+        modemsim.update_control(args.dir, {"wifi": "stall"})
+    elif args.updown == "stall":
+        modemsim.update_control(args.dir, {"cellular": "stall"})
+    else:
+        up = args.updown == "up"
+        # down: the network drops the session and registration (searching); up: back, dial allowed.
+        modemsim.update_control(args.dir, {"cellular": "pass" if up else "refuse", "modem": {"reg": 1 if up else 2}})
+    Console(soft_wrap=True).print(f"{args.path} {args.updown}")
+    return 0
+
+
+def run_modem(args: argparse.Namespace) -> int:
+    from firelink import modemsim
+
+    _need_dir(args)
+    if not _has_cell(args.dir):
+        raise _error(WorldError("modem: this device has no 4G (set cellular.enabled in its config.json)"))
+    if args.what == "rssi":
+        if args.value is None or not -113 <= args.value <= -51:
+            raise _error(WorldError("modem rssi: give the signal in dBm, -113..-51"))
+        change: dict[str, Any] = {"rssi": args.value}
+    elif args.value is not None:
+        raise _error(WorldError(f"modem {args.what} takes no value"))
+    elif args.what.startswith("sim-"):
+        change = {"sim": args.what[4:]}
+    elif args.what == "drop":
+        drops = (modemsim.read_control(args.dir).get("modem") or {}).get("drops", 0)
+        change = {"drops": drops + 1}
+    else:
+        change = {"hang": "pwrkey"}
+    modemsim.update_control(args.dir, {"modem": change})
+    Console(soft_wrap=True).print(f"modem {args.what}" + (f" {args.value}" if args.value is not None else ""))
+    return 0
 
 
 def _set(args: argparse.Namespace, fn: Callable[[Path, Any], None], value: Any, text: str) -> int:

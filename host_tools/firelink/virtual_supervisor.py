@@ -57,9 +57,12 @@ import termios
 import time
 import tty
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from firelink.virtual_world import read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from firelink.modemsim import PathWorld
 
 PIDFILE = "sim/supervisor.pid"
 STATEFILE = "sim/supervisor.json"
@@ -128,6 +131,23 @@ def _take_controlling_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+def start_path_world(directory: Path) -> "PathWorld | None":
+    """A device configured with 4G gets its modem and both paths' fault proxies
+    (firelink.modemsim), for as long as the supervisor runs: the modem and the network are
+    outside the chip and outlive its reboots."""
+    config = read_json(directory / "config.json") or {}
+    if not (config.get("cellular") or {}).get("enabled"):
+        return None
+    from firelink.modemsim import PathWorld
+    from firelink.virtual_world import update_json
+
+    broker = config.get("broker") or {}
+    world = PathWorld(directory, (broker.get("host", "127.0.0.1"), int(broker.get("port", 1883))),
+                      read_json(directory / "board.json"))
+    update_json(directory / "sim" / "control.json", {"routes": world.routes()})
+    return world
+
+
 class Supervisor:
     """Runs one virtual device until it is stopped or powers itself off."""
 
@@ -190,6 +210,7 @@ class Supervisor:
             link.unlink()
         link.symlink_to(self._user_path)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+        world = start_path_world(self.dir)
         step: tuple[str, str, bool] | None = ("main", self.reset_cause, True)
         self._read_lines()
         if not (self._lines["power"] and self._lines["en"]):
@@ -207,6 +228,8 @@ class Supervisor:
             for s, handler in old.items():
                 signal.signal(s, handler)
             self._shutdown()
+            if world is not None:
+                world.close()
             if link.is_symlink() and os.readlink(link) == self._user_path:
                 link.unlink()
             self._write_state("stopped")

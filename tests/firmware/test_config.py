@@ -56,7 +56,9 @@ def test_missing_files_run_on_defaults():
                      "connect_timeout_ms": 10000, "puback_timeout_ms": 10000, "ping_interval_s": 95,
                      "backoff_max_s": 60}, "broker")
     eq(c["wifi"], {"ssid": ""}, "wifi")
-    eq(c["cellular"], {"apn": ""}, "cellular")
+    eq(c["cellular"], {"enabled": False, "apn": "", "user": "", "password": "", "auth": "none", "lte_only": True,
+                       "backup_test_s": 3600, "failback_stable_s": 60, "max_switches": 6}, "cellular")
+    eq(c["paths"], ["wifi", "cellular"], "paths")
     eq((c["heartbeat_s"], c["centre_ack_timeout_s"], c["outbox_capacity"], c["log_level"]), (3600, 100, 1024, "info"))
     eq(c["inputs"], DEFAULT_INPUTS, "inputs")
     eq(c["_secrets"], {}, "secrets")
@@ -534,3 +536,15 @@ def test_docs_example_is_valid():
     eq(p, [], "problems")
     eq(len(c["inputs"]), 7)
     eq(sorted(c["_secrets"]), ["mqtt_password", "mqtt_username", "tls_ca", "tls_cert", "tls_key", "wifi_password"])
+
+
+def test_cellular_keys():
+    c, p = load({"cellular": {"enabled": True, "apn": "m-wap", "user": "mms", "password": "mms", "auth": "pap",
+                              "lte_only": False, "backup_test_s": 600}, "paths": ["cellular", "wifi"]}, {"sim_pin": "1234"})
+    eq(p, [], "problems")
+    eq((c["cellular"]["auth"], c["cellular"]["lte_only"], c["paths"]), ("pap", False, ["cellular", "wifi"]), "cellular")
+    eq(problems_for({"cellular": {"auth": "chap"}}),
+       ["config.json: cellular.auth: chap needs cellular.user (authentication off)"])
+    eq(problems_for({"paths": ["wifi", "wifi"]}),
+       ["config.json: paths: expected a list of distinct path names from wifi, cellular; using wifi then cellular"])
+    eq(problems_for({"cellular": {"auth": "md5"}})[0][:34], "config.json: cellular.auth: expect", "auth")

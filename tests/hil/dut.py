@@ -322,10 +322,12 @@ class SerialDut(Dut):
     # The port is closed between mpremote and our reader, and a UART drops what it sends then:
     # "MPY: soft reboot" may be lost, the firmware's banner just after it comes to us.
     REBOOTED = SOFT_REBOOT + "|" + FIRMWARE_UP
-    # What the firmware keeps on flash between boots (fl/outbox.py, fl/recorder.py checkpoint,
-    # fl/events.py Sequencer, fl/bootguard.py): removed at start(), so that each scenario meets
-    # a device as fresh as the virtual device's new directory. Keep in step with the firmware.
-    STATE_FILES = ("outbox", "reported.json", "seq.dat", "seq.dat.bak", "boot.dat")
+    # What the firmware keeps on flash between boots (fl/outbox.py, fl/reported.py's two
+    # checkpoint slots, fl/events.py Sequencer, fl/bootguard.py): removed at start(), so that each
+    # scenario meets a device as fresh as the virtual device's new directory. Kept in step with
+    # the firmware by tests/jig/test_state_files.py (reported.json: its older name).
+    STATE_FILES = ("outbox", "reported0.json", "reported1.json", "reported.json", "seq.dat", "seq.dat.bak",
+                   "boot.dat")
 
     def __init__(self, port: str, baudrate: int = 115200, image: Path | None = None) -> None:
         import serial

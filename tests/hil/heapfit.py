@@ -29,9 +29,11 @@ HEARTBEATS = 3
 # unix port needs ≈1/0.69 of a 32-bit build (pointers double, bytecode does not): 160k here.
 LEAN_CAP = "160k"
 # What tests/hil/test_heap_fit.py holds the shipped build to today: the smallest passing heap
-# (make bench) is 204k, this leaves one 4 KiB step for the heap's layout varying with timing.
-# LEAN_CAP is not reached yet (docs/memory.md says what is left); lower this as it comes down.
-FIT_CAP = "208k"
+# (make bench) is 200k on an idle machine; under load the heap's layout varies (heap_peak varied
+# 184-189 KB between runs before, and 208k failed once when 204k was the smallest), so this holds
+# it 12 KiB above. LEAN_CAP is not reached yet (docs/memory.md says what is left); lower this as
+# it comes down.
+FIT_CAP = "212k"
 STEP_TIMEOUT_S = 20.0
 
 

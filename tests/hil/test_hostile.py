@@ -198,39 +198,50 @@ def test_a_stolen_password_cannot_displace_the_monitor_or_another_device(
 
 
 @pytest.mark.needs("inputs")
-def test_a_stolen_certificate_is_its_own_account_whatever_username_it_sends(
+def test_a_stolen_certificate_opens_only_its_own_account_and_only_with_its_password(
         site: BrokerFixture, stolen: Stolen, centre: Centre, dut: Dut) -> None:
-    """On the TLS listener the account is the certificate's CN: A's certificate with B's username
-    and password, or the monitor's, logs in as A (mosquitto 2.0 replaces the username; it cannot
-    refuse the mismatch), so it can neither act as B nor read as the centre."""
+    """On the TLS listener a login needs the certificate whose CN is the username and that
+    account's password (mosquitto_plugin/fl_certbind.c + the password file): A's certificate with
+    B's or the monitor's username and password is refused at CONNECT, as is A's certificate with
+    A's name and a wrong password; with A's own name and password it is A, and no more."""
     ready(centre, dut)
     log_mark = site.broker.log_file.stat().st_size
     since = centre.mark()
-    attackers = []
-    try:
-        for user, password in ((DEV_B, site.device_pass), ("monitor", site.monitor_pass)):
-            a = Attacker(site, user, password, client_id=user, tls=stolen)
-            attackers.append(a)
+    refused = ((DEV_B, site.device_pass), ("monitor", site.monitor_pass), (DEV_A, site.device_pass),
+               (DEV_A, stolen.password + "x"))
+    for user, password in refused:
+        a = Attacker(site, user, password, client_id=user, tls=stolen)
+        try:
             rc = a.connect()
-            assert rc is not None and not rc.is_failure
-            # Not the centre: it reads nothing of B's (mosquitto grants a denied subscription in
-            # its SUBACK and then delivers nothing), sends no acks and no commands.
-            a.subscribe("firelink/#")
-            a.subscribe(f"firelink/{DEV_B}/ack")
-            forged = json.dumps({"id": "forged-by-a", "seq": 1, "ts": int(time.time()), "tsync": True,
-                                 "code": "110", "q": "new", "zone": 1, "input": "panel_fire", "class": "fire"})
-            a.client.publish(f"firelink/{DEV_B}/event", forged, qos=1).wait_for_publish(5)
-            a.client.publish(f"firelink/{DEV_B}/cmd", b'{"cmd": "test", "id": "x"}', qos=1).wait_for_publish(5)
-            a.client.publish(f"firelink/{DEV_B}/ack", b'{"id": "x"}', qos=1).wait_for_publish(5)
-        assert fire_latency(centre, dut) <= ALARM_S  # B's fire, its ack and restore pass meanwhile
-        for a in attackers:
-            assert not a.received, f"A's certificate read {a.received[:3]}"
-    finally:
-        for a in attackers:
+            assert rc is not None and rc.is_failure and rc.value == 135, \
+                f"A's certificate as {user!r} got {rc} (want CONNACK not authorised)"
+        finally:
             a.close()
+    log = broker_log(site, log_mark)
+    for user in (DEV_B, "monitor"):
+        assert f"fl_certbind: refused 127.0.0.1: username '{user}' is not its certificate's CN '{DEV_A}'" in log
+    for user in (DEV_B, "monitor", DEV_A):  # none of them got in under any name
+        assert f"u'{user}'" not in log, log[-3000:]
+    own = Attacker(site, DEV_A, stolen.password, client_id="monitor", tls=stolen)
+    try:
+        rc = own.connect()
+        assert rc is not None and not rc.is_failure
+        # Not the centre: it reads nothing of B's (mosquitto grants a denied subscription in
+        # its SUBACK and then delivers nothing), sends no acks and no commands.
+        own.subscribe("firelink/#")
+        own.subscribe(f"firelink/{DEV_B}/ack")
+        forged = json.dumps({"id": "forged-by-a", "seq": 1, "ts": int(time.time()), "tsync": True,
+                             "code": "110", "q": "new", "zone": 1, "input": "panel_fire", "class": "fire"})
+        own.client.publish(f"firelink/{DEV_B}/event", forged, qos=1).wait_for_publish(5)
+        own.client.publish(f"firelink/{DEV_B}/cmd", b'{"cmd": "test", "id": "x"}', qos=1).wait_for_publish(5)
+        own.client.publish(f"firelink/{DEV_B}/ack", b'{"id": "x"}', qos=1).wait_for_publish(5)
+        assert fire_latency(centre, dut) <= ALARM_S  # B's fire, its ack and restore pass meanwhile
+        assert not own.received, f"A's certificate read {own.received[:3]}"
+    finally:
+        own.close()
     assert not [e for e in centre.events_of(DEV_B, since) if e.id == "forged-by-a"]
     log = broker_log(site, log_mark)
-    assert f"as {DEV_A} " in log and f"u'{DEV_A}'" in log  # both logins were A's
+    assert f"as {DEV_A} " in log and f"u'{DEV_A}'" in log  # the one login was A's, under A's id
     assert_monitor_held(site, log_mark)
 
 

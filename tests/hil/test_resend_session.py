@@ -176,6 +176,7 @@ def dut_config(dut_config: dict[str, Any], relay: CuttingRelay) -> dict[str, Any
     return {**dut_config, "broker": {"host": relay.host, "port": relay.port, "backoff_max_s": 2}}
 
 
+@pytest.mark.needs("inputs")
 def test_a_resent_event_keeps_its_packet_id_with_dup_at_a_broker_that_keeps_the_session(
         centre: Centre, dut: Dut, relay: CuttingRelay) -> None:
     dev = dut.device_id

@@ -79,6 +79,55 @@ def test_tls_listener_needs_the_site_ca_and_a_client_certificate(broker: BrokerF
     assert isinstance(res, str) and "certificate verify failed" in res
 
 
+def _cert_of(b: Broker, device_id: str) -> dict:
+    pk = b.pki_dir
+    return {"ca_certs": str(pk / "ca.crt"), "certfile": str(pk / "devices" / f"{device_id}.crt"),
+            "keyfile": str(pk / "devices" / f"{device_id}.key")}
+
+
+def test_tls_login_needs_the_certificate_named_by_the_username_and_its_password(tmp_path: Path):
+    """Two factors on the TLS listener (mosquitto_plugin/fl_certbind.c + the password file): A's
+    certificate logs in only as A, and only with A's password. The plain listener is unchanged."""
+    b = Broker(tmp_path / "site", port=free_port(), tls_port=free_port())
+    dev_a, _ = b.add_device("fl-a")
+    dev_b, _ = b.add_device("fl-b")
+    monitor = b.add_monitor()
+    b.start()
+    try:
+        for when in ("at start", "after a reload"):  # a reload re-registers the password file's check
+            tls, cert_a = b.tls_port, _cert_of(b, "fl-a")
+            assert _connect(tls, "fl-a", dev_a.password, cert_a) == 0, when
+            assert _connect(tls, "fl-b", dev_b.password, cert_a) == NOT_AUTHORISED, when
+            assert _connect(tls, "fl-a", "wrong", cert_a) == NOT_AUTHORISED, when
+            assert _connect(tls, "fl-a", dev_b.password, cert_a) == NOT_AUTHORISED, when
+            assert _connect(tls, "monitor", monitor.password, cert_a) == NOT_AUTHORISED, when
+            assert _connect(tls, None, None, cert_a) == NOT_AUTHORISED, when  # type: ignore[arg-type]
+            assert _connect(tls, "fl-b", dev_b.password, _cert_of(b, "fl-b")) == 0, when
+            # The plain listener has no certificate: the password file alone decides, as before.
+            assert _connect(b.port, "fl-a", dev_a.password) == 0, when
+            assert _connect(b.port, "monitor", monitor.password) == 0, when
+            assert _connect(b.port, "fl-b", dev_a.password) == NOT_AUTHORISED, when
+            if when == "at start":
+                mark = b.log_file.stat().st_size
+                assert b.reload().reloaded
+                wait = time.monotonic() + 10
+                while "Reloading config" not in b.log_file.read_bytes()[mark:].decode() and time.monotonic() < wait:
+                    time.sleep(0.05)
+        log = b.log_file.read_text()
+        assert "fl_certbind: refused 127.0.0.1: username 'fl-b' is not its certificate's CN 'fl-a'" in log
+        assert "username 'monitor' is not its certificate's CN 'fl-a'" in log
+    finally:
+        b.stop()
+
+
+def test_the_broker_says_how_to_build_a_missing_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FL_CERTBIND_PLUGIN", str(tmp_path / "nowhere" / "fl_certbind.so"))
+    b = Broker(tmp_path / "site", port=free_port(), tls_port=free_port())
+    with pytest.raises(BrokerError, match=r"fl_certbind.so is missing: build it with `make plugin`"):
+        b.start()
+    assert b.proc is None
+
+
 def test_revoked_device_can_no_longer_connect(tmp_path: Path):
     b = Broker(tmp_path / "site", port=free_port(), tls_port=free_port())
     account, _ = b.add_device("fl-gone")
@@ -90,6 +139,32 @@ def test_revoked_device_can_no_longer_connect(tmp_path: Path):
         assert not (b.pki_dir / "devices" / "fl-gone.crt.der").exists()
         assert not b.revoke("fl-gone")
     finally:
+        b.stop()
+
+
+def test_revoke_drops_the_device_s_live_tls_connection(tmp_path: Path):
+    """Its TLS login is re-checked at the reload like a password login: the account is gone, so
+    is the connection (no need to wait for its next handshake and the CRL)."""
+    b = Broker(tmp_path / "site", port=free_port(), tls_port=free_port())
+    account, _ = b.add_device("fl-gone")
+    b.start()
+    connected, dropped = threading.Event(), threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fl-gone", protocol=mqtt.MQTTv311)
+    c.username_pw_set("fl-gone", account.password)
+    c.tls_set(**_cert_of(b, "fl-gone"))
+    c.on_connect = lambda client, userdata, flags, rc, props: connected.set() if not rc.is_failure else None
+    c.on_disconnect = lambda *args: dropped.set()
+    c.reconnect_delay_set(60, 60)  # one connection: a reconnect would be refused at the handshake anyway
+    try:
+        c.connect("127.0.0.1", b.tls_port, keepalive=60)
+        c.loop_start()
+        assert connected.wait(5)
+        assert b.revoke("fl-gone")
+        assert dropped.wait(10), "the revoked device's TLS connection stayed up"
+        assert "dropped by the reload" in b.last_kick
+    finally:
+        c.loop_stop()
+        c.disconnect()
         b.stop()
 
 
@@ -246,7 +321,10 @@ def test_a_centre_certificate_logs_in_as_its_account_on_tls(broker: BrokerFixtur
     pk = broker.broker.pki_dir
     tls = {"ca_certs": str(pk / "ca.crt"), "certfile": str(pk / "centres/centre-test.crt"),
            "keyfile": str(pk / "centres/centre-test.key")}
-    assert _connect(broker.broker.tls_port, "anything", "ignored", tls) == 0
+    assert _connect(broker.broker.tls_port, broker.centre_user, broker.centre_pass, tls) == 0
+    # Its certificate with another name, or without its password, is refused.
+    assert _connect(broker.broker.tls_port, broker.monitor_user, broker.monitor_pass, tls) == NOT_AUTHORISED
+    assert _connect(broker.broker.tls_port, broker.centre_user, "ignored", tls) == NOT_AUTHORISED
     assert (pk / "centres/centre-test.key").stat().st_mode & 0o077 == 0
     assert cli.main(["broker", "--dir", str(broker.broker.dir), "--centre-cert", "centre-nobody"]) != 0
     assert "no centre account 'centre-nobody'" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from tests.tooling import FIRMWARE, ROOT, micropython_binary
 
 BOARD_JSON = ROOT / "hardware" / "boards" / "reference.json"
 # Modules that need the ESP32's hardware modules (machine.Pin, network, esp32) to import.
-HARDWARE_ONLY = {"fl.hal.esp32"}
+HARDWARE_ONLY = {"fl.hal.esp32", "fl.hal.esp32_modem"}
 
 
 def sha(path: Path) -> str:

@@ -351,7 +351,9 @@ def test_inputs_are_the_ones_the_firmware_watches(tmp_path: Path) -> None:
     (["input", "panel_fire", "--raw", "99999"], "--raw 99999: in1 is digital: 0 or 1"),
     (["input", "in6", "--raw", "4096"], "--raw 4096: in6 is an ADC line: 0..4095"),
     (["input", "battery", "--raw", "99999"], "battery 99999 mV"),
-    (["link", "4g", "down"], "link '4g': the simulated board has only wifi"),
+    (["link", "4g", "down"], "link 4g: this device has no 4G (set cellular.enabled in its config.json)"),
+    (["link", "lora", "down"], "link 'lora': the simulated board has wifi and 4g"),
+    (["modem", "sim-missing"], "modem: this device has no 4G"),
     (["start", "--heapsize", "banana"], "--heapsize 'banana': expected a number of bytes"),
     (["start", "--heapsize", "1k"], "--heapsize '1k': MicroPython refuses it"),
 ])

@@ -181,7 +181,16 @@ class Board:
     def paths(self, config):
         self._wifi = _WifiPath(config.get("wifi", {}), config.get("_secrets", {}).get("wifi_password", ""),
                                power_save=not self._mains)
-        return [self._wifi]
+        paths = {"wifi": self._wifi}
+        cell = config.get("cellular") or {}
+        if cell.get("enabled"):
+            from fl.hal.esp32_modem import ModemHw  # loaded only with 4G
+            from fl.modem import CellPath, Modem
+
+            paths["cellular"] = CellPath(Modem(ModemHw(self.board_info()), cell, config.get("_secrets")))
+            # Two interfaces: each path's sockets are bound to its own (cellular.md).
+            self._wifi.ifname = "st1"
+        return [paths[n] for n in config.get("paths", ("wifi", "cellular")) if n in paths]
 
     def storage_free(self):
         st = os.statvfs("/")

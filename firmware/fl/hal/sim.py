@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from fl import link, store, ticks
+from fl import link, netio, store, ticks
 from fl.edgewait import EdgeWait
 from fl.log import Logger
 
@@ -245,7 +245,16 @@ class Board:
         return True
 
     def paths(self, config):
-        return [_SimPath(self, "wifi")]
+        """Wi-Fi, and 4G when configured (the modem is the simulator on the `modem` pty), in
+        the configured order."""
+        paths = {"wifi": _SimPath(self, "wifi")}
+        cell = config.get("cellular") or _NONE
+        if cell.get("enabled"):
+            from fl.modem import CellPath, Modem  # loaded only with a modem: RAM otherwise
+
+            hw = _SimModemHw(self, self.board_info()["modem"])
+            paths["cellular"] = CellPath(Modem(hw, cell, config.get("_secrets")))
+        return [paths[n] for n in config.get("paths", ("wifi", "cellular")) if n in paths]
 
     def storage_free(self):
         st = os.statvfs(".")
@@ -299,6 +308,83 @@ class _Watchdog:
             self._board.reset("watchdog")
 
 
+class _SimModemHw:
+    """The modem's side of the simulated board: its UART is the pty the modem simulator
+    (host_tools/firelink/modemsim.py) serves at `modem`; PWRKEY and RESET are outputs this
+    writes to `sim/pins.json` (line levels, with the board's polarity), which the simulator
+    watches and times like the module's pins. There is no PPP on this Linux: after CONNECT
+    the simulator names, in one line (`~SIMPPP 127.0.0.1:port`, where PPP's IPCP would give an
+    address), the loopback route this path's sockets take: its fault proxy to the broker."""
+
+    ifname = None
+    ppp_owns_uart = False  # the simulator's data path is a socket: the pty stays the AT channel's
+    PINS = "sim/pins.json"
+
+    def __init__(self, board, info):
+        self._board = board
+        self.pwrkey_on_ms = info["pwrkey"]["on_ms"]
+        self.pwrkey_off_ms = info["pwrkey"]["off_ms"]
+        self.reset_ms = info["reset"]["pulse_ms"]
+        self._active = {"pwrkey": 0 if info["pwrkey"].get("active_low", True) else 1,
+                        "reset": 0 if info["reset"].get("active_low", True) else 1}
+        self._levels = {k: 1 - v for k, v in self._active.items()}
+        self._write_pins()
+        self._route = None
+        self._offered = None
+
+    def _write_pins(self):
+        _write_sim_file(self.PINS, json.dumps(self._levels).encode())
+
+    def open(self):
+        import termios
+
+        f = open("modem", "r+b")
+        # Reads must return what is there (VMIN 0, VTIME 0), as a UART's non-blocking read.
+        a = termios.tcgetattr(f.fileno())
+        a[6][6] = 0
+        a[6][5] = 0
+        termios.tcsetattr(f.fileno(), termios.TCSANOW, a)
+        return asyncio.StreamReader(f)
+
+    async def pulse(self, line, ms):
+        self._levels[line] = self._active[line]
+        self._write_pins()
+        try:
+            await asyncio.sleep_ms(ms)
+        finally:
+            self._levels[line] = 1 - self._active[line]
+            self._write_pins()
+
+    def urc(self, line):
+        if line.startswith("~SIMPPP "):
+            self._offered = line[8:].strip()
+        elif line == "NO CARRIER":
+            self._route = None
+
+    async def data_start(self, timeout_ms):
+        deadline = ticks.after(timeout_ms)
+        while not ticks.due(deadline):
+            if self._offered:
+                host, port = self._offered.split(":")
+                self._route = netio.sockaddr(host, int(port))
+                self._offered = None
+                return True
+            await asyncio.sleep_ms(50)
+        return False
+
+    def data_up(self):
+        return self._route is not None
+
+    async def data_stop(self):
+        self._route = None
+
+    def route(self, addr):
+        return self._route if self._route is not None else addr
+
+    def dns_servers(self):
+        return _resolv_conf()
+
+
 class _SimPath(link.Path):
     def __init__(self, board, name):
         super().__init__()
@@ -323,6 +409,14 @@ class _SimPath(link.Path):
 
     def dhcp_ntp(self):
         return self._board.control.get("dhcp_ntp")
+
+    def route(self, addr):
+        # The simulated world's fault proxy for this path, when it runs one.
+        r = self._board.control.get("routes", _NONE).get(self.name)
+        if not r:
+            return addr
+        host, port = r.split(":")
+        return netio.sockaddr(host, int(port))
 
 
 _resolv = None

@@ -1,0 +1,270 @@
+"""Two paths (Wi-Fi and 4G) behind fl.link's interface: which one carries the one MQTT session.
+
+Loaded only on a device with a second path: a single-path device keeps fl.link's plain
+LinkManager and the heap this costs.
+"""
+import asyncio
+
+from fl import netio, ticks
+from fl.link import LinkManager
+from fl.log import Logger
+
+_log = Logger("link")
+
+
+async def broker_probe(path, host, port, timeout_ms):
+    """True if the broker answers over path within timeout_ms: a PINGREQ before any CONNECT,
+    which a broker answers by closing the connection (a TLS listener by its alert). Any answer
+    proves the round trip; a silent stall (bytes dropped) gives none. Costs one TCP connection
+    and two bytes, and never touches the device's MQTT session."""
+    addr = await netio.resolve(host, port, path, timeout_ms)
+    stream, raw = await path.open(addr, timeout_ms)
+    try:
+        stream.write(b"\xc0\x00")
+        await asyncio.wait_for_ms(stream.drain(), timeout_ms)
+        await asyncio.wait_for_ms(stream.read(16), timeout_ms)
+        return True
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        path.forget(raw)
+        try:
+            raw.close()
+        except OSError:
+            pass
+
+
+SWITCH_WINDOW_MS = 600000  # the cap on switches counts over 10 minutes
+PROBE_MS = 5000
+# Wi-Fi as primary is pinged this often (it costs no data plan): with the 10 s answer deadline
+# and the fault delay counted from the last packet heard, a silent stall is reported within
+# ~90 s (path_fault_delay_s 90 by default). The 4G backup keeps broker.ping_interval_s.
+PRIMARY_PING_MS = 30000
+
+
+class PathManager(LinkManager):
+    """Keeps the paths up and says which one to use; notifies listeners when it changes.
+
+    `current()` is the first path (in configured priority) that is up and not demoted, or
+    failing that any path that is up. A path is demoted when the MQTT session over it failed
+    while its interface stayed up (no PUBACK for 10 s, no PINGRESP, no CONNACK: a silent
+    stall nobody announces) and another path is up: the session moves at once and fire never
+    waits for the first path to recover. A demoted path comes back (failback) only after it
+    has stayed up for `stable_ms` and a probe over it reached the broker. Every switch is
+    counted; beyond `max_switches` in 10 minutes no failback happens (the session stays on the
+    backup), so a flapping path cannot make the session flap with it. Moving away from a failed
+    path is never refused: a fire must not wait on a dead path."""
+
+    def __init__(self, paths, health, cell, broker, record=None, check_ms=250, bring_up_timeout_ms=20000):
+        """cell: config's "cellular" section; broker: (host, port) for the probe; record: the
+        recorder's record(), for modem resets (305 with input `modem`)."""
+        super().__init__(paths, check_ms, bring_up_timeout_ms, health)
+        self.stable_ms = cell["failback_stable_s"] * 1000
+        self.max_switches = cell["max_switches"]
+        self._test_every_ms = cell["backup_test_s"] * 1000
+        self._broker = broker
+        self._record = record
+        self.mqtt = None  # set by the app: tests wait for its session
+        self._test_due = True  # at boot, then every backup_test_s and after each modem reset
+        for p in paths:
+            if p is paths[0] and p.name == "wifi":
+                p.ping_ms = PRIMARY_PING_MS
+            modem = getattr(p, "modem", None)
+            if modem is not None:
+                modem.health = health
+                modem.on_reset = self._on_modem_reset
+        self._demoted = {}  # path name -> ticks when demoted (or last failed probe)
+        self._switch_at = []  # ticks of recent switches, at most max_switches kept
+        self.switches = 0
+        self.refused_switches = 0
+        self._ever_up = False
+        self._started = ticks.ms()
+
+    def usable(self, p):
+        return p.is_up() and p.name not in self._demoted
+
+    def current(self):
+        for p in self.paths:
+            if self.usable(p):
+                return p
+        # Every path that is up is suspect: a suspect path beats none.
+        for p in self.paths:
+            if p.is_up():
+                return p
+        return None
+
+    def describe(self):
+        p = self.current()
+        d = {"path": p.name if p else None, "signal_dbm": p.signal_dbm() if p else None}
+        if len(self.paths) < 2:
+            return d
+        d["paths"] = dict((q.name, "up" if self.usable(q) else "suspect" if q.is_up() else "down") for q in self.paths)
+        d["switches"] = self.switches
+        for q in self.paths:
+            modem = getattr(q, "modem", None)
+            if modem is not None:
+                i = modem.info
+                d["cell"] = {"dbm": i.get("rssi_dbm"), "op": i.get("operator"), "apn": i.get("apn"),
+                             "reg": i.get("reg"), "iccid": i.get("iccid"), "imei": i.get("imei"),
+                             "state": modem.state, "resets": modem.resets, "dials": modem.dials}
+        return d
+
+    def _recent_switches(self):
+        while self._switch_at and not ticks.recent(self._switch_at[0], SWITCH_WINDOW_MS):
+            self._switch_at.pop(0)
+        return len(self._switch_at)
+
+    def _note_switch(self):
+        if self._recent_switches() >= self.max_switches:
+            self._switch_at.pop(0)  # bounded: the oldest goes (it only delays failbacks)
+        self._switch_at.append(ticks.ms())
+        self.switches += 1
+        if self._health is not None:
+            self._health.count("path_switches")
+
+    def _may_switch(self):
+        """A failback is allowed only below max_switches in 10 minutes: a flapping primary
+        leaves the session on the backup instead of dragging it back and forth."""
+        if self._recent_switches() >= self.max_switches:
+            self.refused_switches += 1
+            return False
+        self._note_switch()
+        return True
+
+    def session_failed(self, path, reason="", silent_since=None):
+        """The MQTT session over `path` failed although the path is up (called by fl.mqtt)."""
+        if path.name in self._demoted or len(self.paths) < 2:
+            return
+        other = None
+        for q in self.paths:
+            if q is not path and self.usable(q):
+                other = q
+        if other is None:
+            return  # nowhere better to go: keep trying this one
+        # Always allowed: a fire must never wait on a dead path. The cap holds back failbacks.
+        self._note_switch()
+        _log.warn("%s is up but the session over it failed (%s): moving to %s", path.name, reason, other.name)
+        self._demoted[path.name] = ticks.ms()
+        path.close_all()
+        # The path has been failing since its session last heard the broker, not since now:
+        # the fault delay counts from then (EN 50136 DP4: a lost primary within 90 s).
+        path.down_since = silent_since if ticks.recent(silent_since, 3600000) else ticks.ms()
+        self._notify()
+
+    async def _failback(self, p):
+        """A demoted path that stayed up stable_ms is probed; it returns if the broker answers."""
+        since = self._demoted.get(p.name)
+        if since is None or not p.is_up() or ticks.recent(since, self.stable_ms):
+            return
+        if not await self.probe(p, PROBE_MS):
+            self._demoted[p.name] = ticks.ms()  # another stable period before the next probe
+            return
+        cur = self.current()
+        if cur is not None and cur is not p and self.paths.index(cur) < self.paths.index(p):
+            del self._demoted[p.name]  # a better path carries the session: no switch needed
+            return
+        if not self._may_switch():
+            self._demoted[p.name] = ticks.ms()
+            return
+        _log.info("%s stable for %d s and the broker answers over it: back to it", p.name, self.stable_ms // 1000)
+        del self._demoted[p.name]
+        p.down_since = None
+        self._notify()
+
+    async def probe(self, path, timeout_ms):
+        try:
+            return await broker_probe(path, self._broker[0], self._broker[1], timeout_ms)
+        except Exception as e:  # noqa: BLE001 - a probe that fails is an answer, not a crash
+            _log.warn("probe over %s failed: %r", path.name, e)
+            return False
+
+    def _on_modem_reset(self, how):
+        if self._record is not None:
+            self._record("305", "new", 0, "modem", "status", detail=how)
+        self._test_due = True
+
+    async def run(self):
+        await asyncio.gather(*([self._supervise(p) for p in self.paths] + [self._backup_tests()]))
+
+    async def _backup_tests(self):
+        """The backup path proves it reaches the broker (broker_probe) without taking the
+        session: at boot once it is up, after each modem reset, every backup_test_s. A failure
+        is the `backup_test` fault (352), reported over whichever path works."""
+        wait = ticks.Countdown(0)
+        while True:
+            await asyncio.sleep_ms(1000)
+            self.progress += 1
+            if not (self._test_due or wait.due()) or self.mqtt is None or not self.mqtt.connected:
+                continue
+            cur = self.current()
+            backup = self.paths[-1] if cur is self.paths[0] else self.paths[0]
+            if not backup.is_up():
+                continue  # a path that is down is the path fault's business: tested once up
+            ok = await self.probe(backup, 10000)
+            self._test_due = False
+            wait.start(self._test_every_ms)
+            if self._health is not None:
+                self._health.count("backup_tests")
+                self._health.set_fault("backup_test", not ok, "%s does not reach the broker" % backup.name)
+            _log.info("backup test over %s: %s", backup.name, "ok" if ok else "FAILED")
+
+    def _check_all(self):
+        """Both paths failed: a local fault at once (the outbox keeps its event until a path
+        returns). Not before any path has been up, or 60 s after boot."""
+        if self._health is None or len(self.paths) < 2:
+            return
+        up = False
+        for p in self.paths:
+            if self.usable(p):
+                up = True
+                self._ever_up = True
+        if not up and (self._ever_up or not ticks.recent(self._started, 60000)):
+            self._health.set_fault("paths_all", True, "no path works")
+        elif up:
+            self._health.set_fault("paths_all", False)
+
+    async def _supervise(self, p):
+        was_up = False
+        retry_ms = 0
+        # A path that is down at boot counts as down from boot.
+        p.down_since = None if p.is_up() else ticks.ms()
+        while True:
+            self.progress += 1
+            up = p.is_up()
+            if was_up and not up:
+                _log.warn("%s went down: closing its sockets", p.name)
+                p.close_all()
+                p.down_since = ticks.ms()
+                p.failures += 1
+                if self._health:
+                    self._health.count("link_%s_down" % p.name)
+                self._notify()
+            elif up and not was_up:
+                _log.info("%s is up", p.name)
+                if p.name in self._demoted:
+                    self._demoted[p.name] = ticks.ms()  # stable from now, not from the demotion
+                else:
+                    p.down_since = None
+                retry_ms = 0
+                self._notify()
+            was_up = up
+            good = up and p.name not in self._demoted
+            if not good and p.down_since is not None and self._health is not None \
+                    and ticks.diff(ticks.ms(), p.down_since) >= p.fault_delay_ms:
+                self._health.set_fault("path_" + p.name, True, "%s %s" % (p.name, "down" if not up else "not reaching the broker"))
+            elif good and self._health is not None:
+                self._health.set_fault("path_" + p.name, False)
+            self._check_all()
+            if not up and retry_ms <= 0:
+                try:
+                    ok = await p.bring_up(self._bring_up_timeout_ms)
+                except OSError as e:
+                    _log.warn("%s bring-up failed: %s", p.name, e)
+                    ok = False
+                if not ok:
+                    retry_ms = 5000
+                continue
+            if up and p.name in self._demoted:
+                await self._failback(p)
+            await asyncio.sleep_ms(self._check_ms)
+            retry_ms -= self._check_ms
