@@ -5,7 +5,7 @@ only talks the diagnostics protocol (docs/diag.md), never breaks into the REPL, 
 port without pulsing DTR/RTS (no reset).
 
 Examples:
-  firelink diag --port /dev/ttyUSB0                 live view, refreshed every second (Ctrl-C ends)
+  firelink diag --port /dev/ttyUSB0                 live view, refreshed twice a second (Ctrl-C ends)
   firelink diag --port run/devices/dev1             a virtual device: its directory works as a port
   firelink diag --port /dev/ttyUSB0 --once --json   one snapshot, as JSON
   firelink diag log --port /dev/ttyUSB0             the device's last log lines, then follow (coloured)
@@ -34,6 +34,9 @@ from firelink import diag
 from firelink.diag import DiagError, DiagLink
 
 EXAMPLES = __doc__.split("Examples:", 1)[1]
+# Twice a second: the device reads its console every 500 ms (fl/indicators.py), so a change
+# shows within ≈1 s of the contact moving.
+REFRESH_S = 0.5
 LEVEL_STYLE = {"DEBUG": "dim", "INFO": "", "WARN": "yellow", "ERROR": "bold red"}
 
 
@@ -170,7 +173,7 @@ def cmd_view(args: argparse.Namespace) -> int:
                 started = time.monotonic()
                 snap = diag.snapshot(link)
                 live.update(render(snap, list(link.log)[-8:] or None))
-                time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+                time.sleep(max(0.0, REFRESH_S - (time.monotonic() - started)))
 
     return _run(args, view)
 

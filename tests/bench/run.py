@@ -53,7 +53,7 @@ from firelink import build, virtual
 from firelink.localsite import LocalSite, SiteError
 from firelink.monitor_devices import WENT_ONLINE
 from firelink.monitor_store import Event
-from tests.bench import bench_cell, bench_flash, bench_heap, bench_jig, bench_monitor, bench_wire
+from tests.bench import bench_cell, bench_diag, bench_flash, bench_heap, bench_jig, bench_monitor, bench_wire
 from tests.tooling import ROOT, firmware_env, micropython_binary
 
 DEVICE_ID = "fl-02000000be01"  # as long as a default id ("fl-" + the MAC in hex): the topic's real size
@@ -583,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_heap and failed != "interrupted":
         failed = bench_heap.run_part(args.dir / "heap", console, summary) or failed
     failed = failed if failed == "interrupted" else bench_cell.run_part(args.dir / "cell", app, console, summary) or failed
+    failed = failed if failed == "interrupted" else bench_diag.run_part(args.dir / "diag", app, console, summary) or failed
 
     if not failed and not args.no_flash:
         try:
