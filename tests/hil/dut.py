@@ -323,11 +323,12 @@ class SerialDut(Dut):
     # "MPY: soft reboot" may be lost, the firmware's banner just after it comes to us.
     REBOOTED = SOFT_REBOOT + "|" + FIRMWARE_UP
     # What the firmware keeps on flash between boots (fl/outbox.py, fl/reported.py's two
-    # checkpoint slots, fl/events.py Sequencer, fl/bootguard.py): removed at start(), so that each
+    # checkpoint slots, fl/events.py Sequencer, fl/bootguard.py, fl/diag.py's boot count and
+    # fl/crash.py's last crash): removed at start(), so that each
     # scenario meets a device as fresh as the virtual device's new directory. Kept in step with
     # the firmware by tests/jig/test_state_files.py (reported.json: its older name).
     STATE_FILES = ("outbox", "reported0.json", "reported1.json", "reported.json", "seq.dat", "seq.dat.bak",
-                   "boot.dat")
+                   "boot.dat", "boots.dat", "crash.json")
 
     def __init__(self, port: str, baudrate: int = 115200, image: Path | None = None) -> None:
         import serial
