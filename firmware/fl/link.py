@@ -133,15 +133,11 @@ class LinkManager:
                 self._notify()
             elif up and not was_up:
                 _log.info("%s is up", p.name)
-                p.down_since = None
+                self._came_up(p)
                 retry_ms = 0
                 self._notify()
             was_up = up
-            if not up and p.down_since is not None and self._health is not None \
-                    and ticks.diff(ticks.ms(), p.down_since) >= p.fault_delay_ms:
-                self._health.set_fault("path_" + p.name, True, "%s down" % p.name)
-            elif up and self._health is not None:
-                self._health.set_fault("path_" + p.name, False)
+            self._report_path(p, up)
             if not up and retry_ms <= 0:
                 try:
                     ok = await p.bring_up(self._bring_up_timeout_ms)
@@ -151,5 +147,31 @@ class LinkManager:
                 if not ok:
                     retry_ms = 5000
                 continue
+            if up and self._has_work(p):
+                await self._work(p)
             await asyncio.sleep_ms(self._check_ms)
             retry_ms -= self._check_ms
+
+    # Hooks for a manager of several paths (fl/pathmgr.py); one path needs none of them.
+    def _came_up(self, p):
+        p.down_since = None
+
+    def _usable(self, p, up):
+        return up
+
+    def _report_path(self, p, up):
+        """The path's fault: raised once it has been unusable past its delay, cleared when usable."""
+        if self._health is None:
+            return
+        usable = self._usable(p, up)
+        if not usable and p.down_since is not None and ticks.diff(ticks.ms(), p.down_since) >= p.fault_delay_ms:
+            self._health.set_fault("path_" + p.name, True,
+                                   "%s %s" % (p.name, "down" if not up else "not reaching the broker"))
+        elif usable:
+            self._health.set_fault("path_" + p.name, False)
+
+    def _has_work(self, p):
+        return False
+
+    async def _work(self, p):
+        pass

@@ -223,48 +223,21 @@ class PathManager(LinkManager):
         elif up:
             self._health.set_fault("paths_all", False)
 
-    async def _supervise(self, p):
-        was_up = False
-        retry_ms = 0
-        # A path that is down at boot counts as down from boot.
-        p.down_since = None if p.is_up() else ticks.ms()
-        while True:
-            self.progress += 1
-            up = p.is_up()
-            if was_up and not up:
-                _log.warn("%s went down: closing its sockets", p.name)
-                p.close_all()
-                p.down_since = ticks.ms()
-                p.failures += 1
-                if self._health:
-                    self._health.count("link_%s_down" % p.name)
-                self._notify()
-            elif up and not was_up:
-                _log.info("%s is up", p.name)
-                if p.name in self._demoted:
-                    self._demoted[p.name] = ticks.ms()  # stable from now, not from the demotion
-                else:
-                    p.down_since = None
-                retry_ms = 0
-                self._notify()
-            was_up = up
-            good = up and p.name not in self._demoted
-            if not good and p.down_since is not None and self._health is not None \
-                    and ticks.diff(ticks.ms(), p.down_since) >= p.fault_delay_ms:
-                self._health.set_fault("path_" + p.name, True, "%s %s" % (p.name, "down" if not up else "not reaching the broker"))
-            elif good and self._health is not None:
-                self._health.set_fault("path_" + p.name, False)
-            self._check_all()
-            if not up and retry_ms <= 0:
-                try:
-                    ok = await p.bring_up(self._bring_up_timeout_ms)
-                except OSError as e:
-                    _log.warn("%s bring-up failed: %s", p.name, e)
-                    ok = False
-                if not ok:
-                    retry_ms = 5000
-                continue
-            if up and p.name in self._demoted:
-                await self._failback(p)
-            await asyncio.sleep_ms(self._check_ms)
-            retry_ms -= self._check_ms
+    def _came_up(self, p):
+        if p.name in self._demoted:
+            self._demoted[p.name] = ticks.ms()  # stable from now, not from the demotion
+        else:
+            p.down_since = None
+
+    def _usable(self, p, up):
+        return up and p.name not in self._demoted
+
+    def _report_path(self, p, up):
+        super()._report_path(p, up)
+        self._check_all()
+
+    def _has_work(self, p):
+        return p.name in self._demoted
+
+    async def _work(self, p):
+        await self._failback(p)
