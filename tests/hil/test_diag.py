@@ -139,6 +139,7 @@ def test_remote_commands_and_a_broker_port_that_cannot_work_is_rolled_back(centr
     assert any(m.doc.get("cmd") == "config set" and m.doc.get("ok") for m in centre.messages(dev, "cmd_result"))
 
 
+@pytest.mark.needs("flash")  # reads the device's files (secrets, supervisor state) on this host
 def test_a_crash_in_a_task_is_in_the_report_after_the_reset(dut: Dut, tmp_path: Path) -> None:
     if isinstance(dut, SerialDut):
         pytest.skip("the crash is induced through the simulated board's selftest")
@@ -164,6 +165,7 @@ def test_a_crash_in_a_task_is_in_the_report_after_the_reset(dut: Dut, tmp_path: 
     assert secret not in md and secret not in json.dumps(rep)
 
 
+@pytest.mark.needs("flash")  # reads the device's files (secrets, supervisor state) on this host
 def test_random_bytes_on_the_console_lose_nothing(centre: Centre, dut: Dut, console: DiagLink) -> None:
     dev = dut.device_id
     centre.wait_change(dev, "online", 20)
