@@ -9,35 +9,19 @@ from fwtest import eq, ok
 
 from fl import ticks
 from fl.at import AT, ATError, ATTimeout, LINE_MAX, LINES_MAX
+from uart_pipe import UartPipe
 
 TIMEOUT_S = 120
 
 
-class Pipe:
+class Pipe(UartPipe):
     """The modem's side of a UART: `reply(command) -> [chunks]` answers each command line the
     engine writes; `push()` sends at any time. Chunks are delivered one per read."""
 
     def __init__(self, reply=None):
+        super().__init__()
         self.reply = reply
-        self.rx = []
         self.written = []
-        self._ev = asyncio.Event()
-
-    def push(self, *chunks):
-        for c in chunks:
-            self.rx.append(c)
-        self._ev.set()
-
-    async def readinto(self, buf):
-        while not self.rx:
-            self._ev.clear()
-            await self._ev.wait()
-        c = self.rx.pop(0)
-        n = min(len(c), len(buf))
-        buf[:n] = c[:n]
-        if n < len(c):
-            self.rx.insert(0, c[n:])
-        return n
 
     def write(self, data):
         if self.written is not None:

@@ -7,27 +7,16 @@ from fwtest import eq, ok
 
 from fl import modem as M
 from fl.health import Health
+from uart_pipe import UartPipe
 
 TIMEOUT_S = 60
 
 
-class Pipe:
+class Pipe(UartPipe):
     def __init__(self, answers):
+        super().__init__()
         self.answers = answers  # command -> reply text (str) or callable(cmd) -> str
-        self.rx = []
         self.commands = []
-        self._ev = asyncio.Event()
-
-    async def readinto(self, buf):
-        while not self.rx:
-            self._ev.clear()
-            await self._ev.wait()
-        c = self.rx.pop(0)
-        n = min(len(c), len(buf))
-        buf[:n] = c[:n]
-        if n < len(c):
-            self.rx.insert(0, c[n:])
-        return n
 
     def write(self, data):
         cmd = bytes(data).rstrip(b"\r").decode()
