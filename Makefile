@@ -8,6 +8,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt host_tools/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# The suites run across PYTEST_JOBS pytest-xdist workers. Their tests mostly wait (on a device, a
+# broker, a deadline: run in one process they keep one core about 20 % busy), so there are more
+# workers than this machine's 2 cores. Tests go out one at a time (--maxschedchunk 1) in the
+# order tests/conftest.py gives them, the long HIL scenarios first. PYTEST_JOBS=1: one process.
+PYTEST_JOBS ?= 4
+XDIST = $(if $(filter-out 0 1,$(PYTEST_JOBS)),-n $(PYTEST_JOBS) --maxschedchunk 1)
 PLUGIN := build/fl_certbind.so
 
 .PHONY: test test-firmware test-host test-hil test-hil-jig test-hil-nojig test-hil-board demo bench pinmap board-check jig-check deps mosquitto mosquitto-dev plugin clean
@@ -59,20 +65,20 @@ mosquitto-dev:
 # stand-in without a jig (`make test-hil-nojig`) is out of `make test` until its REPL entry is
 # mended: since the diagnostics console reads the serial line, it no longer reaches the raw REPL.
 test: deps
-	$(BIN)/pytest $(PYTEST_ARGS)
-	$(BIN)/pytest tests/hil --jig sim -m jig $(PYTEST_ARGS)
+	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
+	$(BIN)/pytest tests/hil --jig sim -m jig $(XDIST) $(PYTEST_ARGS)
 
 test-firmware: deps
-	$(BIN)/pytest tests/firmware $(PYTEST_ARGS)
+	$(BIN)/pytest tests/firmware $(XDIST) $(PYTEST_ARGS)
 
 test-host: deps
-	$(BIN)/pytest tests/host $(PYTEST_ARGS)
+	$(BIN)/pytest tests/host $(XDIST) $(PYTEST_ARGS)
 
 test-hil: deps
-	$(BIN)/pytest tests/hil $(PYTEST_ARGS)
+	$(BIN)/pytest tests/hil $(XDIST) $(PYTEST_ARGS)
 
 test-hil-jig: deps
-	$(BIN)/pytest tests/hil --jig sim $(PYTEST_ARGS)
+	$(BIN)/pytest tests/hil --jig sim $(XDIST) $(PYTEST_ARGS)
 
 test-hil-nojig: deps
 	$(BIN)/python -m tests.hil.standin $(PYTEST_ARGS)

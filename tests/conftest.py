@@ -43,13 +43,24 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = tempfile.mkdtemp(prefix="firelink-pytest-")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run across pytest-xdist workers (`make test`), the HIL scenarios go out first: each takes
+    seconds to minutes (the 4G ones up to 90 s), so they start early, side by side, and the
+    short firmware, host and jig tests fill in around them instead of a long one ending the run
+    alone. Each worker collects the same order; a run in one process keeps the files' order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/hil/") else 1)  # stable
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _passable_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Run as root (CI, this machine), mosquitto drops to its own user and re-reads its files from
     the broker directory on every reload: the 0700 temporary directories must let it pass
     (o+x: not listable, files inside keep their own modes), as /var/lib would in the field."""
     base = tmp_path_factory.getbasetemp()
-    base.chmod(base.stat().st_mode | 0o001)
+    # Under pytest-xdist each worker's base is <the run's base>/gwN: mosquitto must pass both.
+    for d in (base, base.parent) if os.environ.get("PYTEST_XDIST_WORKER") else (base,):
+        d.chmod(d.stat().st_mode | 0o001)
     made = tmp_path_factory.mktemp
 
     def mktemp(basename: str, numbered: bool = True) -> Path:
