@@ -42,6 +42,9 @@ class Firmware:
     the image itself), which is how flash and deploy tell the SPIRAM build from the plain one."""
     variant: str
     machine: str
+    # The image has ROMFS (MICROPY_VFS_ROM and a "romfs" partition): the app's .mpy files go
+    # there and run from flash (firelink/romfs.py). Stock micropython.org images have none.
+    romfs: bool = False
 
 
 def names() -> list[str]:
@@ -74,7 +77,7 @@ def firmware(board: dict[str, Any]) -> Firmware | None:
     fw = board.get("firmware")
     if not isinstance(fw, dict) or not isinstance(fw.get("variant"), str) or not isinstance(fw.get("machine"), str):
         return None
-    return Firmware(fw["variant"], fw["machine"])
+    return Firmware(fw["variant"], fw["machine"], fw.get("romfs") is True)
 
 
 def device_view(value: Any) -> Any:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firelink import build, unixport
+from firelink import boards, build, romfs, unixport
 from firelink import virtual_supervisor as sv
 # The simulated world is part of this module's API (virtual.set_input(...)): re-exported.
 from firelink.virtual_world import (CONTROL, STATES, InputSpec, UnknownInput, WorldError, board_info,  # noqa: F401
@@ -93,12 +93,35 @@ def shipped_app(build_root: Path | None = None) -> Path:
         raise VirtualError(f"cannot build the application to run: {e}") from e
 
 
-def app_dir(source: bool = False, build_root: Path | None = None) -> Path:
+def shipped_rom_app(build_root: Path | None = None) -> Path:
+    """The shipped build of a board whose MicroPython has ROMFS (the lean board): main.py,
+    boot.py and board.json for littlefs plus the image of fl/ (firelink.romfs), which the
+    virtual device maps and mounts at /rom as the board does (firelink.romrun)."""
+    try:
+        return romfs.romfs_split(build.build_app(APP_ARCH, build_root=Path(build_root) if build_root
+                                                 else build.BUILD_ROOT)).littlefs.directory
+    except (build.BuildError, romfs.RomfsError) as e:
+        raise VirtualError(f"cannot build the application to run: {e}") from e
+
+
+def takes_romfs(directory: Path) -> bool:
+    """Whether the board of the device in `directory` (its board.json's name, matched against
+    hardware/boards/) takes a MicroPython image with ROMFS."""
+    name = (read_json(Path(directory) / "board.json") or {}).get("name")
+    for b in boards.names():
+        definition = boards.load(b)
+        if name and definition.get("name") == name:
+            fw = boards.firmware(definition)
+            return fw is not None and fw.romfs
+    return False
+
+
+def app_dir(source: bool = False, build_root: Path | None = None, rom: bool = False) -> Path:
     """What a virtual device runs: $FL_FIRMWARE if set; else the firmware/ sources when
-    `source`; else the shipped build (see shipped_app)."""
+    `source`; else the shipped build (see shipped_app), as a ROM build when `rom`."""
     if os.environ.get("FL_FIRMWARE") or source:
         return firmware_dir()
-    return shipped_app(build_root)
+    return shipped_rom_app(build_root) if rom else shipped_app(build_root)
 
 
 def micropython_binary() -> str:
@@ -182,7 +205,7 @@ class VirtualDevice:
             raise AlreadyRunning(f"already running in {self.dir} (pid {self.supervisor_pid()}, {self.tty()})")
         if heapsize:
             check_heapsize(heapsize, self._micropython or micropython_binary())
-        firmware = Path(self._firmware) if self._firmware else app_dir(self._source)
+        firmware = Path(self._firmware) if self._firmware else app_dir(self._source, rom=takes_romfs(self.dir))
         argv = [sys.executable, "-m", "firelink.virtual_supervisor", str(self.dir),
                 "--firmware", str(firmware), "--micropython", self._micropython or micropython_binary(),
                 "--reset-cause", reset_cause]

@@ -177,7 +177,7 @@ def _foreground(args: argparse.Namespace, out: Console) -> int:
     def ready(tty: str) -> None:
         out.print(f"[dim]virtual device in {args.dir} on {tty}; Ctrl-C stops it[/]")
 
-    sup = Supervisor(args.dir, virtual.app_dir(args.source), virtual.micropython_binary(),
+    sup = Supervisor(args.dir, virtual.app_dir(args.source, rom=virtual.takes_romfs(args.dir)), virtual.micropython_binary(),
                      restart=not args.no_restart, heapsize=args.heapsize, echo=sys.stdout.buffer, on_ready=ready)
     try:
         status = sup.run()

@@ -66,7 +66,7 @@ def test_the_reference_and_lean_boards() -> None:
     assert boards.names() == ["lean", "reference"] and boards.DEFAULT == "reference"
     assert (ref["module"], small["module"]) == ("ESP32-WROVER-E", "ESP32-WROOM-32")
     assert boards.firmware(ref) == boards.Firmware("ESP32_GENERIC-SPIRAM", "Generic ESP32 module with SPIRAM with ESP32")
-    assert boards.firmware(small) == boards.Firmware("ESP32_GENERIC", "Generic ESP32 module with ESP32")
+    assert boards.firmware(small) == boards.Firmware("ESP32_GENERIC", "Generic ESP32 module with ESP32", romfs=True)
     assert boardcheck.MODULES["ESP32-WROVER-E"].psram and not boardcheck.MODULES["ESP32-WROOM-32"].psram
     # The same panel wiring on both: a site can take either board.
     assert ref["inputs"] == small["inputs"] and ref["default_inputs"] == small["default_inputs"]
