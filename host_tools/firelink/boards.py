@@ -2,7 +2,8 @@
 
 - `reference`: an ESP32-WROVER-E module (4 MB flash, PSRAM), MicroPython's ESP32_GENERIC
   firmware in its SPIRAM variant: megabytes of heap, room for everything to come.
-- `lean`: a plain ESP32-WROOM-32 module (no PSRAM), MicroPython's ESP32_GENERIC firmware:
+- `lean`: a plain ESP32-WROOM-32 module (no PSRAM), MicroPython's ESP32_GENERIC built with
+  ROMFS (hardware/micropython/FIRELINK_LEAN; the app's fl/ runs from flash, firelink.romfs):
   ≈110 KB of Python heap left with Wi-Fi and TLS up, which the application must fit
   (tests/hil/test_heap_fit.py, `make bench`).
 
