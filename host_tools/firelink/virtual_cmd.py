@@ -33,7 +33,7 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from firelink import virtual
+from firelink import boards, virtual
 from firelink.virtual import VirtualDevice, VirtualError, WorldError
 from firelink.virtual_supervisor import AlreadyRunning as SupervisorRunning
 from firelink.virtual_supervisor import Supervisor
@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--foreground", action="store_true", help="stream the console here until Ctrl-C")
     s.add_argument("--no-restart", action="store_true", help="do not reboot after a watchdog or software reset")
     s.add_argument("--heapsize", help="MicroPython heap size, e.g. 256k (default: the unix port's)")
+    s.add_argument("--board", choices=boards.names(), help="the board of a new device (hardware/boards/; default: "
+                   f"{boards.DEFAULT}); the lean board runs its ROM build: fl/ from a ROMFS image, as on the board")
     s.add_argument("--source", action="store_true",
                    help="run the firmware/ sources instead of the shipped .mpy build")
     s.set_defaults(func=run_start)
@@ -148,7 +150,7 @@ def _provision(args: argparse.Namespace) -> None:
         secrets["mqtt_password"] = args.password
     if secrets.get("mqtt_username") is None:
         secrets.pop("mqtt_username", None)
-    virtual.prepare(args.dir, config, secrets)
+    virtual.prepare(args.dir, config, secrets, board=boards.load(args.board) if args.board else None)
 
 
 def _config_device_id(d: Path) -> str | None:

@@ -126,3 +126,15 @@ def test_rom_build_puts_fl_in_the_image_and_the_rest_on_littlefs(tmp_path: Path)
     assert inside == wanted and "fl/app.mpy" in inside
     assert romfs.rom_image_of(rom.littlefs.directory) == rom.image
     assert romfs.rom_image_of(app.directory) is None
+
+
+def test_a_lean_virtual_device_runs_the_rom_build_and_keeps_its_board(tmp_path: Path) -> None:
+    from firelink import boards, virtual
+
+    lean, ref = tmp_path / "lean", tmp_path / "ref"
+    virtual.prepare(lean, {"device_id": "lean1"}, board=boards.load("lean"))
+    virtual.prepare(ref, {"device_id": "ref1"})
+    assert virtual.takes_romfs(lean) and not virtual.takes_romfs(ref)
+    with pytest.raises(virtual.WorldError, match="already a firelink-lean-v1 board, not firelink-ref"):
+        virtual.prepare(lean, board=boards.load("reference"))
+    virtual.prepare(lean, {"heartbeat_s": 60}, board=boards.load("lean"))  # the same board: fine
