@@ -15,7 +15,9 @@ the firmware prints is kept in `<dir>/console.log`. The inputs and links are dri
 
 What runs is **the application as it ships**: `firelink.build.build_app("xtensawin")`, the
 bytecode-only .mpy files `firelink flash` deploys to an ESP32 (bytecode built for xtensawin
-imports on the x86_64 unix port), with main.py and board.json beside them. `source=True` runs
+imports on the x86_64 unix port), with main.py and board.json beside them. A device whose board
+takes a MicroPython image with ROMFS (the lean board) runs it as that board has it: fl/ in a
+ROMFS image mapped outside the heap and mounted at /rom (firelink.romfs, firelink.romrun). `source=True` runs
 the firmware/ source tree instead: then the device compiles at import, which a board never
 does and which needs heap a board does not have to spare. `$FL_FIRMWARE` names another
 directory to run, source or build, and wins over both.
