@@ -13,9 +13,9 @@ import sys
 from rich.console import Console
 
 # Modules that provide commands, in the order `--help` lists them.
-COMMAND_MODULES = ["firelink.broker_cmd", "firelink.monitor_cmd", "firelink.virtual_cmd", "firelink.flash_cmd",
-                   "firelink.provision_cmd", "firelink.devices_cmd", "firelink.demo_cmd", "firelink.diag_cmd",
-                   "firelink.cmd_cmd"]
+COMMAND_MODULES = ["firelink.commands.broker", "firelink.commands.monitor", "firelink.commands.virtual", "firelink.commands.flash",
+                   "firelink.commands.provision", "firelink.commands.devices", "firelink.commands.demo", "firelink.commands.diag",
+                   "firelink.commands.cmd"]
 
 
 class CommandError(Exception):

@@ -17,10 +17,11 @@ from esptool.logger import log
 from esptool.targets import CHIP_DEFS
 from esptool.util import FatalError
 
-from firelink import boards, flash, flash_cmd
-from firelink.build import build_app
+from firelink.board import boards, flash
+from firelink.commands import flash as flash_cmd
+from firelink.board.build import build_app
 from firelink.cli import CommandError
-from firelink.device import wait_for_repl
+from firelink.board.device import wait_for_repl
 from firelink.progress import RecordingReporter
 from tests.host.esp_images import chip_key, esp_image, make_firmware
 from tests.host.mp_pty import PtyBoard

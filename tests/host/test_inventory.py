@@ -14,11 +14,12 @@ from typing import Any, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from firelink import devices, devices_cmd
-from firelink.broker import broker_pids
-from firelink.broker import Broker, free_port
+from firelink.site import devices
+from firelink.commands import devices as devices_cmd
+from firelink.site.broker import broker_pids
+from firelink.site.broker import Broker, free_port
 from firelink.cli import CommandError
-from firelink.inventory import Inventory, InventoryError, UnknownDevice, installer_name
+from firelink.site.inventory import Inventory, InventoryError, UnknownDevice, installer_name
 
 INPUTS = [{"name": "panel_fire", "kind": "fire", "channel": "in1", "contact": "no", "zone": 1, "eol": False,
            "debounce_ms": 50}]

@@ -1,6 +1,6 @@
 """`firelink provision` end to end: the real firmware as a virtual device on a pseudo-terminal,
 talked to through device.py (mpremote's real transport), a mosquitto of this module's own (so
-that revoking does not disturb the session broker) and a monitoring centre (firelink.monitor)
+that revoking does not disturb the session broker) and a monitoring centre (firelink.centre.monitor)
 that acknowledges events.
 
 The boards start as `firelink flash` leaves them: the app and board.json, no config.json. One
@@ -22,15 +22,18 @@ from typing import Any, Callable, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from firelink import devices, devices_cmd, provision_cmd, report, virtual
-from firelink.broker import Broker, free_port
-from firelink.inventory import Inventory
-from firelink.monitor import Monitor, MonitorConfig
-from firelink.monitor_store import MonitorStore
+from firelink.site import devices
+from firelink.commands import devices as devices_cmd, provision as provision_cmd
+from firelink.provision import report
+from firelink.virtual import device as virtual
+from firelink.site.broker import Broker, free_port
+from firelink.site.inventory import Inventory
+from firelink.centre.monitor import Monitor, MonitorConfig
+from firelink.centre.store import MonitorStore
 from firelink.progress import RecordingReporter
-from firelink.provision import ProvisionError, Timeouts, provision
-from firelink.provision_settings import SettingsError, check
-from firelink.virtual import VirtualDevice
+from firelink.provision.commission import ProvisionError, Timeouts, provision
+from firelink.provision.settings import SettingsError, check
+from firelink.virtual.device import VirtualDevice
 
 SITE = "Kho A, 12 Lê Lợi, Q1"
 SSID = "KhoA-Office"

@@ -1,0 +1,1 @@
+"""A board and its definition: serial ports, the raw REPL, flashing, building and deploying the application, the diagnostics console."""
