@@ -292,12 +292,12 @@ def test_flash_app_only_command(pty_board: PtyBoard, app_src: Path, tmp_path: Pa
 
 
 def test_flash_app_only_reports_a_missing_port(tmp_path: Path) -> None:
-    from firelink.cli import CommandError
+    from firelink.errors import FireLinkError
 
     parser = argparse.ArgumentParser(prog="firelink")
     flash_cmd.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["flash", "--port", "/dev/ttyUSB99", "--app-only", "--build-dir", str(tmp_path)])
-    with pytest.raises(CommandError, match=r"no such port /dev/ttyUSB99"):
+    with pytest.raises(FireLinkError, match=r"no such port /dev/ttyUSB99"):
         args.func(args)
 
 

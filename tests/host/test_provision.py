@@ -502,13 +502,13 @@ def test_cli_provisions_then_revoke_locks_the_board_out(site: Site, fresh_board:
 
 
 def test_cli_refuses_invalid_settings_with_status_2(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
-    from firelink.cli import CommandError
+    from firelink.errors import FireLinkError
 
-    with pytest.raises(CommandError) as info:
+    with pytest.raises(FireLinkError) as info:
         _cli(provision_cmd, ["provision", "--port", "/dev/ttyFIRELINK-NOPE", "--site", "S", "--wifi-ssid", "x" * 33,
                              "--wifi-password", "short", "--broker", "mqtts://h:99999", "--monitor-password", "x",
                              "--broker-dir", str(site.broker.dir), "--inventory", str(site.inventory.path)])
-    assert info.value.status == 2
+    assert info.value.exit_code == 2
     text = str(info.value)
     for part in ("--wifi-ssid: 33 bytes, at most 32", "--wifi-password: 5 characters", "--broker: port 99999",
                  "--port: no such port"):

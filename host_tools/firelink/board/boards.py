@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firelink.errors import UsageError
+
 REPO = Path(__file__).resolve().parents[3]
 BOARDS_DIR = REPO / "hardware" / "boards"
 REFERENCE = "reference"
@@ -31,7 +33,7 @@ DEFAULT = REFERENCE
 HOST_ONLY = frozenset({"notes", "label", "circuit", "firmware"})
 
 
-class BoardError(ValueError):
+class BoardError(UsageError, ValueError):
     """A board name or definition that cannot be used; the message says what exists."""
 
 

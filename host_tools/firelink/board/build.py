@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firelink.board import boards
+from firelink.errors import FireLinkError
 from firelink.progress import Reporter
 
 REPO = Path(__file__).resolve().parents[3]
@@ -58,7 +59,7 @@ COMPILE_TIMEOUT_S = 60
 MPY_CROSS_FLAGS: tuple[str, ...] = ("-X", "no-source-lines")
 
 
-class BuildError(Exception):
+class BuildError(FireLinkError):
     """The application could not be built; the message names the file and what to do."""
 
 

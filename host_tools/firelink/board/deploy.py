@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 
 from firelink.board.build import AppBuild
 from firelink.board.device import Device, DeviceInfo, RemoteFile
+from firelink.errors import FireLinkError
 from firelink.progress import Reporter
 
 TMP_SUFFIX = ".tmp"
 LAST = ("boot.py", "main.py")  # put in place last: the entry points follow their modules
 
 
-class DeployError(Exception):
+class DeployError(FireLinkError):
     """The application could not be put on the board; the message says what to do."""
 
 

@@ -36,6 +36,7 @@ from mpremote.transport_serial import SerialTransport
 
 from firelink.board.build import arch_for_mpy_code
 from firelink.board.ports import PortBusy, PortError, check_port, classify
+from firelink.errors import FireLinkError
 
 BAUDRATE = 115200
 TIMEOUT_S = 10.0  # longest silence accepted from the board within one command
@@ -44,7 +45,7 @@ WRITE_CHUNK = 2048  # bytes per command when writing a file (base64 in a raw-pas
 ENOSPC = 28
 
 
-class DeviceError(Exception):
+class DeviceError(FireLinkError):
     """Talking to the board failed; the message says what to do."""
 
 

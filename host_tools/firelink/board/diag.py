@@ -32,6 +32,8 @@ from typing import Any, Callable
 
 import serial
 
+from firelink.errors import FAILED, NOT_DONE, FireLinkError
+
 PROTO = 1
 READ_TIMEOUT_S = 0.1
 ANSWER_TIMEOUT_S = 5.0
@@ -44,10 +46,11 @@ _BOOTLOADER = re.compile(r"waiting for download|boot:0x[0-9a-f]+ \(DOWNLOAD", re
 SECRET_MASK = "***"
 
 
-class DiagError(Exception):
-    """A diagnostics failure with a message for the user (and what to do)."""
+class DiagError(FireLinkError):
+    """A diagnostics failure with a message for the user (and what to do). The port or the
+    device's console cannot be used: exit status 2; a refusal by the device: 1."""
 
-    status = 2
+    exit_code = NOT_DONE
 
 
 class PortBusy(DiagError):
@@ -79,7 +82,7 @@ class BadFrame(DiagError):
 
 
 class DeviceRefused(DiagError):
-    status = 1
+    exit_code = FAILED
 
 
 def resolve_port(port: str) -> str:

@@ -28,6 +28,7 @@ from esptool.util import FatalError, flash_size_bytes
 from serial import SerialException
 
 from firelink.board.ports import PortBusy, PortError, PortNotFound, PortPermission, check_port, classify
+from firelink.errors import FireLinkError
 from firelink.progress import Reporter
 
 __all__ = [
@@ -63,7 +64,7 @@ CHIP_BY_IMAGE_ID = {cls.IMAGE_CHIP_ID: cls.CHIP_NAME for cls in CHIP_DEFS.values
 
 # --- failures -----------------------------------------------------------------------------
 
-class FlashError(Exception):
+class FlashError(FireLinkError):
     """Flashing failed; the message says what to do."""
 
 

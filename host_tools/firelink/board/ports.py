@@ -10,8 +10,10 @@ import os
 import re
 from typing import Callable
 
+from firelink.errors import FireLinkError
 
-class PortError(Exception):
+
+class PortError(FireLinkError):
     """The serial port itself is the problem (not the board behind it)."""
 
     def __init__(self, port: str, message: str) -> None:

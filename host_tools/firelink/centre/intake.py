@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 
 from firelink.centre.payload import MAX_PAYLOAD, SUBSCRIPTIONS, TOPIC_PREFIX, looks_like_fire, parse_topic
+from firelink.errors import FireLinkError
 
 KEEP_OVERSIZED = 4096  # bytes of an oversized payload kept for the quarantine; the rest is dropped at once
 
@@ -146,7 +147,7 @@ class Intake(Protocol):
     def settle(self, token: Any) -> None: ...
 
 
-class IntakeError(RuntimeError):
+class IntakeError(FireLinkError, RuntimeError):
     pass
 
 

@@ -35,9 +35,10 @@ from firelink.centre.intake import (AckConfirmed, FairQueue, Incoming, Intake, I
 from firelink.centre.payload import (MAX_PAYLOAD, PayloadError, event_id, parse_cmd_result, parse_event,
                                       parse_heartbeat, parse_json, parse_status, parse_topic)
 from firelink.centre.store import Device, Event, MonitorStore, Store
+from firelink.errors import FireLinkError
 
 
-class MonitorError(RuntimeError):
+class MonitorError(FireLinkError, RuntimeError):
     """The monitor cannot run: broker unreachable, credentials refused, store failed."""
 
 

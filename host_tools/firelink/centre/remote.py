@@ -16,19 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from firelink.centre.watch import CentreError, CentreWatch, TLSFiles
+from firelink.errors import FAILED, NO_ANSWER, FireLinkError
 from firelink.provision.settings import BrokerURL
 
 NAMES = ("status", "config get", "config set", "reboot", "silence", "test", "walktest")
 
 
-class CommandFailed(Exception):
+class CommandFailed(FireLinkError):
     """No result, or a refused one; the message says which and why."""
 
-    status = 1
+    exit_code = FAILED
 
 
 class NoResult(CommandFailed):
-    status = 3
+    exit_code = NO_ANSWER
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
+from firelink.errors import FireLinkError
+
 SCHEMA_VERSION = 2
 QUARANTINE_ROWS = 1000  # the newest this many rejected messages are kept
 QUARANTINE_KEEP = 4096  # bytes of each: its start, with its full size beside it
@@ -109,7 +111,7 @@ ALTER TABLE events ADD COLUMN flood INTEGER NOT NULL DEFAULT 0;
 }
 
 
-class StoreError(RuntimeError):
+class StoreError(FireLinkError, RuntimeError):
     pass
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
+from firelink.errors import FireLinkError
 from firelink.provision.settings import BrokerURL
 
 TOPIC_PREFIX = "firelink"
@@ -32,7 +33,7 @@ KINDS = {"status": "status", "heartbeat": "heartbeat", "event": "event", "ack": 
 KEEPALIVE_S = 30
 
 
-class CentreError(Exception):
+class CentreError(FireLinkError):
     """The centre's view of the broker failed; the message says what to do."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from firelink.errors import FireLinkError, UsageError
 from firelink.site import pki
 from firelink.site.broker import MONITOR_USER, Broker, BrokerError
 
@@ -46,17 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from firelink.cli import CommandError
-
-    try:
-        return _run(args, Console(soft_wrap=True))
-    except BrokerError as e:
-        raise CommandError(str(e)) from e
-
-
-def _run(args: argparse.Namespace, out: Console) -> int:
-    from firelink.cli import CommandError
-
+    out = Console(soft_wrap=True)
     b = Broker(args.dir, port=args.port, tls_port=args.tls_port, bind=args.bind, hostnames=args.hostname,
                plain_bind=args.plain_bind)
     replaced = "; the old password and certificate stop working now" if args.rotate else ""
@@ -82,7 +73,7 @@ def _run(args: argparse.Namespace, out: Console) -> int:
         return 0
     if args.revoke:
         if not b.revoke(args.revoke):
-            raise CommandError(f"no device {args.revoke!r} in {args.dir}")
+            raise FireLinkError(f"no device {args.revoke!r} in {args.dir}")
         out.print(f"revoked {args.revoke}; {b.last_revoke_marker}")
         return 0
     if args.monitor_password is not None:
@@ -94,11 +85,11 @@ def _run(args: argparse.Namespace, out: Console) -> int:
     if args.protect_ca:
         phrase = os.environ.get(pki.PASSPHRASE_ENV) or (getpass.getpass("CA passphrase: ") if sys.stdin.isatty() else "")
         if len(phrase) < 12:
-            raise CommandError(f"a CA passphrase of at least 12 characters is needed (${pki.PASSPHRASE_ENV})")
+            raise UsageError(f"a CA passphrase of at least 12 characters is needed (${pki.PASSPHRASE_ENV})")
         try:
             pki.protect_key(b.pki_dir, "ca", phrase.encode())
-        except (pki.PKIError, OSError) as e:
-            raise CommandError(str(e)) from e
+        except OSError as e:
+            raise FireLinkError(str(e)) from e
         out.print(f"site CA key encrypted; provisioning now needs ${pki.PASSPHRASE_ENV}")
         return 0
     b.start()
@@ -108,7 +99,7 @@ def _run(args: argparse.Namespace, out: Console) -> int:
     try:
         while b.running():
             time.sleep(0.5)
-        raise CommandError(f"mosquitto stopped unexpectedly; see {b.log_file}")
+        raise BrokerError(f"mosquitto stopped unexpectedly; see {b.log_file}")
     except KeyboardInterrupt:
         return 0
     finally:

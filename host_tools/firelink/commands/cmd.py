@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 from firelink.centre import remote as centre_cmd
+from firelink.errors import UsageError
 from firelink.provision.settings import BrokerURL
 
 PASSWORD_ENV = "FL_CMD_PASS"
@@ -47,19 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from firelink.cli import CommandError
     words = list(args.words)
     name = " ".join(words[:2]) if words[0] == "config" and len(words) > 1 else words[0]
     rest = words[2:] if words[0] == "config" else words[1:]
     if name not in centre_cmd.NAMES:
-        raise CommandError(f"unknown command {name!r}: one of {', '.join(centre_cmd.NAMES)}")
-    try:
-        doc = centre_cmd.build(name, rest, args.minutes, args.rollback_s)
-        target = centre_cmd.Target(BrokerURL("mqtts" if args.tls else "mqtt", args.host, args.port), args.username,
-                                   args.password if args.password is not None else os.environ.get(PASSWORD_ENV),
-                                   centre_cmd.tls_files(args.ca, args.cert, args.key))
-        result = centre_cmd.send(target, args.device, doc, args.timeout)
-    except centre_cmd.CommandFailed as e:
-        raise CommandError(str(e), e.status) from e
+        raise UsageError(f"unknown command {name!r}: one of {', '.join(centre_cmd.NAMES)}")
+    doc = centre_cmd.build(name, rest, args.minutes, args.rollback_s)
+    target = centre_cmd.Target(BrokerURL("mqtts" if args.tls else "mqtt", args.host, args.port), args.username,
+                               args.password if args.password is not None else os.environ.get(PASSWORD_ENV),
+                               centre_cmd.tls_files(args.ca, args.cert, args.key))
+    result = centre_cmd.send(target, args.device, doc, args.timeout)
     print(json.dumps(result, indent=2))
     return 0

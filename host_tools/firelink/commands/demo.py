@@ -113,8 +113,6 @@ def summary(result: DemoResult) -> Table:
 
 
 def run(args: argparse.Namespace) -> int:
-    from firelink.cli import CommandError
-
     out = Console(soft_wrap=False)
     config = DemoConfig(directory=args.dir, device_id=args.device_id, hold_s=args.hold_s,
                         online_timeout_s=args.online_timeout_s)
@@ -122,24 +120,21 @@ def run(args: argparse.Namespace) -> int:
     sinks: list[Sink] = [LineSink(sys.stdout) if view is None else view]
     screen = StepScreen(view)
     out.print(f"[bold]FireLink demo[/]: broker, monitor and a virtual device in {args.dir}; Ctrl-C stops everything")
-    try:
-        if args.lines:
-            result = _run_plain(config, sinks)
-        else:
-            try:
-                with Live(get_renderable=screen.renderable, console=out, refresh_per_second=8):
-                    try:
-                        result = run_demo(config, screen, sinks)
-                    except BaseException:
-                        screen.failed()
-                        raise
-            finally:
-                out.line()  # the live display's last frame may end without one
-    except DemoError as e:
-        raise CommandError(str(e)) from e
+    if args.lines:
+        result = _run_plain(config, sinks)
+    else:
+        try:
+            with Live(get_renderable=screen.renderable, console=out, refresh_per_second=8):
+                try:
+                    result = run_demo(config, screen, sinks)
+                except BaseException:
+                    screen.failed()
+                    raise
+        finally:
+            out.line()  # the live display's last frame may end without one
     out.print(summary(result))
     if not result.ok:
-        raise CommandError("the alarm and its restore did not both arrive acknowledged")
+        raise DemoError("the alarm and its restore did not both arrive acknowledged")
     out.print("[bold green]demo passed[/]: alarm and restore received and acknowledged")
     return 0
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from firelink.commands.broker import DEFAULT_DIR as DEFAULT_BROKER_DIR
+from firelink.errors import FireLinkError, UsageError
 from firelink.site import devices, pki
 from firelink.site.broker import Broker
-from firelink.commands.broker import DEFAULT_DIR as DEFAULT_BROKER_DIR
-from firelink.site.inventory import (ACTIVE, DEFAULT_PATH, REVOKED, Inventory, InventoryError, UnknownDevice,
-                                installer_name)
+from firelink.site.inventory import ACTIVE, DEFAULT_PATH, REVOKED, Inventory, installer_name
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,15 +52,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _open(args: argparse.Namespace) -> Inventory:
-    from firelink.cli import CommandError
-
     if not args.inventory.exists():
-        raise CommandError(f"no inventory at {args.inventory}: nothing was provisioned with it yet "
-                           "(give --inventory if it is elsewhere)")
-    try:
-        return Inventory(args.inventory)
-    except InventoryError as e:
-        raise CommandError(str(e)) from e
+        raise UsageError(f"no inventory at {args.inventory}: nothing was provisioned with it yet "
+                         "(give --inventory if it is elsewhere)")
+    return Inventory(args.inventory)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -97,13 +92,8 @@ def _cert_until(rec: devices.DeviceRecord) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from firelink.cli import CommandError
-
     with _open(args) as inv:
-        try:
-            rec, history = devices.show(inv, args.device_id)
-        except UnknownDevice as e:
-            raise CommandError(str(e)) from e
+        rec, history = devices.show(inv, args.device_id)
     out = Console(soft_wrap=True)
     if args.json:
         doc = devices.as_dict(rec)
@@ -132,24 +122,19 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    from firelink.cli import CommandError
-
     out = Console(soft_wrap=True)
     with _open(args) as inv:
-        try:
-            rec = inv.get(args.device_id)
-        except UnknownDevice as e:
-            raise CommandError(str(e)) from e
+        rec = inv.get(args.device_id)
         if not args.yes:
             if not sys.stdin.isatty():
-                raise CommandError("revoking needs confirmation: add --yes")
+                raise UsageError("revoking needs confirmation: add --yes")
             answer = input(f"revoke {rec.device_id} ({rec.site}, MAC {rec.mac})? It will no longer reach the "
                            "centre. Type the device id to confirm: ")
             if answer.strip() != rec.device_id:
-                raise CommandError("not revoked")
+                raise FireLinkError("not revoked")
         broker = Broker(args.broker_dir)
         if not (broker.pki_dir / "ca.crt").exists():
-            raise CommandError(f"no site broker in {args.broker_dir}: give --broker-dir")
+            raise UsageError(f"no site broker in {args.broker_dir}: give --broker-dir")
         outcome = devices.revoke(inv, broker, args.device_id, installer_name(args.installer))
     for problem in outcome.reload.problems:
         out.print(f"[yellow]warning:[/] {problem}")

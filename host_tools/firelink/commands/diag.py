@@ -32,6 +32,7 @@ from rich.text import Text
 
 from firelink.board import diag
 from firelink.board.diag import DiagError, DiagLink
+from firelink.errors import UsageError
 
 EXAMPLES = __doc__.split("Examples:", 1)[1]
 # Twice a second: the device reads its console every 500 ms (fl/indicators.py), so a change
@@ -85,28 +86,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _link(args: argparse.Namespace, **kw: Any) -> DiagLink:
-    from firelink.cli import CommandError
     if not args.port:
-        raise CommandError("--port is required: the device's serial port (or a virtual device's directory)")
-    try:
-        link = DiagLink(args.port, args.baud, **kw)
-    except DiagError as e:
-        raise CommandError(str(e), e.status) from e
+        raise UsageError("--port is required: the device's serial port (or a virtual device's directory)")
+    link = DiagLink(args.port, args.baud, **kw)
     try:
         link.hello(args.timeout)
-    except DiagError as e:
+    except DiagError:
         link.close()
-        raise CommandError(str(e), e.status) from e
+        raise
     return link
 
 
 def _run(args: argparse.Namespace, fn: Any, **kw: Any) -> int:
-    from firelink.cli import CommandError
     link = _link(args, **kw)
     try:
         return int(fn(link) or 0)
-    except DiagError as e:
-        raise CommandError(str(e), e.status) from e
     finally:
         link.close()
 
@@ -204,8 +198,7 @@ def cmd_config_get(args: argparse.Namespace) -> int:
             v: Any = cfg
             for part in args.key.split("."):
                 if not isinstance(v, dict) or part not in v:
-                    from firelink.cli import CommandError
-                    raise CommandError(f"{args.key}: no such key in the device's config")
+                    raise UsageError(f"{args.key}: no such key in the device's config")
                 v = v[part]
             print(json.dumps(v))
         else:
@@ -274,8 +267,7 @@ def cmd_walktest(args: argparse.Namespace) -> int:
         names = args.input or [n for n, i in states.items() if i.get("kind") not in ("mains", "battery")]
         unknown = [n for n in names if n not in states]
         if unknown:
-            from firelink.cli import CommandError
-            raise CommandError(f"no such input(s): {', '.join(unknown)}; the device has {', '.join(states)}")
+            raise UsageError(f"no such input(s): {', '.join(unknown)}; the device has {', '.join(states)}")
         link.ask(f"walk on {args.minutes}")
         console.print(f"[magenta]walk test on[/] (607 sent; ends by itself after {args.minutes} min); "
                       "alarms reach the centre flagged as test")

@@ -18,10 +18,9 @@ from rich.console import Console
 from firelink.board import boards
 from firelink.board import build as build_mod
 from firelink.board import flash
-from firelink.board.build import BuildError
-from firelink.board.deploy import DeployError, DeployReport, deploy
+from firelink.board.deploy import DeployReport, deploy
 from firelink.board.device import Device, DeviceError, wait_for_repl
-from firelink.board.ports import PortError
+from firelink.errors import UsageError
 from firelink.progress import Reporter, RichReporter
 
 REPL_WAIT_S = 30.0  # a fresh MicroPython formats its filesystem on first boot
@@ -55,46 +54,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from firelink.cli import CommandError
-
     if not args.app_only and args.firmware is None:
-        raise CommandError("--firmware is required (the MicroPython .bin for the board), "
-                           "or use --app-only on a board that already runs MicroPython", status=2)
+        raise UsageError("--firmware is required (the MicroPython .bin for the board), "
+                         "or use --app-only on a board that already runs MicroPython")
     out = Console()
     started = time.monotonic()
     board_json = args.board_json or boards.path(args.board)
-    try:
-        definition = boards.load(board_json)
-    except boards.BoardError as e:
-        raise CommandError(str(e), status=2) from e
-    try:
-        with RichReporter(out) as reporter:
-            arch = args.arch
-            if not args.app_only:
-                chip = flash_firmware(args, reporter, boards.firmware(definition))
-                arch = arch or build_mod.arch_for_chip(chip)
-                reporter.start("wait for MicroPython")
-                device = wait_for_repl(args.port, timeout_s=REPL_WAIT_S)
-            else:
-                reporter.start("connect to MicroPython")
-                device = Device.open(args.port)
-            with device:
-                info = device.info()
-                reporter.finish(f"MicroPython {info.version_text} on {info.platform}")
-                _check_running_build(info.platform, info.machine, boards.firmware(definition), board_json)
-                arch = arch or info.mpy_arch
-                if arch is None:
-                    raise CommandError(f"the board on {args.port} does not say its architecture: "
-                                       "give it with --arch (xtensawin for ESP32/S2/S3, rv32imc for C3/C6)")
-                app = build_mod.build_app(arch, source=args.app_dir, board_json=board_json,
-                                          build_root=args.build_dir, reporter=reporter)
-                report = deploy(device, app, reporter)
-                if not args.no_reboot:
-                    reporter.start("reboot into the app")
-                    device.reboot()
-                    reporter.finish()
-    except (PortError, flash.FlashError, DeviceError, BuildError, DeployError) as e:
-        raise CommandError(str(e)) from e
+    definition = boards.load(board_json)
+    with RichReporter(out) as reporter:
+        arch = args.arch
+        if not args.app_only:
+            chip = flash_firmware(args, reporter, boards.firmware(definition))
+            arch = arch or build_mod.arch_for_chip(chip)
+            reporter.start("wait for MicroPython")
+            device = wait_for_repl(args.port, timeout_s=REPL_WAIT_S)
+        else:
+            reporter.start("connect to MicroPython")
+            device = Device.open(args.port)
+        with device:
+            info = device.info()
+            reporter.finish(f"MicroPython {info.version_text} on {info.platform}")
+            _check_running_build(info.platform, info.machine, boards.firmware(definition), board_json)
+            arch = arch or info.mpy_arch
+            if arch is None:
+                raise DeviceError(f"the board on {args.port} does not say its architecture: "
+                                  "give it with --arch (xtensawin for ESP32/S2/S3, rv32imc for C3/C6)")
+            app = build_mod.build_app(arch, source=args.app_dir, board_json=board_json,
+                                      build_root=args.build_dir, reporter=reporter)
+            report = deploy(device, app, reporter)
+            if not args.no_reboot:
+                reporter.start("reboot into the app")
+                device.reboot()
+                reporter.finish()
     _summary(out, report, time.monotonic() - started)
     return 0
 
@@ -112,13 +103,11 @@ def _known_builds() -> dict[str, str]:
 def _check_running_build(platform: str, machine: str, fw: boards.Firmware | None, board_json: Path) -> None:
     """--app-only (and after flashing): an ESP32 must run the build its board takes; a WROOM-32
     build on a WROVER board leaves the PSRAM unused, a SPIRAM build on a WROOM-32 does not boot."""
-    from firelink.cli import CommandError
-
     if platform != "esp32" or fw is None or machine == fw.machine:
         return
-    raise CommandError(f"the board runs MicroPython built as \"{machine}\", but {board_json.name} takes "
-                       f"{fw.variant} (\"{fw.machine}\"): flash that image (--firmware), or pick the board it "
-                       "is with --board")
+    raise flash.WrongVariant(f"the board runs MicroPython built as \"{machine}\", but {board_json.name} takes "
+                             f"{fw.variant} (\"{fw.machine}\"): flash that image (--firmware), or pick the board "
+                             "it is with --board")
 
 
 def flash_firmware(args: argparse.Namespace, reporter: Reporter, fw: boards.Firmware | None = None) -> str:

@@ -14,8 +14,9 @@ from rich.live import Live
 
 from firelink.centre.monitor import Monitor, MonitorConfig, MonitorError, Sink
 from firelink.centre.devices import Supervision
-from firelink.centre.store import Event, MonitorStore, StoreError
+from firelink.centre.store import Event, MonitorStore
 from firelink.centre.view import LineSink, LiveView
+from firelink.errors import UsageError
 
 DEFAULT_DB = Path("run/monitor.db")
 PASSWORD_ENV = "FL_MONITOR_PASS"
@@ -62,19 +63,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> MonitorConfig:
-    from firelink.cli import CommandError
-
     per_device: dict[str, float] = {}
     for item in args.device_supervision:
         name, _, seconds = item.partition("=")
         try:
             per_device[name] = float(seconds)
         except ValueError:
-            raise CommandError(f"--device-supervision wants DEVICE=SECONDS, not {item!r}") from None
+            raise UsageError(f"--device-supervision wants DEVICE=SECONDS, not {item!r}") from None
     if (args.cert is None) != (args.key is None):
-        raise CommandError("--cert and --key go together")
+        raise UsageError("--cert and --key go together")
     if args.flood_events < 1 or args.flood_window_s <= 0 or args.reconnect_grace_s < 0:
-        raise CommandError("--flood-events, --flood-window-s must be positive, --reconnect-grace-s not negative")
+        raise UsageError("--flood-events, --flood-window-s must be positive, --reconnect-grace-s not negative")
     return MonitorConfig(
         host=args.host, port=args.port, username=args.username,
         password=args.password if args.password is not None else os.environ.get(PASSWORD_ENV),
@@ -101,23 +100,18 @@ class _Countdown(Sink):
 
 
 def run(args: argparse.Namespace) -> int:
-    from firelink.cli import CommandError
-
     err = Console(stderr=True)
     config = config_from_args(args)
-    try:
-        store = MonitorStore(args.db)
-    except StoreError as e:
-        raise CommandError(str(e)) from e
+    store = MonitorStore(args.db)
     countdown = _Countdown(args.exit_after_events)
     monitor = Monitor(store, config)
     view = None if args.lines else LiveView(missing=monitor.missing_seqs)
     monitor.sinks += [LineSink(sys.stdout) if view is None else view, countdown]
     try:
         monitor.start(args.connect_timeout_s)
-    except MonitorError as e:
+    except MonitorError:
         store.close()
-        raise CommandError(str(e)) from e
+        raise
     err.print(f"monitoring {config.host}:{config.port} as {config.username}; store {args.db}; Ctrl-C to stop")
     signal.signal(signal.SIGTERM, _interrupt)
     deadline = None if args.exit_after_s is None else time.monotonic() + args.exit_after_s
@@ -133,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         monitor.stop()
         store.close()
     if monitor.failure is not None:
-        raise CommandError(f"monitor stopped: {monitor.failure}")
+        raise MonitorError(f"monitor stopped: {monitor.failure}")
     s = monitor.stats
     err.print(f"{s.messages} messages, {s.events} events, {s.duplicates} duplicates, {s.malformed} quarantined, "
               f"{s.suspect} suspect, {s.floods} floods, {s.acks_sent} acks sent")

@@ -27,7 +27,8 @@ from rich.console import Console
 from firelink.provision import report
 from firelink.site.broker import Broker
 from firelink.commands.broker import DEFAULT_DIR as DEFAULT_BROKER_DIR
-from firelink.site.inventory import DEFAULT_PATH, Inventory, InventoryError
+from firelink.site.inventory import DEFAULT_PATH, Inventory
+from firelink.errors import UsageError
 from firelink.progress import RichReporter
 from firelink.provision.commission import MONITOR_USER, ProvisionError, Timeouts, provision
 
@@ -66,33 +67,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _secret(given: str | None, env: str, prompt: str, option: str) -> str:
-    from firelink.cli import CommandError
-
     if given is not None:
         return given
     if env in os.environ:
         return os.environ[env]
     if sys.stdin.isatty():
         return getpass.getpass(prompt)
-    raise CommandError(f"{option} is needed (or ${env})", status=2)
+    raise UsageError(f"{option} is needed (or ${env})")
 
 
 def _inputs(path: Path | None) -> object:
-    from firelink.cli import CommandError
-
     if path is None:
         return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise CommandError(f"--inputs: cannot read {path}: {e.strerror or e}", status=2) from e
+        raise UsageError(f"--inputs: cannot read {path}: {e.strerror or e}") from e
     except ValueError as e:
-        raise CommandError(f"--inputs: {path} is not valid JSON: {e}", status=2) from e
+        raise UsageError(f"--inputs: {path} is not valid JSON: {e}") from e
 
 
 def run(args: argparse.Namespace) -> int:
-    from firelink.cli import CommandError
-
     wifi_password = _secret(args.wifi_password, WIFI_ENV, f"Wi-Fi password for {args.wifi_ssid!r} "
                             "(empty for an open network): ", "--wifi-password")
     monitor_password = _secret(args.monitor_password, MONITOR_ENV, f"broker password of {args.monitor_user!r}: ",
@@ -101,10 +96,7 @@ def run(args: argparse.Namespace) -> int:
     out = Console()
     timeouts = Timeouts(online_s=args.online_timeout, ack_s=args.ack_timeout)
     started = time.monotonic()
-    try:
-        inventory = Inventory(args.inventory)
-    except InventoryError as e:
-        raise CommandError(str(e)) from e
+    inventory = Inventory(args.inventory)
     try:
         with RichReporter(out) as reporter:
             result = provision(args.port, args.site, args.wifi_ssid, wifi_password, args.broker,
@@ -115,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
     except ProvisionError as e:
         failed = e.result.failed()
         if failed is not None and failed.name == "settings":
-            raise CommandError("invalid settings, nothing was done:\n  " + "\n  ".join(e.problems), status=2) from e
+            raise UsageError("invalid settings, nothing was done:\n  " + "\n  ".join(e.problems)) from e
         out.print(report.render(e.result))
-        raise CommandError(str(e)) from e
+        raise
     finally:
         inventory.close()
     out.print(report.render(result))

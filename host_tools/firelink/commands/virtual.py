@@ -33,9 +33,9 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
+from firelink.errors import UsageError
 from firelink.virtual import device as virtual
 from firelink.virtual.device import VirtualDevice, VirtualError, WorldError
-from firelink.virtual.supervisor import AlreadyRunning as SupervisorRunning
 from firelink.virtual.supervisor import Supervisor
 
 DEFAULT_DIR = Path("run/devices/dev1")
@@ -102,20 +102,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _need_dir(args: argparse.Namespace) -> None:
     """Every command but `start` works on an existing device directory."""
-    from firelink.cli import CommandError
-
     d = args.dir
     if not d.is_dir():
-        raise CommandError(f"no virtual device directory {d}: `firelink virtual start --dir {d}` creates one "
-                           "(or give --dir)")
+        raise UsageError(f"no virtual device directory {d}: `firelink virtual start --dir {d}` creates one "
+                         "(or give --dir)")
     if not (d / "config.json").exists() and not (d / "sim").is_dir():
-        raise CommandError(f"{d} is not a virtual device directory (no config.json): give --dir")
-
-
-def _error(e: Exception) -> Exception:
-    from firelink.cli import CommandError
-
-    return CommandError(str(e))
+        raise UsageError(f"{d} is not a virtual device directory (no config.json): give --dir")
 
 
 def parse_broker(text: str) -> tuple[str, int]:
@@ -166,8 +158,10 @@ def run_start(args: argparse.Namespace) -> int:
         if args.foreground:
             return _foreground(args, out)
         tty = dev.start(restart=not args.no_restart, detach=True, heapsize=args.heapsize)
-    except (VirtualError, WorldError, ValueError, OSError) as e:
-        raise _error(e) from e
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    except OSError as e:
+        raise VirtualError(str(e)) from e
     out.print(f"virtual device running in {args.dir}: serial port [bold]{tty}[/] (also {args.dir / 'tty'})")
     out.print(f"console log {dev.console_log}; REPL: mpremote connect {tty} resume repl")
     return 0
@@ -179,10 +173,7 @@ def _foreground(args: argparse.Namespace, out: Console) -> int:
 
     sup = Supervisor(args.dir, virtual.app_dir(args.source), virtual.micropython_binary(),
                      restart=not args.no_restart, heapsize=args.heapsize, echo=sys.stdout.buffer, on_ready=ready)
-    try:
-        status = sup.run()
-    except SupervisorRunning as e:
-        raise VirtualError(str(e)) from e
+    status = sup.run()
     out.print(f"[dim]device stopped (firmware exit status {status})[/]")
     return 0
 
@@ -193,23 +184,17 @@ def run_stop(args: argparse.Namespace) -> int:
     if not dev.running():
         Console(soft_wrap=True).print(f"no virtual device running in {args.dir}")
         return 0
-    try:
-        if args.kill:
-            dev.kill()
-        else:
-            dev.stop(clean=True)
-    except VirtualError as e:
-        raise _error(e) from e
+    if args.kill:
+        dev.kill()
+    else:
+        dev.stop(clean=True)
     Console(soft_wrap=True).print("killed" if args.kill else "stopped")
     return 0
 
 
 def run_reset(args: argparse.Namespace) -> int:
     _need_dir(args)
-    try:
-        VirtualDevice(args.dir).reset()
-    except VirtualError as e:
-        raise _error(e) from e
+    VirtualDevice(args.dir).reset()
     Console(soft_wrap=True).print("reset")
     return 0
 
@@ -276,11 +261,11 @@ def _paths_status(out: Console, d: Path, control: dict[str, Any]) -> None:
 def run_input(args: argparse.Namespace) -> int:
     _need_dir(args)
     if (args.state is None) == (args.raw is None):
-        raise _error(ValueError("give a state (active, normal, open, short) or --raw N, not both"))
+        raise UsageError("give a state (active, normal, open, short) or --raw N, not both")
     try:
         raw = virtual.set_input(args.dir, args.name, state=args.state, raw=args.raw)
-    except (WorldError, OSError) as e:
-        raise _error(e) from e
+    except OSError as e:
+        raise WorldError(str(e)) from e
     Console(soft_wrap=True).print(f"{args.name}: {args.state or 'raw'} ({raw})")
     return 0
 
@@ -295,16 +280,16 @@ def run_link(args: argparse.Namespace) -> int:
     _need_dir(args)
     path = {"4g": "cellular", "lte": "cellular"}.get(args.path, args.path)
     if path not in ("wifi", "cellular"):
-        raise _error(WorldError(f"link {args.path!r}: the simulated board has wifi and 4g"))
+        raise UsageError(f"link {args.path!r}: the simulated board has wifi and 4g")
     if path == "cellular" and not _has_cell(args.dir):
-        raise _error(WorldError("link 4g: this device has no 4G (set cellular.enabled in its config.json)"))
+        raise WorldError("link 4g: this device has no 4G (set cellular.enabled in its config.json)")
     if path == "wifi" and args.updown != "stall":
         if _has_cell(args.dir):
             modemsim.update_control(args.dir, {"wifi": "pass"})
         return _set(args, lambda d, up: virtual.set_link(d, "wifi", up), args.updown == "up", f"wifi {args.updown}")
     if path == "wifi":
         if not _has_cell(args.dir):
-            raise _error(WorldError("link wifi stall: the path proxies run for devices with cellular.enabled"))
+            raise WorldError("link wifi stall: the path proxies run for devices with cellular.enabled")
         modemsim.update_control(args.dir, {"wifi": "stall"})
     elif args.updown == "stall":
         modemsim.update_control(args.dir, {"cellular": "stall"})
@@ -321,13 +306,13 @@ def run_modem(args: argparse.Namespace) -> int:
 
     _need_dir(args)
     if not _has_cell(args.dir):
-        raise _error(WorldError("modem: this device has no 4G (set cellular.enabled in its config.json)"))
+        raise WorldError("modem: this device has no 4G (set cellular.enabled in its config.json)")
     if args.what == "rssi":
         if args.value is None or not -113 <= args.value <= -51:
-            raise _error(WorldError("modem rssi: give the signal in dBm, -113..-51"))
+            raise UsageError("modem rssi: give the signal in dBm, -113..-51")
         change: dict[str, Any] = {"rssi": args.value}
     elif args.value is not None:
-        raise _error(WorldError(f"modem {args.what} takes no value"))
+        raise UsageError(f"modem {args.what} takes no value")
     elif args.what.startswith("sim-"):
         change = {"sim": args.what[4:]}
     elif args.what == "drop":
@@ -344,7 +329,7 @@ def _set(args: argparse.Namespace, fn: Callable[[Path, Any], None], value: Any, 
     _need_dir(args)
     try:
         fn(args.dir, value)
-    except (WorldError, OSError) as e:
-        raise _error(e) from e
+    except OSError as e:
+        raise WorldError(str(e)) from e
     Console(soft_wrap=True).print(text)
     return 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from firelink.board.device import Device, DeviceCommandFailed
+from firelink.errors import FireLinkError
 
 CERT_FILES = ("ca.der", "device.der", "device.key.der")  # the names fl/config.py looks for
 # Renamed into place in this order: config.json last, so the old config rules until the very end.
@@ -44,7 +45,7 @@ print(json.dumps({'device_id': _c['device_id'], 'secrets': sorted(_c['_secrets']
 """
 
 
-class BoardRefused(Exception):
+class BoardRefused(FireLinkError):
     """The board is not fit to be provisioned, or refuses what it was given; the message says why."""
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from firelink.errors import FireLinkError
 from firelink.site import pki
 from firelink.provision import report
 from firelink.provision import board
@@ -64,7 +65,7 @@ class Timeouts:
     ack_s: float = 30.0  # test event -> the centre's ack
 
 
-class ProvisionError(Exception):
+class ProvisionError(FireLinkError):
     """Provisioning stopped; the message names the failed check and what to do. `result` holds
     every check so far (and the report's paths when one was written)."""
 

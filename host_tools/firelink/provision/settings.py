@@ -15,6 +15,8 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
+from firelink.errors import UsageError
+
 SSID_MAX_BYTES = 32
 WPA_MIN, WPA_MAX = 8, 63
 APN_MAX = 62
@@ -27,7 +29,7 @@ DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _APN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError, ValueError):
     """One or more values are unusable; `problems` holds one line per problem."""
 
     def __init__(self, problems: list[str]) -> None:

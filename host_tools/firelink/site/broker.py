@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from firelink.errors import FireLinkError
 from firelink.site import pki
 
 TOPIC_PREFIX = "firelink"
@@ -69,7 +70,7 @@ PLUGIN_ENV = "FL_CERTBIND_PLUGIN"  # another build of it (a packaged install)
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-class BrokerError(RuntimeError):
+class BrokerError(FireLinkError, RuntimeError):
     pass
 
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from firelink.errors import FireLinkError
 from firelink.site.local import LocalSite, SiteError
 from firelink.centre.monitor import MonitorStats, Sink
 from firelink.centre.store import Event
@@ -28,7 +29,7 @@ from firelink.virtual.world import WorldError
 FIRE_INPUT = "panel_fire"
 
 
-class DemoError(RuntimeError):
+class DemoError(FireLinkError, RuntimeError):
     """The demo could not run to its end; the message says what failed and what to do."""
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from firelink.errors import FireLinkError
+
 DEFAULT_PATH = Path("run/inventory.db")
 SCHEMA_VERSION = 2  # 2: cert_not_after
 ACTIVE, REVOKED = "active", "revoked"
@@ -52,7 +54,7 @@ CREATE INDEX IF NOT EXISTS history_device ON history (device_id, id);
 """
 
 
-class InventoryError(RuntimeError):
+class InventoryError(FireLinkError, RuntimeError):
     pass
 
 

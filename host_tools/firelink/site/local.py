@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from firelink.errors import FireLinkError
 from firelink.virtual import device as virtual
 from firelink.site.broker import Account, Broker, BrokerError, free_port
 from firelink.centre.monitor import Monitor, MonitorConfig, MonitorError, MonitorWarning, Sink
@@ -36,7 +37,7 @@ from firelink.virtual.device import VirtualDevice, VirtualError
 CONSOLE_TAIL_LINES = 15
 
 
-class SiteError(RuntimeError):
+class SiteError(FireLinkError, RuntimeError):
     """The local site could not do what was asked; the message says why and what to do."""
 
 

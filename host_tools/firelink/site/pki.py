@@ -19,13 +19,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from firelink.errors import FireLinkError
+
 VALID_DAYS_CA = 3650
 VALID_DAYS_LEAF = 825
 RENEW_DAYS = 60  # a certificate closer than this to its end is reported for renewal
 PASSPHRASE_ENV = "FL_CA_PASSPHRASE"
 
 
-class PKIError(RuntimeError):
+class PKIError(FireLinkError, RuntimeError):
     pass
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from firelink.board import build
+from firelink.errors import FireLinkError
 from firelink.virtual import unixport
 from firelink.virtual import supervisor as sv
 # The simulated world is part of this module's API (virtual.set_input(...)): re-exported.
@@ -53,7 +54,7 @@ START_TIMEOUT_S = 15.0
 APP_ARCH = "xtensawin"
 
 
-class VirtualError(RuntimeError):
+class VirtualError(FireLinkError, RuntimeError):
     """A virtual-device operation failed; the message says what to do."""
 
 

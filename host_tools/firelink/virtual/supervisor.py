@@ -59,6 +59,7 @@ import tty
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable
 
+from firelink.errors import FireLinkError
 from firelink.virtual.world import read_json, write_json_atomic
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ DEVICE_BUFFER_BYTES = 64 << 10
 LOG_ROTATE_BYTES = 8 * 1024 * 1024
 
 
-class AlreadyRunning(RuntimeError):
+class AlreadyRunning(FireLinkError, RuntimeError):
     pass
 
 

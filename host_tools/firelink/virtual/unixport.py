@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from firelink.errors import FireLinkError
+
 FIRMWARE = Path(__file__).resolve().parents[3] / "firmware"
 
 
-class UnixPortError(RuntimeError):
+class UnixPortError(FireLinkError, RuntimeError):
     """The unix port is missing, or the firmware code run on it failed; the message says which."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from firelink.board import boards
+from firelink.errors import FireLinkError
 from firelink.virtual import unixport
 
 _HERE = Path(__file__).resolve()
@@ -25,7 +26,7 @@ CONTROL_SEQ = "sim/control.seq"  # bumped in place after each control.json chang
 STATES = ("active", "normal", "open", "short")
 
 
-class WorldError(RuntimeError):
+class WorldError(FireLinkError, RuntimeError):
     """A request the simulated board cannot carry out; the message says why."""
 
 
