@@ -27,8 +27,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from firelink.virtual import modemsim
 from firelink.site.local import LocalSite, SiteError
+from firelink.virtual import modemsim
 
 FIRE = "panel_fire"
 HEAP = "320k"  # the 4G parts need it on the 64-bit port (tests/hil/test_cell.py says why)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firelink.site.broker import Broker, free_port
 from firelink.centre.monitor import Monitor, MonitorConfig, Sink
 from firelink.centre.store import MonitorStore
+from firelink.site.broker import Broker, free_port
 from tests.host.mqtt_peer import Peer, RecordingSink, event_payload
 
 

@@ -43,8 +43,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from firelink.board import build
-from firelink.site.local import LocalSite, SiteError
 from firelink.centre.devices import WENT_LOST, WENT_OFFLINE
+from firelink.site.local import LocalSite, SiteError
 from tests.tooling import ROOT
 
 DEVICE_ID = "fl-02000000be02"  # as long as a default id: the topic's real size

@@ -50,10 +50,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from firelink.board import build
-from firelink.virtual import device as virtual
-from firelink.site.local import LocalSite, SiteError
 from firelink.centre.devices import WENT_ONLINE
 from firelink.centre.store import Event
+from firelink.site.local import LocalSite, SiteError
+from firelink.virtual import device as virtual
 from tests.bench import bench_cell, bench_diag, bench_flash, bench_heap, bench_jig, bench_monitor, bench_wire
 from tests.tooling import ROOT, firmware_env, micropython_binary
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, TypeVar
 
 import paho.mqtt.client as mqtt
 
-from firelink.centre.monitor import Monitor, MonitorConfig, MonitorWarning, Sink
 from firelink.centre.devices import Supervision
+from firelink.centre.monitor import Monitor, MonitorConfig, MonitorWarning, Sink
 from firelink.centre.store import Device, Event, MonitorStore
 from tests.conftest import BrokerFixture
 

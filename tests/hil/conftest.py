@@ -36,8 +36,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from firelink.virtual import device as virtual
 from firelink.centre.devices import Supervision
+from firelink.virtual import device as virtual
 from tests.conftest import BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import CAPABILITIES, Dut, JigDut, VirtualDut, make_dut

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-from firelink.virtual import device as virtual
 from firelink.board.device import Device
+from firelink.virtual import device as virtual
 from tests.hil.jig import Jig
 
 SOFT_REBOOT = r"MPY: soft reboot"

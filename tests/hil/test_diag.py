@@ -21,10 +21,10 @@ from typing import Iterator
 
 import pytest
 
-from firelink.centre import remote as centre_cmd
 from firelink import cli
 from firelink.board import diag
 from firelink.board.diag import DiagError, DiagLink
+from firelink.centre import remote as centre_cmd
 from firelink.commands.diag import REFRESH_S, render
 from firelink.provision.settings import BrokerURL
 from tests.hil.centre import Centre

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from firelink.board import build
+from firelink.centre.store import MonitorStore
 from firelink.commands import demo as demo_cmd
+from firelink.progress import RecordingReporter
 from firelink.site import local as localsite
 from firelink.site.broker import Broker, BrokerError
 from firelink.site.demo import DemoConfig, DemoError, run_demo
-from firelink.centre.store import MonitorStore
-from firelink.progress import RecordingReporter
 from firelink.virtual.device import VirtualDevice
 
 

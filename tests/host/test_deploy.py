@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from firelink.board import build
-from firelink.commands import flash as flash_cmd
 from firelink.board.deploy import AppIncompatible, check_compatible, deploy, plan, scan_paths
 from firelink.board.device import (Device, DeviceInfo, DeviceTimeout, HashMismatch, NotMicroPython, RemoteFile,
-                             wait_for_repl)
+                                   wait_for_repl)
 from firelink.board.ports import PortNotFound
+from firelink.commands import flash as flash_cmd
 from firelink.progress import RecordingReporter
 from tests.host.mp_pty import PtyBoard
 from tests.tooling import FIRMWARE, ROOT

@@ -18,10 +18,10 @@ from esptool.targets import CHIP_DEFS
 from esptool.util import FatalError
 
 from firelink.board import boards, flash
-from firelink.commands import flash as flash_cmd
 from firelink.board.build import build_app
-from firelink.errors import FireLinkError
 from firelink.board.device import wait_for_repl
+from firelink.commands import flash as flash_cmd
+from firelink.errors import FireLinkError
 from firelink.progress import RecordingReporter
 from tests.host.esp_images import chip_key, esp_image, make_firmware
 from tests.host.mp_pty import PtyBoard

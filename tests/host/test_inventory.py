@@ -14,11 +14,11 @@ from typing import Any, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from firelink.site import devices
 from firelink.commands import devices as devices_cmd
-from firelink.site.broker import broker_pids
-from firelink.site.broker import Broker, free_port
 from firelink.errors import FireLinkError
+from firelink.site import devices
+from firelink.site.broker import Broker, free_port
+from firelink.site.broker import broker_pids
 from firelink.site.inventory import Inventory, InventoryError, UnknownDevice, installer_name
 
 INPUTS = [{"name": "panel_fire", "kind": "fire", "channel": "in1", "contact": "no", "zone": 1, "eol": False,

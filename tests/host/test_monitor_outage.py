@@ -12,10 +12,10 @@ from typing import Any, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from firelink.site.broker import Broker, free_port
-from firelink.centre.monitor import Monitor, MonitorConfig
 from firelink.centre.devices import Supervision
+from firelink.centre.monitor import Monitor, MonitorConfig
 from firelink.centre.store import MonitorStore
+from firelink.site.broker import Broker, free_port
 from tests.host.mqtt_peer import RecordingSink, event_payload, wait_until
 
 OFFLINE = b'{"state": "offline"}'

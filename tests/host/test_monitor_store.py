@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from firelink.centre import contact_id
-from firelink.centre.payload import PayloadError, parse_event, parse_topic
 from firelink.centre.devices import DeviceBook, SeqTracker, Supervision
+from firelink.centre.payload import PayloadError, parse_event, parse_topic
 from firelink.centre.store import Device, Event, MonitorStore, StoreError
 from tests.tooling import FIRMWARE
 

@@ -22,17 +22,17 @@ from typing import Any, Callable, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from firelink.site import devices
-from firelink.commands import devices as devices_cmd, provision as provision_cmd
-from firelink.provision import report
-from firelink.virtual import device as virtual
-from firelink.site.broker import Broker, free_port
-from firelink.site.inventory import Inventory
 from firelink.centre.monitor import Monitor, MonitorConfig
 from firelink.centre.store import MonitorStore
+from firelink.commands import devices as devices_cmd, provision as provision_cmd
 from firelink.progress import RecordingReporter
+from firelink.provision import report
 from firelink.provision.commission import ProvisionError, Timeouts, provision
 from firelink.provision.settings import SettingsError, check
+from firelink.site import devices
+from firelink.site.broker import Broker, free_port
+from firelink.site.inventory import Inventory
+from firelink.virtual import device as virtual
 from firelink.virtual.device import VirtualDevice
 
 SITE = "Kho A, 12 Lê Lợi, Q1"

@@ -17,8 +17,8 @@ from typing import Iterator
 import pytest
 from mpremote.transport_serial import SerialTransport
 
-from firelink.virtual import device as virtual
 from firelink.commands import virtual as virtual_cmd
+from firelink.virtual import device as virtual
 from firelink.virtual.device import VirtualDevice
 
 STAND_IN = """\

@@ -1,1 +1,2 @@
-"""The monitoring centre: intake, store, device book and views; what the centre sees of a device, and remote commands to it."""
+"""The monitoring centre: intake, store, device book and views; what the centre sees of one
+device, and remote commands to it."""

@@ -31,9 +31,9 @@ from typing import Any, Callable
 
 from firelink.centre.devices import MAX_RANGES, DeviceBook, FloodMeter, Supervision
 from firelink.centre.intake import (AckConfirmed, FairQueue, Incoming, Intake, IntakeError, Item, Link, MqttIntake,
-                                     MqttSettings)
+                                    MqttSettings)
 from firelink.centre.payload import (MAX_PAYLOAD, PayloadError, event_id, parse_cmd_result, parse_event,
-                                      parse_heartbeat, parse_json, parse_status, parse_topic)
+                                     parse_heartbeat, parse_json, parse_status, parse_topic)
 from firelink.centre.store import Device, Event, MonitorStore, Store
 from firelink.errors import FireLinkError
 

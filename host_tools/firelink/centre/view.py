@@ -31,9 +31,9 @@ from rich.table import Table
 from rich.text import Text
 
 from firelink.centre import contact_id
-from firelink.centre.monitor import MonitorWarning, Sink
 from firelink.centre.devices import (CAME_BACK, LOST, OFFLINE, ONLINE, REVOKED, WENT_LOST, WENT_OFFLINE,
-                                      WENT_ONLINE, WENT_REVOKED)
+                                     WENT_ONLINE, WENT_REVOKED)
+from firelink.centre.monitor import MonitorWarning, Sink
 from firelink.centre.store import Device, Event
 
 CLASS_STYLE = {"fire": "bold red", "fault": "yellow", "status": "cyan"}

@@ -1,1 +1,2 @@
-"""The `firelink` subcommands: each module's `register(subparsers)` adds a parser; the work is in the job packages."""
+"""The `firelink` subcommands, one module each: `register(subparsers)` adds its parser; the work
+is done in the job packages, and errors are turned into messages only in firelink.cli."""

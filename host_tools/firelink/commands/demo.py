@@ -16,10 +16,10 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from firelink.site.demo import DemoConfig, DemoError, DemoResult, run_demo
 from firelink.centre.monitor import Sink
 from firelink.centre.view import LineSink, LiveView
 from firelink.progress import Reporter
+from firelink.site.demo import DemoConfig, DemoError, DemoResult, run_demo
 
 DEFAULT_DIR = Path("run/demo")
 

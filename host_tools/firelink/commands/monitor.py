@@ -12,8 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
-from firelink.centre.monitor import Monitor, MonitorConfig, MonitorError, Sink
 from firelink.centre.devices import Supervision
+from firelink.centre.monitor import Monitor, MonitorConfig, MonitorError, Sink
 from firelink.centre.store import Event, MonitorStore
 from firelink.centre.view import LineSink, LiveView
 from firelink.errors import UsageError

@@ -24,13 +24,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from firelink.provision import report
-from firelink.site.broker import Broker
 from firelink.commands.broker import DEFAULT_DIR as DEFAULT_BROKER_DIR
-from firelink.site.inventory import DEFAULT_PATH, Inventory
 from firelink.errors import UsageError
 from firelink.progress import RichReporter
+from firelink.provision import report
 from firelink.provision.commission import MONITOR_USER, ProvisionError, Timeouts, provision
+from firelink.site.broker import Broker
+from firelink.site.inventory import DEFAULT_PATH, Inventory
 
 WIFI_ENV = "FL_WIFI_PASSWORD"
 MONITOR_ENV = "FL_MONITOR_PASS"

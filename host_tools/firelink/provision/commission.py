@@ -39,19 +39,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from firelink.errors import FireLinkError
-from firelink.site import pki
-from firelink.provision import report
-from firelink.provision import board
-from firelink.site.broker import CENTRE_PREFIX, Broker, BrokerError, acl_text
-from firelink.centre.watch import BrokerRefused, CentreError, CentreWatch, TLSFiles
 from firelink.board.console_tap import ConsoleTap
 from firelink.board.device import Device, DeviceError, DeviceLost, DeviceTimeout
-from firelink.site.inventory import Inventory, InventoryError, installer_name
 from firelink.board.ports import PortError, check_port
+from firelink.centre.watch import BrokerRefused, CentreError, CentreWatch, TLSFiles
+from firelink.errors import FireLinkError
 from firelink.progress import Reporter
-from firelink.provision.settings import Settings, SettingsError, check
+from firelink.provision import board
+from firelink.provision import report
 from firelink.provision.report import FAIL, PASS, CommissioningResult, TestAlarm, utc_iso
+from firelink.provision.settings import Settings, SettingsError, check
+from firelink.site import pki
+from firelink.site.broker import CENTRE_PREFIX, Broker, BrokerError, acl_text
+from firelink.site.inventory import Inventory, InventoryError, installer_name
 
 MONITOR_USER = "monitor"
 

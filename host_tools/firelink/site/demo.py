@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firelink.errors import FireLinkError
-from firelink.site.local import LocalSite, SiteError
 from firelink.centre.monitor import MonitorStats, Sink
 from firelink.centre.store import Event
+from firelink.errors import FireLinkError
 from firelink.progress import Reporter
+from firelink.site.local import LocalSite, SiteError
 from firelink.virtual.world import WorldError
 
 FIRE_INPUT = "panel_fire"

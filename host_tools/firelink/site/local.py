@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from firelink.errors import FireLinkError
-from firelink.virtual import device as virtual
-from firelink.site.broker import Account, Broker, BrokerError, free_port
-from firelink.centre.monitor import Monitor, MonitorConfig, MonitorError, MonitorWarning, Sink
 from firelink.centre.devices import WENT_OFFLINE, WENT_ONLINE
+from firelink.centre.monitor import Monitor, MonitorConfig, MonitorError, MonitorWarning, Sink
 from firelink.centre.store import Device, Event, MonitorStore, StoreError
+from firelink.errors import FireLinkError
+from firelink.site.broker import Account, Broker, BrokerError, free_port
+from firelink.virtual import device as virtual
 from firelink.virtual.device import VirtualDevice, VirtualError
 
 CONSOLE_TAIL_LINES = 15

@@ -38,8 +38,8 @@ from typing import Any
 
 from firelink.board import build
 from firelink.errors import FireLinkError
-from firelink.virtual import unixport
 from firelink.virtual import supervisor as sv
+from firelink.virtual import unixport
 # The simulated world is part of this module's API (virtual.set_input(...)): re-exported.
 from firelink.virtual.world import (CONTROL, STATES, InputSpec, UnknownInput, WorldError, board_info,  # noqa: F401
                                     board_json_path, create, find_input, input_specs, prepare, raw_for, read_json,
