@@ -1,8 +1,8 @@
 """`make bench`, heap part: does the application as it ships fit the lean board, and where does
 its heap go. Three figures, all on the shipped build with the lean board's board.json:
-firelink.build's .mpy files for the ESP32 (bytecode only), the package fl/ in a ROMFS image
-(firelink.romfs) that the unix port maps outside its heap and imports in place, as the lean
-board's ROMFS partition is (firelink.romrun; docs/memory.md):
+firelink.board.build's .mpy files for the ESP32 (bytecode only), the package fl/ in a ROMFS image
+(firelink.board.romfs) that the unix port maps outside its heap and imports in place, as the lean
+board's ROMFS partition is (firelink.virtual.romrun; docs/memory.md):
 
 1. the smallest `-X heapsize` at which the alarm scenario passes (tests/hil/heapfit.py: boot,
    online, fire alarm acked, restore, three heartbeats, no MemoryError, one boot), found by
@@ -34,7 +34,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from firelink import boards, build, romfs, virtual
+from firelink.board import boards, build, romfs
+from firelink.virtual import device as virtual
 from tests.hil import heapfit
 from tests.tooling import ROOT, micropython_binary
 
@@ -108,8 +109,8 @@ def run_script(script: str, cwd: Path, app: Path, *args: str, heapsize: str = "1
     image = romfs.rom_image_of(app)
     if image is None:
         argv = [micropython_binary(), "-X", f"heapsize={heapsize}", str(HERE / script), *args]
-    else:  # a ROM build: fl/ mapped and mounted at /rom as on the board (firelink.romrun)
-        argv = [sys.executable, "-m", "firelink.romrun", str(image), "run", "-X", f"heapsize={heapsize}", "--",
+    else:  # a ROM build: fl/ mapped and mounted at /rom as on the board (firelink.virtual.romrun)
+        argv = [sys.executable, "-m", "firelink.virtual.romrun", str(image), "run", "-X", f"heapsize={heapsize}", "--",
                 str(HERE / script), *args]
     r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     if r.returncode != 0:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from firelink import virtual
+from firelink.virtual import device as virtual
 from tests.hil.heapfit import FIT_CAP, LEAN_CAP, alarm_at_heap, kbytes
 
 
@@ -17,7 +17,7 @@ from tests.hil.heapfit import FIT_CAP, LEAN_CAP, alarm_at_heap, kbytes
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Always the lean board's shipped build, whatever FL_DUT_FIRMWARE says: the sources compile at
     # import and need heap a board never spends. fl/ is a ROMFS image that the virtual device maps
-    # outside the heap and mounts at /rom, as the lean board's ROMFS partition (firelink.romfs).
+    # outside the heap and mounts at /rom, as the lean board's ROMFS partition (firelink.board.romfs).
     return virtual.shipped_rom_app(tmp_path_factory.mktemp("app"))
 
 

@@ -1,4 +1,4 @@
-"""firelink.romdeploy against a real MicroPython REPL (the unix port on a pty, tests/host/mp_pty.py)
+"""firelink.board.romdeploy against a real MicroPython REPL (the unix port on a pty, tests/host/mp_pty.py)
 whose `esp32.Partition` is a stand-in over a file (tests/host/standin/esp32.py: the unix port has
 no flash partitions). What only a board proves (the real partition, the mount at boot) is in
 hardware/README.md's checklist."""
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from firelink import romdeploy, romfs
-from firelink.build import build_app
-from firelink.device import Device
+from firelink.board import romdeploy, romfs
+from firelink.board.build import build_app
+from firelink.board.device import Device
 from tests.host.mp_pty import PtyBoard
 
 HERE = Path(__file__).resolve().parent
@@ -61,7 +61,7 @@ def test_the_written_partition_runs_the_app(pty_board: PtyBoard, rom: romfs.RomB
         romdeploy.write_image(dev, rom)
     probe = tmp_path / "probe.py"
     probe.write_text("import fl.events, fl.mqtt\nprint(fl.mqtt.__file__)\n")
-    r = subprocess.run([sys.executable, "-m", "firelink.romrun", str(part), "run", "--", str(probe)], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "firelink.virtual.romrun", str(part), "run", "--", str(probe)], cwd=tmp_path,
                        env=dict(os.environ, MICROPYPATH=".frozen"), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "/rom/fl/mqtt.mpy"

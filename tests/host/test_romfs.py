@@ -1,5 +1,5 @@
-"""The lean board's ROMFS image (firelink.romfs) and the unix port's stand-in for its memory-mapped
-partition (firelink.romrun): MicroPython's own VfsRom reads the images we write, imports from it
+"""The lean board's ROMFS image (firelink.board.romfs) and the unix port's stand-in for its memory-mapped
+partition (firelink.virtual.romrun): MicroPython's own VfsRom reads the images we write, imports from it
 leave the bytecode and constants out of the heap, and a ROM build puts fl/ in the image only."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from firelink import build, romfs, romrun
+from firelink.board import build, romfs
+from firelink.virtual import romrun
 
 MODULE = '''BLOB = b"%s"
 def f(x):
@@ -22,7 +23,7 @@ def run_rom(image: Path, script: str, tmp_path: Path, heapsize: str = "256k") ->
     path = tmp_path / "probe.py"
     path.write_text(script)
     env = dict(os.environ, MICROPYPATH=".frozen")
-    r = subprocess.run([sys.executable, "-m", "firelink.romrun", str(image), "run", "-X", f"heapsize={heapsize}",
+    r = subprocess.run([sys.executable, "-m", "firelink.virtual.romrun", str(image), "run", "-X", f"heapsize={heapsize}",
                         "--", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
@@ -96,7 +97,7 @@ def test_import_from_rom_keeps_bytecode_and_constants_out_of_the_heap(tmp_path: 
 
 
 def romrun_binary() -> str:
-    from firelink.unixport import micropython_binary
+    from firelink.virtual.unixport import micropython_binary
     return micropython_binary()
 
 
@@ -129,7 +130,8 @@ def test_rom_build_puts_fl_in_the_image_and_the_rest_on_littlefs(tmp_path: Path)
 
 
 def test_a_lean_virtual_device_runs_the_rom_build_and_keeps_its_board(tmp_path: Path) -> None:
-    from firelink import boards, virtual
+    from firelink.board import boards
+    from firelink.virtual import device as virtual
 
     lean, ref = tmp_path / "lean", tmp_path / "ref"
     virtual.prepare(lean, {"device_id": "lean1"}, board=boards.load("lean"))

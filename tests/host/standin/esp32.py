@@ -1,5 +1,5 @@
 # MicroPython module, copied as esp32.py into a test board's filesystem (tests/host/test_romdeploy.py):
-# the part of MicroPython's esp32.Partition (ports/esp32/esp32_partition.c) that firelink.romdeploy
+# the part of MicroPython's esp32.Partition (ports/esp32/esp32_partition.c) that firelink.board.romdeploy
 # uses, over a file standing for the flash partition labelled "romfs" (romfs.part beside it, its size
 # the partition's). Erasing fills with 0xff as NOR flash does; a write without erase ANDs bits in,
 # as NOR programming does, so a missing erase shows as corrupted data.
