@@ -267,9 +267,45 @@ def _paths(app):
 def _outbox(app):
     ob = app.outbox
     fire, fault, status = ob.depth_by_priority()
-    return {"fire": fire, "fault": fault, "status": status, "depth": len(ob), "capacity": ob.capacity,
-            "in_ram": ob.in_ram(), "dropped": ob.dropped, "storage_fault": bool(ob.storage_fault),
-            "acks_pending": app.ack_watch.pending()}
+    d = {"fire": fire, "fault": fault, "status": status, "depth": len(ob), "capacity": ob.capacity,
+         "in_ram": ob.in_ram(), "dropped": ob.dropped, "storage_fault": bool(ob.storage_fault),
+         "acks_pending": app.ack_watch.pending()}
+    d.update(_oldest(app, ob))
+    return d
+
+
+def _oldest(app, ob):
+    """The oldest record still waiting (the lowest number, whatever its class) and its age from
+    its own timestamp. Found on request (one pass over the outbox's index, one slot read),
+    so the outbox keeps no time per record: its index stays ≈5 bytes a slot (fl/outbox.py).
+    The age is unknown (null) when the record was stamped on another clock basis than now
+    (before the clock was set, or the other way round)."""
+    st, orders = ob._state, ob._order
+    slot, order, payload = -1, 0, None
+    for i in range(ob.capacity):
+        if st[i] & 0x7F <= 2 and (not order or orders[i] < order):  # fire, fault or status: live
+            slot, order = i, orders[i]
+    for r in ob._ram:  # flash refused them: held in RAM
+        if not order or r[0] < order:
+            slot, order, payload = -1, r[0], r[2]
+    if not order:
+        return {"oldest_seq": None, "oldest_age_s": None}
+    if slot >= 0:
+        try:
+            rec = ob._file.read(slot)
+        except OSError:
+            rec = None
+        payload = rec[1] if rec is not None and rec[0] == order else None
+    d = {"oldest_seq": order, "oldest_age_s": None}
+    try:
+        ev = json.loads(bytes(payload))
+        d["oldest_code"], d["oldest_class"] = ev["code"], ev["class"]
+        t, ms, synced = app.clock.stamp()
+        if ev["tsync"] is synced:
+            d["oldest_age_s"] = max(0, (t - ev["ts"]) * 1000 + ms - ev.get("ms", 0)) / 1000
+    except (TypeError, ValueError, KeyError):
+        pass  # unreadable now (the sender will say so when it gets there): number only
+    return d
 
 
 def _mem(app):

@@ -301,6 +301,19 @@ def mask(obj: Any) -> Any:
     return obj
 
 
+def oldest_text(outbox: dict[str, Any]) -> str:
+    """The outbox's oldest waiting record as a technician reads it: `none`, `12.3 s (seq 41, 602)`,
+    or its number alone when its age is unknown (stamped before the clock was set)."""
+    seq = outbox.get("oldest_seq")
+    if seq is None:
+        return "none"
+    age = outbox.get("oldest_age_s")
+    what = f"seq {seq}" + (f", {outbox['oldest_code']}" if outbox.get("oldest_code") else "")
+    if age is None:
+        return f"age unknown ({what}; stamped on another clock)"
+    return f"{age:.1f} s ({what})" if age < 120 else f"{age / 60:.0f} min ({what})"
+
+
 def report_markdown(rep: dict[str, Any]) -> str:
     ident = rep.get("id", {})
     lines = [f"# FireLink support report: {ident.get('id', '?')}", "",
@@ -321,7 +334,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
                  f"connects {m.get('connects')}, last error `{m.get('last_error') or '-'}`")
     ob = rep.get("outbox", {})
     lines += ["", "## Outbox", "", f"fire {ob.get('fire')}, fault {ob.get('fault')}, status {ob.get('status')} "
-              f"(depth {ob.get('depth')}/{ob.get('capacity')}, in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')})"]
+              f"(depth {ob.get('depth')}/{ob.get('capacity')}, in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')}); "
+              f"oldest waiting: {oldest_text(ob)}"]
     lines += ["", "## Active faults", ""] + ([f"- {k}: {v}" for k, v in rep.get("faults", {}).items()] or ["none"])
     lines += ["", "## Memory and clock", "", f"- {rep.get('mem')}", f"- {rep.get('clock')}"]
     crash = rep.get("crash")

@@ -144,7 +144,8 @@ def render(snap: dict[str, Any], extra_log: list[str] | None = None) -> Group:
     broker.append(f"  connects {m.get('connects')}  last error: {m.get('last_error') or '-'}", style="")
     ob = snap.get("outbox", {})
     outbox = Text(f"outbox: fire {ob.get('fire')}  fault {ob.get('fault')}  status {ob.get('status')}  "
-                  f"(in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')}, acks pending {ob.get('acks_pending')})")
+                  f"oldest {diag.oldest_text(ob)}  (in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')}, "
+                  f"acks pending {ob.get('acks_pending')})", style="yellow" if ob.get("in_ram") else "")
     faults = snap.get("faults") or {}
     ft = Text("faults: " + (", ".join(f"{k} ({v})" if v else k for k, v in faults.items()) or "none"),
               style="bold yellow" if faults else "green")

@@ -78,6 +78,27 @@ async def test_status_parts_are_framed_and_config_is_masked():
     ok(SECRET not in "".join(app.printed), "the secret is never printed")
 
 
+async def test_outbox_answer_has_depth_per_class_in_ram_and_the_oldest_age():
+    app = _app()
+    _queued(app)
+    r = (await _ask(app, "?o outbox"))["o"]["outbox"]
+    eq((r["depth"], r["oldest_seq"], r["oldest_age_s"]), (0, None, None), "empty: no oldest")
+    app.recorder.record("602", "new", 0, "", "status")
+    first = app.outbox.newest_order
+    await asyncio.sleep_ms(400)
+    app.recorder.record("110", "new", 1, "panel_fire", "fire")
+    r = (await _ask(app, "?o outbox"))["o"]["outbox"]
+    eq((r["fire"], r["status"], r["in_ram"]), (1, 1, 0), "depth per class, none in RAM")
+    eq((r["oldest_seq"], r["oldest_code"], r["oldest_class"]), (first, "602", "status"),
+       "the oldest waiting is the status record, though fire goes first")
+    ok(0.35 <= r["oldest_age_s"] < 30, "its age from its own stamp: %r" % r)
+    handle = app.outbox.peek()[0]  # the fire goes
+    app.outbox.remove(handle)
+    app.outbox.remove(app.outbox.peek()[0])  # and the status record
+    r = (await _ask(app, "?o outbox"))["o"]["outbox"]
+    eq((r["depth"], r["oldest_seq"]), (0, None), "delivered: no oldest")
+
+
 async def test_walk_test_enters_flags_alarms_and_ends_by_itself():
     app = _app()
     await app.inputs.start()

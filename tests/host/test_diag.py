@@ -101,3 +101,12 @@ def test_mask_hides_anything_that_looks_like_a_credential() -> None:
     masked = diag.mask(doc)
     assert "hunter2" not in json.dumps(masked) and masked["broker"]["port"] == 1883
     assert masked["list"][0]["api_token"] == diag.SECRET_MASK
+
+
+def test_the_outbox_line_names_the_oldest_record_and_its_age() -> None:
+    assert diag.oldest_text({"oldest_seq": None}) == "none"
+    assert diag.oldest_text({"oldest_seq": 41, "oldest_code": "602", "oldest_age_s": 12.34}) == "12.3 s (seq 41, 602)"
+    assert diag.oldest_text({"oldest_seq": 41, "oldest_age_s": 600}) == "10 min (seq 41)"
+    assert "age unknown" in diag.oldest_text({"oldest_seq": 7, "oldest_age_s": None})
+    md = diag.report_markdown({"outbox": {"fire": 0, "fault": 1, "status": 0, "oldest_seq": 9, "oldest_age_s": 3.0}})
+    assert "oldest waiting: 3.0 s (seq 9)" in md
