@@ -148,7 +148,7 @@ class App:
             self.links.mqtt = self.mqtt
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
-        self.indicators = Indicators(board, self.health, self.mqtt, console=self.console)
+        self.indicators = Indicators(board, self.health, self.mqtt, console=self.console or False)
         self.watchdog = Watchdog(board)
 
     def _status(self, state):

@@ -10,6 +10,7 @@ answers `ask()` with the reassembled JSON object or a specific error:
   PortBusy        another program holds the port (a monitor, mpremote, a second diag)
   InBootloader    the ESP32 ROM is waiting for a download (BOOT held, or esptool left it so)
   AtRepl          MicroPython's prompt answers: the firmware is not running
+  NoConsole       the firmware runs on a board built without the console (the lean board) and says so
   FirmwareTooOld  the firmware prints log lines but does not answer the protocol
   NoAnswer        nothing FireLink-like answered within the time
   DeviceRefused   the device answered `ok: false` (its message is kept)
@@ -41,6 +42,9 @@ MAX_FRAMES = 10000
 _LOG = re.compile(r"^\d+ (DEBUG|INFO|WARN|ERROR) ")
 # What the ESP32's ROM prints when it boots into the serial bootloader.
 _BOOTLOADER = re.compile(r"waiting for download|boot:0x[0-9a-f]+ \(DOWNLOAD", re.I)
+# What a board built without the console logs when something arrives on its serial line
+# (fl/indicators.py, `diag_console: false` in the board's JSON: the lean board).
+NO_CONSOLE = "no diagnostics console on this board"
 SECRET_MASK = "***"
 
 
@@ -67,6 +71,10 @@ class AtRepl(DiagError):
 
 
 class FirmwareTooOld(DiagError):
+    pass
+
+
+class NoConsole(DiagError):
     pass
 
 
@@ -134,6 +142,7 @@ class DiagLink:
         self.unreadable = 0
         self.on_log = on_log
         self.error: str | None = None
+        self.no_console = False  # the firmware said it has no console (a lean board)
         self._partial = b""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"diag {port}", daemon=True)
@@ -188,6 +197,9 @@ class DiagLink:
                 return
             if _LOG.match(line):
                 self.log.append(line)
+                if NO_CONSOLE in line:
+                    self.no_console = True
+                    self._cond.notify_all()
                 callback = self.on_log
             else:
                 self.other.append(line)
@@ -216,6 +228,8 @@ class DiagLink:
                     self.unreadable += 1
                 if self.error:
                     raise DiagError(f"{self.port}: the port went away: {self.error}")
+                if self.no_console:
+                    raise self._no_console()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._why_silent()
@@ -228,6 +242,12 @@ class DiagLink:
         if not answer.get("ok"):
             raise DeviceRefused(f"{request.split(' ')[0]}: {answer.get('error', 'refused')}")
         return answer
+
+    def _no_console(self) -> NoConsole:
+        return NoConsole(f"{self.port}: the firmware runs, but this board is built without the diagnostics console "
+                         "(diag_console false in its board JSON: the lean board, whose heap has no room for it; "
+                         "docs/diag.md). Its alarms are not affected. Use `firelink cmd DEVICE status|config get|"
+                         "reboot|silence|test` from the centre, or the REPL (it stops the firmware)")
 
     def _why_silent(self) -> DiagError:
         other = "\n".join(self.other)

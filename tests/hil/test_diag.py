@@ -184,3 +184,33 @@ def test_random_bytes_on_the_console_lose_nothing(centre: Centre, dut: Dut, cons
         if not isinstance(dut, SerialDut) else None
     if secret:
         assert secret not in "\n".join(console.other) + "\n".join(console.log)
+
+
+def test_diag_on_a_board_built_without_the_console_says_so(request: pytest.FixtureRequest, tmp_path: Path,
+                                                            dut_firmware: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The lean board (diag_console false) has no console: `firelink diag` says exactly that, at
+    once, and the firmware runs on (docs/diag.md)."""
+    if request.config.getoption("--dut") != "virtual":
+        pytest.skip("the lean board's build runs here on the virtual device")
+    from firelink import boards, virtual
+    d = tmp_path / "lean"
+    virtual.create(d, {"device_id": "fl-lean-diag", "broker": {"host": "127.0.0.1", "port": 9}},
+                   {"mqtt_username": "fl-lean-diag", "mqtt_password": "pw-lean-diag-123"},
+                   board=boards.load(boards.LEAN))
+    dev = virtual.VirtualDevice(d, firmware=dut_firmware)
+    dev.start(heapsize="256k")
+    try:
+        t0 = time.monotonic()
+        assert cli.main(["diag", "--port", str(d), "--once"]) == 2
+        took = time.monotonic() - t0
+        err = capsys.readouterr().err
+        assert "built without the diagnostics console" in " ".join(err.split()), err
+        assert took < diag.ANSWER_TIMEOUT_S, f"the answer waited for the timeout ({took:.1f} s)"
+        with pytest.raises(diag.NoConsole):  # again: a second technician is told too
+            with DiagLink(str(d)) as link:
+                link.hello(10)
+        assert dev.running()
+        assert "MemoryError" not in dev.console_log.read_text(errors="replace")
+    finally:
+        dev.stop()

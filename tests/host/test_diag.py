@@ -73,6 +73,8 @@ def test_a_damaged_frame_is_refused(pty_pair: tuple[int, str]) -> None:
      diag.InBootloader),
     (b"MicroPython v1.24 on 2024-01-01; Generic ESP32 module with ESP32\n>>> ", diag.AtRepl),
     (b"1234 INFO app: FireLink 0.0.9 on esp32\n5678 INFO mqtt: connected\n", diag.FirmwareTooOld),
+    (b"1234 INFO app: FireLink 0.0.9 on esp32\n5678 WARN diag: no diagnostics console on this board (built "
+     b"without it: diag_console false); ask the centre (firelink cmd) or use the REPL\n", diag.NoConsole),
     (b"", diag.NoAnswer),
 ])
 def test_why_nothing_answered(pty_pair: tuple[int, str], text: bytes, error: type) -> None:
