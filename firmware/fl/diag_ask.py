@@ -12,6 +12,7 @@ from binascii import crc32
 
 from fl import VERSION, ticks
 from fl.diag import LINE_MAX, LOG_LINES, LOG_WIDTH
+from fl.inputs import CODES  # the Contact ID code an input's activation is sent with
 
 # fl.service (the actions) and fl.crash load only for the verbs that need them: a query costs
 # this module's RAM alone. ServiceError is a ValueError: caught as one here.
@@ -228,7 +229,7 @@ def _inputs(app):
     states = inp.states()
     for i, spec in enumerate(inp.specs):
         d = {"name": spec["name"], "kind": spec["kind"], "zone": spec["zone"], "state": states.get(spec["name"]),
-             "debouncing": inp._cand[i] is not None}
+             "code": CODES.get(spec["kind"]), "debouncing": inp._cand[i] is not None}
         if d["debouncing"]:
             d["candidate"] = inp._cand[i]
             d["for_ms"] = ticks.diff(now, inp._since[i])

@@ -70,7 +70,7 @@ async def test_status_parts_are_framed_and_config_is_masked():
     r = a["a1"]
     ok(r["ok"], r)
     eq(r["id"]["id"], "fl-diag", "identity")
-    eq([i["name"] for i in r["inputs"]][:1], ["panel_fire"], "inputs listed")
+    eq([(i["name"], i["code"]) for i in r["inputs"]][:1], [("panel_fire", "110")], "inputs listed, with their code")
     ok("mqtt" in r["paths"] and "fire" in r["outbox"], "paths and outbox")
     ok(len(app.printed) > 1, "a long answer is cut into several frames")
     c = (await _ask(app, "?b config"))["b"]

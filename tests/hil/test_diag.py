@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -114,6 +115,42 @@ def test_walk_test_607_alarm_flagged_test_and_timed_exit(centre: Centre, dut: Du
     after = centre.wait_event(dev, code="110", q="new", since=mark, timeout_s=10)
     assert [m.doc.get("test") for m in centre.messages(dev, "event") if m.doc.get("id") == after.id] == [None]
     dut.set_input("panel_fire", "normal")
+
+
+def test_guided_walktest_shows_code_test_flag_and_latency_to_the_centre(centre: Centre, dut: Dut,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`firelink diag walktest --centre`: 607 on, the technician's activation seen on the console with
+    its code, followed to the centre (flagged test, the monitor's ack and the latency), 607 off."""
+    dev, site = dut.device_id, centre.site
+    centre.wait_change(dev, "online", 20)
+    if isinstance(dut, SerialDut):
+        dut._release_port()
+    mark = centre.mark()
+    out: list[int] = []
+    argv = ["diag", "walktest", "--port", dut.port, "--input", "panel_fire", "--wait", "60",
+            "--centre", f"mqtt://{site.host}:{site.port}", "--centre-user", site.centre_user,
+            "--centre-password", site.centre_pass]
+    tool = threading.Thread(target=lambda: out.append(cli.main(argv)), daemon=True)
+    tool.start()
+    try:
+        centre.wait_event(dev, code="607", q="new", since=mark, timeout_s=20)
+        time.sleep(1.0)  # the technician reads the prompt (the tool subscribed before 607 went on)
+        dut.set_input("panel_fire", "active")
+        centre.wait_event(dev, code="110", q="new", since=mark, timeout_s=10)
+        time.sleep(1.0)  # the tool follows the alarm to the centre, then asks for the restore
+        dut.set_input("panel_fire", "normal")
+        centre.wait_event(dev, code="607", q="restore", since=mark, timeout_s=30)
+        tool.join(30)
+        assert not tool.is_alive() and out == [0], out
+    finally:
+        if isinstance(dut, SerialDut):
+            dut._reclaim_port()
+    text = " ".join(capsys.readouterr().out.split())
+    print(text)
+    assert "walk test on" in text and "walk test off" in text, text
+    assert "panel_fire: normal → active" in text and "code 110" in text and "flagged test" in text, text
+    m = re.search(r"latency to the centre (-?\d+) ms \(the device's stamp → the monitor's ack\)", text)
+    assert m and 0 < int(m.group(1)) < 5000, text
 
 
 def test_remote_commands_and_a_broker_port_that_cannot_work_is_rolled_back(centre: Centre, dut: Dut) -> None:

@@ -112,3 +112,26 @@ def test_the_outbox_line_names_the_oldest_record_and_its_age() -> None:
     assert "age unknown" in diag.oldest_text({"oldest_seq": 7, "oldest_age_s": None})
     md = diag.report_markdown({"outbox": {"fire": 0, "fault": 1, "status": 0, "oldest_seq": 9, "oldest_age_s": 3.0}})
     assert "oldest waiting: 3.0 s (seq 9)" in md
+
+
+def test_walktest_centre_options_are_checked_before_anything_starts() -> None:
+    from firelink import walktest
+    with pytest.raises(walktest.CentreUnusable, match="centre-user"):
+        walktest.CentreView.from_args("mqtt://127.0.0.1:1883", None, "pw")
+    with pytest.raises(walktest.CentreUnusable, match="--ca"):
+        walktest.CentreView.from_args("mqtts://centre.example:8883", "centre-tech", "pw")
+    with pytest.raises(walktest.CentreUnusable):
+        walktest.CentreView.from_args("http://x", "centre-tech", "pw")
+    ok = walktest.CentreView.from_args("mqtt://127.0.0.1:1883", "centre-tech", "pw")
+    assert (ok.url.host, ok.url.port, ok.username) == ("127.0.0.1", 1883, "centre-tech")
+
+
+def test_walktest_line_says_what_was_seen_and_what_the_centre_got() -> None:
+    from firelink import walktest
+    console_only = walktest.Result("panel_fire", "active", 1.2, "110")
+    assert "code 110 (fire alarm)" in walktest.Guide.line(console_only, "normal")
+    assert "latency" not in walktest.Guide.line(console_only, "normal")
+    full = walktest.Result("panel_fire", "active", 1.2, "110", True, 61.4)
+    line = walktest.Guide.line(full, "normal")
+    assert "flagged test" in line and "latency to the centre 61 ms" in line
+    assert "NOT flagged test" in walktest.Guide.line(walktest.Result("x", "active", 1, "110", False), "normal")
