@@ -35,15 +35,24 @@ class Indicators:
         self._chirp_every_ms = chirp_every_ms
         self._chirp_ms = chirp_ms
         self.silenced = False
+        self._hushed = None  # while silenced: the faults that were active then
         self.progress = 0
         health.listen(self._on_fault)
 
     def _on_fault(self, name, active, detail):
-        if active:
-            self.silenced = False
+        hushed = self._hushed
+        if hushed is None:
+            return
+        if not active:
+            hushed.discard(name)  # should it come back, that is a new fault
+        elif name not in hushed:  # a new fault sounds again; a new detail of a known one does not
+            self.silenced, self._hushed = False, None
 
     def silence(self):
+        """Until the next new fault, as panels do: the faults active now (whose details may
+        change, e.g. the broker's last error) stay quiet while they last."""
         self.silenced = True
+        self._hushed = set(self._health.faults)
 
     async def run(self):
         since_chirp = self._chirp_every_ms  # chirp at once when a fault is already active
