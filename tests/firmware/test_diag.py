@@ -186,6 +186,15 @@ async def test_fuzz_random_lines_never_crash_or_leak_and_the_alarm_path_records(
             raise AssertionError("secret printed for %r" % line)
         for frame in app.printed:
             ok(frame.startswith("#FL1 "), "only frames: %r" % frame)
-        if i % 2500 == 0:  # the alarm path keeps recording meanwhile
-            write("sim/control.json", json.dumps({"inputs": {"in4": 0, "in5": 0, "in1": (i // 2500) % 2 == 0}}))
+        if i % 2500 == 0:  # the panel's fire output changes meanwhile
+            # in1 is the panel's NO contact with a pull-up: 0 (closed) is active, 1 normal
+            write("sim/control.json", json.dumps({"inputs": {"in4": 0, "in5": 0, "in1": (i // 2500) % 2}}))
+            app.board.refresh(force=True)
+        if i % 25 == 0:  # and the alarm path keeps scanning and recording
+            app.inputs.scan()
     ok(app.console.requests > 2000 and app.console.ignored > 1000, "counted")
+    for _ in range(10):  # the last change's debounce
+        await asyncio.sleep_ms(20)
+        app.inputs.scan()
+    fires = [(e["code"], e["q"]) for e in _queued(app) if e["code"] == "110"]
+    eq(fires, [("110", "new"), ("110", "restore")] * 2, "every change of the fire input recorded, none lost")
