@@ -12,10 +12,12 @@ from fl.app import App
 from fl.hal.sim import Board
 
 SECRET = "s3cr3t-Pa55word"
+APN_PASSWORD = "apn-Pa55-xyz"
 
 
 def _app(**config):
-    cfg = {"device_id": "fl-diag", "broker": {"host": "127.0.0.1", "port": 9}}
+    cfg = {"device_id": "fl-diag", "broker": {"host": "127.0.0.1", "port": 9},
+           "cellular": {"user": "u", "password": APN_PASSWORD}}  # a password kept in config.json itself
     cfg.update(config)
     write("config.json", json.dumps(cfg))
     write("secrets.json", json.dumps({"mqtt_username": "fl-diag", "mqtt_password": SECRET}))
@@ -76,6 +78,7 @@ async def test_status_parts_are_framed_and_config_is_masked():
     c = (await _ask(app, "?b config"))["b"]
     eq(c["config"]["secrets"]["mqtt_password"], "***", "secret masked")
     ok(SECRET not in "".join(app.printed), "the secret is never printed")
+    eq(c["config"]["cellular"]["password"], "***", "the APN password masked")
 
 
 async def test_outbox_answer_has_depth_per_class_in_ram_and_the_oldest_age():
@@ -182,7 +185,7 @@ async def test_fuzz_random_lines_never_crash_or_leak_and_the_alarm_path_records(
         for b in line + b"\n":
             await app.console.feed_byte(b)
         out = "".join(app.printed)
-        if SECRET in out:
+        if SECRET in out or APN_PASSWORD in out:
             raise AssertionError("secret printed for %r" % line)
         for frame in app.printed:
             ok(frame.startswith("#FL1 "), "only frames: %r" % frame)
