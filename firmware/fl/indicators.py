@@ -10,6 +10,7 @@ import asyncio
 from fl import ticks
 
 TICK_MS = 500
+ASKED_MS = 100  # the console's read while a technician's tool is asking
 
 
 def readable(poller):
@@ -69,11 +70,19 @@ class Indicators:
                 self._board.output("buzzer", True)
                 await asyncio.sleep_ms(self._chirp_ms)
                 self._board.output("buzzer", False)
-            await asyncio.sleep_ms(TICK_MS)
-            if self._console:
-                await self._console.poll()
-            elif self._console is False:
-                self._no_console()
+            con = self._console
+            if con and con.idle_s >= 0:
+                # Someone is asking (a live view): the line is read every ASKED_MS, so an answer
+                # starts within that, not within a tick (the view shows a change within 1 s).
+                for _ in range(TICK_MS // ASKED_MS):
+                    await asyncio.sleep_ms(ASKED_MS)
+                    await con.poll()
+            else:
+                await asyncio.sleep_ms(TICK_MS)
+                if con:
+                    await con.poll()
+                elif con is False:
+                    self._no_console()
 
     def _no_console(self):
         """The lean board runs without the diagnostics console (hardware/boards/lean.json: its heap,
