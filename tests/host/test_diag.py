@@ -135,3 +135,40 @@ def test_walktest_line_says_what_was_seen_and_what_the_centre_got() -> None:
     line = walktest.Guide.line(full, "normal")
     assert "flagged test" in line and "latency to the centre 61 ms" in line
     assert "NOT flagged test" in walktest.Guide.line(walktest.Result("x", "active", 1, "110", False), "normal")
+
+
+def test_diag_log_follows_the_console_until_the_port_goes(capsys: pytest.CaptureFixture[str]) -> None:
+    from firelink import cli
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+
+    def board() -> None:  # answers hello and log, then prints a log line, then is unplugged
+        buf = b""
+        for _ in range(2):
+            while b"\n" not in buf:
+                buf += os.read(master, 256)
+            line, buf = buf.split(b"\n", 1)
+            tag = line[1:].split(b" ")[0].decode()
+            body = json.dumps({"ok": True, "proto": 1, "log": ["12 INFO app: kept in the ring"]})
+            os.write(master, f"#FL1 {tag} 1/1 {zlib.crc32(body.encode()):08x} {body}\n".encode())
+        time.sleep(0.5)
+        os.write(master, b"98765 WARN mqtt: broker unreachable: ECONNREFUSED\n")
+        time.sleep(0.5)
+        os.close(master)
+
+    threading.Thread(target=board, daemon=True).start()
+    try:
+        assert cli.main(["diag", "log", "--port", path, "--timeout", "3"]) == 0
+    finally:
+        os.close(slave)
+    out = capsys.readouterr().out
+    assert "kept in the ring" in out and "98765 WARN mqtt: broker unreachable" in out, out
+    assert "port closed" in out, out
+
+
+def test_log_levels_have_their_colours() -> None:
+    from firelink.diag_cmd import LEVEL_STYLE
+    assert diag.level_of("1 WARN x: y") == "WARN" and LEVEL_STYLE["WARN"] == "yellow"
+    assert diag.level_of("1 ERROR x: y") == "ERROR" and "red" in LEVEL_STYLE["ERROR"]
+    assert diag.level_of("not a log line") == ""
