@@ -9,6 +9,9 @@ Examples:
   firelink cmd dev1 walktest on --minutes 30            607 on; alarms flagged as test; ends by itself
   firelink cmd dev1 walktest off
   firelink cmd dev1 silence | reboot | test
+  firelink cmd dev1 status --username centre-ops --timeout 5        exit 3 if no result within 5 s
+  firelink cmd dev1 status --tls --port 8883 --ca run/broker/pki/ca.crt \\
+      --cert run/broker/pki/centres/centre-ops.crt --key run/broker/pki/centres/centre-ops.key --username centre-ops
 
 The account must be a centre account (`monitor` or `centre-<name>`; while the monitor runs use a
 centre-<name> one: the broker binds client ids to accounts). Password: --password or $FL_CMD_PASS.
@@ -30,14 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cmd", help="send a remote command to a device and wait for its result",
                        description=__doc__.split("\n\n", 1)[0], epilog="examples:" + __doc__.split("Examples:", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("device")
+    p.add_argument("device", help="the device's id (its account), e.g. fl-0a1b2c3d4e5f")
     p.add_argument("words", nargs="+", metavar="COMMAND", help=" | ".join(centre_cmd.NAMES))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--tls", action="store_true")
-    p.add_argument("--ca", type=Path)
-    p.add_argument("--cert", type=Path)
-    p.add_argument("--key", type=Path)
+    p.add_argument("--host", default="127.0.0.1", help="the site broker (default %(default)s)")
+    p.add_argument("--port", type=int, default=1883, help="its port (default %(default)s; 8883 with --tls)")
+    p.add_argument("--tls", action="store_true", help="the mutual-TLS listener (with --ca, --cert, --key)")
+    p.add_argument("--ca", type=Path, help="the site CA (PEM)")
+    p.add_argument("--cert", type=Path, help="the centre account's client certificate (PEM)")
+    p.add_argument("--key", type=Path, help="its key (PEM)")
     p.add_argument("--username", default="monitor", help="a centre account (default: %(default)s)")
     p.add_argument("--password", default=None, help=f"default: ${PASSWORD_ENV}")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the result (default 15)")
