@@ -176,6 +176,27 @@ def test_remote_commands_and_a_broker_port_that_cannot_work_is_rolled_back(centr
     assert any(m.doc.get("cmd") == "config set" and m.doc.get("ok") for m in centre.messages(dev, "cmd_result"))
 
 
+def test_firelink_cmd_waits_for_the_result_with_its_id_and_times_out_clearly(centre: Centre, dut: Dut,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    dev, site = dut.device_id, centre.site
+    centre.wait_change(dev, "online", 20)
+    base = ["--port", str(site.port), "--username", site.centre_user, "--password", site.centre_pass]
+    assert cli.main(["cmd", dev, "silence", *base, "--timeout", "15"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] and result["cmd"] == "silence" and result["id"].startswith("c"), result
+    time.sleep(1.1)  # one command a second
+    t0 = time.monotonic()
+    assert cli.main(["cmd", "fl-nobody-here", "status", *base, "--timeout", "2"]) == 3
+    took = time.monotonic() - t0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no result from fl-nobody-here within 2 s" in err and took < 10, (err, took)
+    assert cli.main(["cmd", dev, "reboot", "now", *base]) == 1  # bad words: refused before sending
+    assert "takes no arguments" in capsys.readouterr().err
+    rec = [m.doc for m in centre.messages(dev, "cmd_result") if m.doc.get("id") == result["id"]]
+    assert rec and rec[0]["ok"], "the monitor recorded the result"
+    assert any(e.code == "306" and "silence by centre" in (e.detail or "") for e in centre.events_of(dev))
+
+
 @pytest.mark.needs("flash")  # reads the device's files (secrets, supervisor state) on this host
 def test_a_crash_in_a_task_is_in_the_report_after_the_reset(dut: Dut, tmp_path: Path) -> None:
     if isinstance(dut, SerialDut):
