@@ -1,5 +1,5 @@
 """`make bench`, heap part: does the application as it ships fit the lean board, and where does
-its heap go. Three figures, all on the shipped build (firelink.build's .mpy files for the ESP32,
+its heap go. Three figures, all on the shipped build (firelink.board.build's .mpy files for the ESP32,
 bytecode only, imported by the MicroPython unix port) with the lean board's board.json:
 
 1. the smallest `-X heapsize` at which the alarm scenario passes (tests/hil/heapfit.py: boot,
@@ -31,7 +31,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from firelink import boards, build, virtual
+from firelink.board import boards, build
+from firelink.virtual import device as virtual
 from tests.hil import heapfit
 from tests.tooling import ROOT, micropython_binary
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from firelink import boards
-from firelink.localsite import LocalSite, SiteError
+from firelink.board import boards
+from firelink.site.local import LocalSite, SiteError
 
 DEVICE_ID = "fl-02000000be02"  # as long as a default id: topics at their real size
 FIRE = "panel_fire"

@@ -22,10 +22,12 @@ from typing import Iterator
 
 import pytest
 
-from firelink import centre_cmd, cli, diag
-from firelink.diag import DiagError, DiagLink
-from firelink.diag_cmd import REFRESH_S, render
-from firelink.provision_settings import BrokerURL
+from firelink import cli
+from firelink.board import diag
+from firelink.board.diag import DiagError, DiagLink
+from firelink.centre import remote as centre_cmd
+from firelink.commands.diag import REFRESH_S, render
+from firelink.provision.settings import BrokerURL
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut, SerialDut
 
@@ -251,9 +253,11 @@ def test_diag_on_a_board_built_without_the_console_says_so(request: pytest.Fixtu
     once, and the firmware runs on (docs/diag.md)."""
     if request.config.getoption("--dut") != "virtual":
         pytest.skip("the lean board's build runs here on the virtual device")
-    from firelink import boards, virtual
+    from firelink.board import boards
+    from firelink.virtual import device as virtual
+    from firelink.virtual.world import create
     d = tmp_path / "lean"
-    virtual.create(d, {"device_id": "fl-lean-diag", "broker": {"host": "127.0.0.1", "port": 9}},
+    create(d, {"device_id": "fl-lean-diag", "broker": {"host": "127.0.0.1", "port": 9}},
                    {"mqtt_username": "fl-lean-diag", "mqtt_password": "pw-lean-diag-123"},
                    board=boards.load(boards.LEAN))
     dev = virtual.VirtualDevice(d, firmware=dut_firmware)

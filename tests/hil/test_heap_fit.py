@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from firelink import virtual
+from firelink.virtual import device as virtual
 from tests.hil.heapfit import FIT_CAP, LEAN_CAP, alarm_at_heap, kbytes
 
 

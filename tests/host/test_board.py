@@ -1,5 +1,5 @@
-"""hardware/boards/*.json: the ESP32 checks (firelink.boardcheck) with each module's pin facts,
-the generated pin maps (firelink.boarddoc) and the rule that nothing else repeats a pin number."""
+"""hardware/boards/*.json: the ESP32 checks (firelink.board.boardcheck) with each module's pin facts,
+the generated pin maps (firelink.board.boarddoc) and the rule that nothing else repeats a pin number."""
 from __future__ import annotations
 
 import copy
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from firelink import boardcheck, boarddoc, boards
-from firelink.boardcheck import CONSOLE, FLASH, INPUT_ONLY, MODULE_GPIOS, STRAPPING, Problem, check
+from firelink.board import boardcheck, boarddoc, boards
+from firelink.board.boardcheck import CONSOLE, FLASH, INPUT_ONLY, MODULE_GPIOS, STRAPPING, Problem, check
 from tests.tooling import FIRMWARE, ROOT, micropython_binary
 
 BOARD_JSON = ROOT / "hardware" / "boards" / "reference.json"

@@ -1,4 +1,4 @@
-"""firelink.diag against the other end of a real pseudo-terminal: what a technician is told for a
+"""firelink.board.diag against the other end of a real pseudo-terminal: what a technician is told for a
 busy port, a board in its ROM bootloader, one at the REPL, a firmware too old for the protocol and
 a silent port; frames reassembled, damaged ones refused; secrets masked a second time."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from firelink import diag
+from firelink.board import diag
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_the_outbox_line_names_the_oldest_record_and_its_age() -> None:
 
 
 def test_walktest_centre_options_are_checked_before_anything_starts() -> None:
-    from firelink import walktest
+    from firelink.board import walktest
     with pytest.raises(walktest.CentreUnusable, match="centre-user"):
         walktest.CentreView.from_args("mqtt://127.0.0.1:1883", None, "pw")
     with pytest.raises(walktest.CentreUnusable, match="--ca"):
@@ -127,7 +127,7 @@ def test_walktest_centre_options_are_checked_before_anything_starts() -> None:
 
 
 def test_walktest_line_says_what_was_seen_and_what_the_centre_got() -> None:
-    from firelink import walktest
+    from firelink.board import walktest
     console_only = walktest.Result("panel_fire", "active", 1.2, "110")
     assert "code 110 (fire alarm)" in walktest.Guide.line(console_only, "normal")
     assert "latency" not in walktest.Guide.line(console_only, "normal")
@@ -168,7 +168,7 @@ def test_diag_log_follows_the_console_until_the_port_goes(capsys: pytest.Capture
 
 
 def test_log_levels_have_their_colours() -> None:
-    from firelink.diag_cmd import LEVEL_STYLE
+    from firelink.commands.diag import LEVEL_STYLE
     assert diag.level_of("1 WARN x: y") == "WARN" and LEVEL_STYLE["WARN"] == "yellow"
     assert diag.level_of("1 ERROR x: y") == "ERROR" and "red" in LEVEL_STYLE["ERROR"]
     assert diag.level_of("not a log line") == ""
