@@ -80,8 +80,17 @@ def test_rate_limited_and_safe_mode_runs_status_only():
     safe = _app(safe=True)
     ok(_run(safe, {"cmd": "status", "id": "s"})["ok"], "status in safe mode")
     for doc in ({"cmd": "reboot"}, {"cmd": "silence"}, {"cmd": "test"}, {"cmd": "walktest", "on": True}):
-        r = _run(safe, doc)
-        ok(not r["ok"] and "safe mode" in r["error"], r)
+        r = _run(safe, dict(doc, id="s2"))
+        ok(not r["ok"] and "safe mode" in r["error"] and r["id"] == "s2", r)
+
+
+def test_a_command_without_an_id_is_refused_except_test():
+    app = _app()
+    for doc in ({"cmd": "status"}, {"cmd": "reboot"}, {"cmd": "config set", "key": "site", "value": "x"}):
+        r = _run(app, doc)
+        ok(not r["ok"] and "id" in r["error"], r)
+    ok(_run(app, {"cmd": "test"})["ok"], "test runs without one, as before")
+    eq([c for c, _ in _codes(app)], ["305", "601"], "nothing else was done")
 
 
 def test_fuzz_random_payloads_never_crash_leak_or_lose_an_event():
