@@ -217,7 +217,7 @@ def _walk_state(app):
 
 def _id(app):
     hb = app.heartbeat
-    return {"id": app.device_id, "fw": VERSION, "board": app.board.name, "boot": app.console.boot,
+    return {"id": app.device_id, "fw": VERSION, "board": app.board_name, "hal": app.board.name, "boot": app.console.boot,
             "reset": app.reset_cause, "uptime_s": hb.uptime_s(), "safe_mode": app.safe_mode,
             "site": app.config.get("site", "")}
 

@@ -72,6 +72,8 @@ async def test_status_parts_are_framed_and_config_is_masked():
     r = a["a1"]
     ok(r["ok"], r)
     eq(r["id"]["id"], "fl-diag", "identity")
+    eq((r["id"]["board"], r["id"]["hal"]), (app.board.board_info()["name"], "sim"), "the board's definition and HAL")
+    ok(all(k in r["id"] for k in ("fw", "boot", "reset", "uptime_s", "safe_mode")), r["id"])
     eq([(i["name"], i["code"]) for i in r["inputs"]][:1], [("panel_fire", "110")], "inputs listed, with their code")
     ok("mqtt" in r["paths"] and "fire" in r["outbox"], "paths and outbox")
     ok(len(app.printed) > 1, "a long answer is cut into several frames")
@@ -123,6 +125,22 @@ async def test_walk_test_enters_flags_alarms_and_ends_by_itself():
     eq([(e["code"], e["q"]) for e in evs], [("607", "restore")], "timed exit")
     ok(app.console.walk is None, "walk test off")
     eq(app.console.test_flag(), None, "alarms after it are not flagged")
+
+
+async def test_lamp_test_lights_every_led_and_the_buzzer_then_stops_the_buzzer():
+    from fl.hal.sim import OUTPUTS
+    app = _app()
+
+    def outputs():
+        with open(OUTPUTS) as f:
+            return json.load(f)
+
+    asking = asyncio.create_task(_ask(app, "?l leds"))
+    await asyncio.sleep_ms(500)
+    eq([outputs()[k] for k in ("led_status", "led_fault", "buzzer")], [True, True, True], "all on during the test")
+    r = (await asking)["l"]
+    ok(r["ok"] and r["tested"] == ["led_status", "led_fault", "buzzer"], r)
+    eq(outputs()["buzzer"], False, "the buzzer stops at its end")
 
 
 async def test_silence_and_config_set_validated_and_written_atomically():
