@@ -156,6 +156,7 @@ async def answer(app, console, text):
         return _do(lambda: {"set": key, "value": service.config_set(app, key, v, "console"),
                             "applies": "after reboot"})
     if verb == "reboot":
+        service.changed(app, "reboot", "console")  # a 306, as from the centre
         await send(console, "-", {"ok": True, "rebooting": True})
         service.restart(app, "reboot asked on the console")
         return _ok({})  # on the unix port a test harness may catch the exit

@@ -199,6 +199,23 @@ def test_firelink_cmd_waits_for_the_result_with_its_id_and_times_out_clearly(cen
     assert any(e.code == "306" and "silence by centre" in (e.detail or "") for e in centre.events_of(dev))
 
 
+def test_diag_reboot_records_a_306_and_the_device_comes_back(centre: Centre, dut: Dut) -> None:
+    dev = dut.device_id
+    centre.wait_change(dev, "online", 20)
+    mark, changes = centre.mark(), len(centre.changes_of(dev))
+    if isinstance(dut, SerialDut):
+        dut._release_port()
+    try:
+        assert cli.main(["diag", "reboot", "--port", dut.port]) == 0
+    finally:
+        if isinstance(dut, SerialDut):
+            dut._reclaim_port()
+    centre.wait_change(dev, "online", 60, since=changes)
+    ev = centre.wait_event(dev, code="306", q="new", since=mark, timeout_s=30)
+    assert "reboot by console" in (ev.detail or ""), ev
+    centre.wait_event(dev, code="305", q="new", detail="software", since=mark, timeout_s=30)  # the boot it caused
+
+
 @pytest.mark.needs("flash")  # reads the device's files (secrets, supervisor state) on this host
 def test_a_crash_in_a_task_is_in_the_report_after_the_reset(dut: Dut, tmp_path: Path) -> None:
     if isinstance(dut, SerialDut):
