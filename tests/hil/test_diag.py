@@ -110,12 +110,14 @@ def test_walk_test_607_alarm_flagged_test_and_timed_exit(centre: Centre, dut: Du
     centre.wait_event(dev, code="110", q="restore", since=mark, timeout_s=10)
     flagged = [m.doc for m in centre.messages(dev, "event") if m.doc.get("id") == fire.id]
     assert flagged and flagged[0].get("test") is True, flagged
+    assert fire.test is True  # the monitor stored it as a test, not a real alarm
     centre.wait_event(dev, code="607", q="restore", since=mark, timeout_s=40)  # ends by itself
     assert console.ask("walk")["walk"]["on"] is False
     mark = centre.mark()
     dut.set_input("panel_fire", "active")
     after = centre.wait_event(dev, code="110", q="new", since=mark, timeout_s=10)
     assert [m.doc.get("test") for m in centre.messages(dev, "event") if m.doc.get("id") == after.id] == [None]
+    assert after.test is False
     dut.set_input("panel_fire", "normal")
 
 
