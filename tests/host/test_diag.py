@@ -172,3 +172,16 @@ def test_log_levels_have_their_colours() -> None:
     assert diag.level_of("1 WARN x: y") == "WARN" and LEVEL_STYLE["WARN"] == "yellow"
     assert diag.level_of("1 ERROR x: y") == "ERROR" and "red" in LEVEL_STYLE["ERROR"]
     assert diag.level_of("not a log line") == ""
+
+
+def test_commands_and_the_walk_test_refuse_the_monitor_s_own_account(capsys: pytest.CaptureFixture[str]) -> None:
+    """Connecting as `monitor` would take the monitor's client id (the broker binds ids to accounts)
+    and drop the events queued for it: refused before anything connects."""
+    from firelink import cli
+    from firelink.board import walktest
+    assert cli.main(["cmd", "dev1", "status", "--username", "monitor", "--password", "x", "--port", "1"]) == 2
+    assert "not `monitor`" in " ".join(capsys.readouterr().err.split())
+    assert cli.main(["cmd", "dev1", "status", "--password", "x", "--port", "1"]) == 2
+    assert "centre-<name> account is needed" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(walktest.CentreUnusable, match="not `monitor`"):
+        walktest.CentreView.from_args("mqtt://127.0.0.1:1883", "monitor", "pw")

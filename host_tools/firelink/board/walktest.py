@@ -55,9 +55,10 @@ class CentreView:
                   cert: Path | None = None, key: Path | None = None) -> CentreView:
         problems: list[str] = []
         parsed = _parse_broker(url, problems, [])
-        if not username:
-            problems.append("--centre-user: a centre account is needed to read the device's events "
-                            "(centre-<name>; not `monitor`, whose session the broker would hand over)")
+        try:
+            centre_cmd.check_account(username, "--centre-user")
+        except UsageError as e:
+            problems.append(str(e))
         if parsed is not None and parsed.tls and ca is None:
             problems.append("--ca: an mqtts:// centre needs the site CA")
         if problems or parsed is None:
