@@ -112,6 +112,8 @@ def test_the_outbox_line_names_the_oldest_record_and_its_age() -> None:
     assert "age unknown" in diag.oldest_text({"oldest_seq": 7, "oldest_age_s": None})
     md = diag.report_markdown({"outbox": {"fire": 0, "fault": 1, "status": 0, "oldest_seq": 9, "oldest_age_s": 3.0}})
     assert "oldest waiting: 3.0 s (seq 9)" in md
+    md = diag.report_markdown({"counters": {"mqtt_connects": 3}, "walk": {"on": True, "left_s": 90}})
+    assert "- mqtt_connects: 3" in md and "on, 90 s left" in md
 
 
 def test_walktest_centre_options_are_checked_before_anything_starts() -> None:

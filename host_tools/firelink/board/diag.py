@@ -360,6 +360,9 @@ def report_markdown(rep: dict[str, Any]) -> str:
               f"(depth {ob.get('depth')}/{ob.get('capacity')}, in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')}); "
               f"oldest waiting: {oldest_text(ob)}"]
     lines += ["", "## Active faults", ""] + ([f"- {k}: {v}" for k, v in rep.get("faults", {}).items()] or ["none"])
+    lines += ["", "## Counters", ""] + ([f"- {k}: {v}" for k, v in rep.get("counters", {}).items()] or ["none"])
+    walk = rep.get("walk") or {}
+    lines += ["", "## Walk test", "", f"on, {walk.get('left_s')} s left" if walk.get("on") else "off"]
     lines += ["", "## Memory and clock", "", f"- {rep.get('mem')}", f"- {rep.get('clock')}"]
     crash = rep.get("crash")
     lines += ["", "## Last crash", ""]
