@@ -234,9 +234,13 @@ def _firmware_section(board: dict[str, Any]) -> list[str]:
         return []
     ram = ("PSRAM: MicroPython's heap is megabytes" if module and module.psram else
            "no PSRAM: about 110 KB of Python heap with Wi-Fi and TLS up, which the application is tested to fit")
+    where = ("micropython.org/download/ESP32_GENERIC/" if not fw.romfs else
+             f"built with ROMFS from hardware/micropython/{fw.variant}, see hardware/README.md")
+    romfs = (" The application's `fl/` runs from the image's `romfs` flash partition, not from the heap."
+             if fw.romfs else "")
     return ["## Firmware", "",
-            f"MicroPython `{fw.variant}` (micropython.org/download/ESP32_GENERIC/), which reports itself as "
-            f"\"{fw.machine}\"; `firelink flash --board ...` refuses another image. {ram[0].upper() + ram[1:]}."]
+            f"MicroPython `{fw.variant}` ({where}), which reports itself as "
+            f"\"{fw.machine}\"; `firelink flash --board ...` refuses another image. {ram[0].upper() + ram[1:]}.{romfs}"]
 
 
 def render(board: dict[str, Any], source: str = "hardware/boards/reference.json") -> str:

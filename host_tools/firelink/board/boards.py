@@ -2,7 +2,8 @@
 
 - `reference`: an ESP32-WROVER-E module (4 MB flash, PSRAM), MicroPython's ESP32_GENERIC
   firmware in its SPIRAM variant: megabytes of heap, room for everything to come.
-- `lean`: a plain ESP32-WROOM-32 module (no PSRAM), MicroPython's ESP32_GENERIC firmware:
+- `lean`: a plain ESP32-WROOM-32 module (no PSRAM), MicroPython's ESP32_GENERIC built with
+  ROMFS (hardware/micropython/FIRELINK_LEAN; the app's fl/ runs from flash, firelink.board.romfs):
   ≈110 KB of Python heap left with Wi-Fi and TLS up, which the application must fit
   (tests/hil/test_heap_fit.py, `make bench`).
 
@@ -44,6 +45,9 @@ class Firmware:
     the image itself), which is how flash and deploy tell the SPIRAM build from the plain one."""
     variant: str
     machine: str
+    # The image has ROMFS (MICROPY_VFS_ROM and a "romfs" partition): the app's .mpy files go
+    # there and run from flash (firelink/romfs.py). Stock micropython.org images have none.
+    romfs: bool = False
 
 
 def names() -> list[str]:
@@ -76,7 +80,7 @@ def firmware(board: dict[str, Any]) -> Firmware | None:
     fw = board.get("firmware")
     if not isinstance(fw, dict) or not isinstance(fw.get("variant"), str) or not isinstance(fw.get("machine"), str):
         return None
-    return Firmware(fw["variant"], fw["machine"])
+    return Firmware(fw["variant"], fw["machine"], fw.get("romfs") is True)
 
 
 def device_view(value: Any) -> Any:

@@ -444,9 +444,11 @@ def check_variant(path: Path, want: str, variant: str, others: dict[str, str]) -
     if found == want:
         return True
     if found is not None:
+        where = ("download it from https://micropython.org/download/ESP32_GENERIC/"
+                 if variant.startswith("ESP32_GENERIC") else
+                 f"build it from hardware/micropython/{variant} (hardware/README.md)")
         raise WrongVariant(f"{Path(path).name} is the MicroPython build \"{found}\" ({others[found]}); this board "
-                           f"takes {variant} (\"{want}\"): download it from https://micropython.org/download/"
-                           "ESP32_GENERIC/, or pick the board that image is for with --board")
+                           f"takes {variant} (\"{want}\"): {where}, or pick the board that image is for with --board")
     return False
 
 

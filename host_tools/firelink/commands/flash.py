@@ -1,11 +1,14 @@
 """`firelink flash`: from a blank ESP32 to a running FireLink transmitter in one command.
 
 detect the chip -> check the image is for it, and is the MicroPython build the board takes
-(`--board reference`: ESP32_GENERIC-SPIRAM for its ESP32-WROVER-E; `--board lean`: the plain
-ESP32_GENERIC for its ESP32-WROOM-32) -> erase -> write at the chip's offset -> verify -> reset
-and wait for MicroPython's REPL -> build the app for the chip -> deploy it with the board's
-board.json (hash-checked, only what changed) -> reboot into the app. `--app-only` does the last
-three steps on a board that already runs MicroPython (and checks it runs the board's build).
+(`--board reference`: ESP32_GENERIC-SPIRAM for its ESP32-WROVER-E; `--board lean`: ESP32_GENERIC
+built with ROMFS, hardware/micropython/FIRELINK_LEAN, for its ESP32-WROOM-32) -> erase -> write
+at the chip's offset -> verify -> reset and wait for MicroPython's REPL -> build the app for the
+chip -> deploy it with the board's board.json (hash-checked, only what changed) -> reboot into the
+app. On a board whose image has ROMFS (the lean board) the app's fl/ goes as a ROMFS image to the
+`romfs` partition, where it runs from flash (firelink.board.romfs, firelink.board.romdeploy), and
+only main.py, boot.py and board.json to littlefs. `--app-only` does the last steps on a board that
+already runs MicroPython (and checks it runs the board's build).
 """
 from __future__ import annotations
 
@@ -17,13 +20,15 @@ from rich.console import Console
 
 from firelink.board import boards
 from firelink.board import build as build_mod
-from firelink.board import flash
+from firelink.board import flash, romdeploy, romfs
 from firelink.board.deploy import DeployReport, deploy
 from firelink.board.device import Device, DeviceError, wait_for_repl
 from firelink.errors import UsageError
 from firelink.progress import Reporter, RichReporter
 
 REPL_WAIT_S = 30.0  # a fresh MicroPython formats its filesystem on first boot
+# micropython.org's images that no board takes (the reference board takes the SPIRAM one).
+STOCK_IMAGES = {"Generic ESP32 module with ESP32": "ESP32_GENERIC from micropython.org: no PSRAM support, no ROMFS"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,13 +86,32 @@ def run(args: argparse.Namespace) -> int:
                                   "give it with --arch (xtensawin for ESP32/S2/S3, rv32imc for C3/C6)")
             app = build_mod.build_app(arch, source=args.app_dir, board_json=board_json,
                                       build_root=args.build_dir, reporter=reporter)
-            report = deploy(device, app, reporter)
+            fw = boards.firmware(definition)
+            if fw is not None and fw.romfs:
+                report = _deploy_rom(device, app, reporter)
+            else:
+                report = deploy(device, app, reporter)
             if not args.no_reboot:
                 reporter.start("reboot into the app")
                 device.reboot()
                 reporter.finish()
     _summary(out, report, time.monotonic() - started)
     return 0
+
+
+def _deploy_rom(device: Device, app: build_mod.AppBuild, reporter: Reporter) -> DeployReport:
+    """fl/ to the ROMFS partition (checked there), then littlefs's files, then littlefs's old fl/
+    removed (it would be found before /rom): the old app runs until the new one is complete."""
+    rom = romfs.romfs_split(app)
+    written = romdeploy.write_image(device, rom, reporter)
+    report = deploy(device, rom.littlefs, reporter)
+    romdeploy.remove_littlefs_copy(device, written, reporter)
+    if written.written:
+        report.written.append(f"romfs ({rom.image_bytes} of {written.partition_bytes} bytes)")
+        report.bytes_written += rom.image_bytes
+    else:
+        report.skipped.append("romfs")
+    return report
 
 
 def _known_builds() -> dict[str, str]:
@@ -114,7 +138,7 @@ def flash_firmware(args: argparse.Namespace, reporter: Reporter, fw: boards.Firm
     """The esptool part; returns the chip name."""
     flash.read_image(args.firmware)  # a wrong file fails before the board is touched
     if fw is not None:
-        others = {m: what for m, what in _known_builds().items() if m != fw.machine}
+        others = {m: what for m, what in {**STOCK_IMAGES, **_known_builds()}.items() if m != fw.machine}
         if not flash.check_variant(args.firmware, fw.machine, fw.variant, others):
             reporter.warn(f"cannot tell which MicroPython build {args.firmware.name} is (no board name in it): "
                           f"this board takes {fw.variant}")

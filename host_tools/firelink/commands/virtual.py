@@ -33,6 +33,7 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
+from firelink.board import boards
 from firelink.errors import UsageError
 from firelink.virtual import device as virtual
 from firelink.virtual.device import VirtualDevice, VirtualError, WorldError
@@ -55,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--foreground", action="store_true", help="stream the console here until Ctrl-C")
     s.add_argument("--no-restart", action="store_true", help="do not reboot after a watchdog or software reset")
     s.add_argument("--heapsize", help="MicroPython heap size, e.g. 256k (default: the unix port's)")
+    s.add_argument("--board", choices=boards.names(), help="the board of a new device (hardware/boards/; default: "
+                   f"{boards.DEFAULT}); the lean board runs its ROM build: fl/ from a ROMFS image, as on the board")
     s.add_argument("--source", action="store_true",
                    help="run the firmware/ sources instead of the shipped .mpy build")
     s.set_defaults(func=run_start)
@@ -140,7 +143,7 @@ def _provision(args: argparse.Namespace) -> None:
         secrets["mqtt_password"] = args.password
     if secrets.get("mqtt_username") is None:
         secrets.pop("mqtt_username", None)
-    virtual.prepare(args.dir, config, secrets)
+    virtual.prepare(args.dir, config, secrets, board=boards.load(args.board) if args.board else None)
 
 
 def _config_device_id(d: Path) -> str | None:
@@ -171,7 +174,7 @@ def _foreground(args: argparse.Namespace, out: Console) -> int:
     def ready(tty: str) -> None:
         out.print(f"[dim]virtual device in {args.dir} on {tty}; Ctrl-C stops it[/]")
 
-    sup = Supervisor(args.dir, virtual.app_dir(args.source), virtual.micropython_binary(),
+    sup = Supervisor(args.dir, virtual.app_dir(args.source, rom=virtual.takes_romfs(args.dir)), virtual.micropython_binary(),
                      restart=not args.no_restart, heapsize=args.heapsize, echo=sys.stdout.buffer, on_ready=ready)
     status = sup.run()
     out.print(f"[dim]device stopped (firmware exit status {status})[/]")

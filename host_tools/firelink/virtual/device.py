@@ -15,7 +15,10 @@ the firmware prints is kept in `<dir>/console.log`. The inputs and links are dri
 
 What runs is **the application as it ships**: `firelink.board.build.build_app("xtensawin")`, the
 bytecode-only .mpy files `firelink flash` deploys to an ESP32 (bytecode built for xtensawin
-imports on the x86_64 unix port), with main.py and board.json beside them. `source=True` runs
+imports on the x86_64 unix port), with main.py and board.json beside them. A device whose board
+takes a MicroPython image with ROMFS (the lean board) runs it as that board has it: fl/ in a
+ROMFS image mapped outside the heap and mounted at /rom (firelink.board.romfs,
+firelink.virtual.romrun). `source=True` runs
 the firmware/ source tree instead: then the device compiles at import, which a board never
 does and which needs heap a board does not have to spare. `$FL_FIRMWARE` names another
 directory to run, source or build, and wins over both.
@@ -36,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firelink.board import build
+from firelink.board import boards, build, romfs
 from firelink.errors import FireLinkError
 from firelink.virtual import supervisor as sv
 from firelink.virtual import unixport
@@ -95,12 +98,35 @@ def shipped_app(build_root: Path | None = None) -> Path:
         raise VirtualError(f"cannot build the application to run: {e}") from e
 
 
-def app_dir(source: bool = False, build_root: Path | None = None) -> Path:
+def shipped_rom_app(build_root: Path | None = None) -> Path:
+    """The shipped build of a board whose MicroPython has ROMFS (the lean board): main.py,
+    boot.py and board.json for littlefs plus the image of fl/ (firelink.board.romfs), which the
+    virtual device maps and mounts at /rom as the board does (firelink.virtual.romrun)."""
+    try:
+        return romfs.romfs_split(build.build_app(APP_ARCH, build_root=Path(build_root) if build_root
+                                                 else build.BUILD_ROOT)).littlefs.directory
+    except build.BuildError as e:  # romfs.RomfsError is one
+        raise VirtualError(f"cannot build the application to run: {e}") from e
+
+
+def takes_romfs(directory: Path) -> bool:
+    """Whether the board of the device in `directory` (its board.json's name, matched against
+    hardware/boards/) takes a MicroPython image with ROMFS."""
+    name = (read_json(Path(directory) / "board.json") or {}).get("name")
+    for b in boards.names():
+        definition = boards.load(b)
+        if name and definition.get("name") == name:
+            fw = boards.firmware(definition)
+            return fw is not None and fw.romfs
+    return False
+
+
+def app_dir(source: bool = False, build_root: Path | None = None, rom: bool = False) -> Path:
     """What a virtual device runs: $FL_FIRMWARE if set; else the firmware/ sources when
-    `source`; else the shipped build (see shipped_app)."""
+    `source`; else the shipped build (see shipped_app), as a ROM build when `rom`."""
     if os.environ.get("FL_FIRMWARE") or source:
         return firmware_dir()
-    return shipped_app(build_root)
+    return shipped_rom_app(build_root) if rom else shipped_app(build_root)
 
 
 def micropython_binary() -> str:
@@ -184,7 +210,7 @@ class VirtualDevice:
             raise AlreadyRunning(f"already running in {self.dir} (pid {self.supervisor_pid()}, {self.tty()})")
         if heapsize:
             check_heapsize(heapsize, self._micropython or micropython_binary())
-        firmware = Path(self._firmware) if self._firmware else app_dir(self._source)
+        firmware = Path(self._firmware) if self._firmware else app_dir(self._source, rom=takes_romfs(self.dir))
         argv = [sys.executable, "-m", "firelink.virtual.supervisor", str(self.dir),
                 "--firmware", str(firmware), "--micropython", self._micropython or micropython_binary(),
                 "--reset-cause", reset_cause]

@@ -59,6 +59,7 @@ import tty
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable
 
+from firelink.board import romfs
 from firelink.errors import FireLinkError
 from firelink.virtual.world import read_json, write_json_atomic
 
@@ -276,7 +277,10 @@ class Supervisor:
         argv = [self.micropython]
         if self.heapsize:
             argv += ["-X", "heapsize=" + self.heapsize]
-        if mode == "repl":
+        image = romfs.rom_image_of(self.firmware)
+        if image is not None:  # a ROM build: its fl/ mapped and mounted at /rom as on the board
+            argv = [sys.executable, "-m", "firelink.virtual.romrun", str(image), mode, *argv[1:]]
+        elif mode == "repl":
             pass  # no script: the friendly REPL, with its banner
         elif (self.firmware / "main.py").exists():
             argv.append(str(self.firmware / "main.py"))

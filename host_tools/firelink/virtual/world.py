@@ -86,9 +86,11 @@ def create(directory: Path, config: dict[str, Any], secrets: dict[str, Any] | No
     return d
 
 
-def prepare(directory: Path, config: dict[str, Any] | None = None, secrets: dict[str, Any] | None = None) -> Path:
+def prepare(directory: Path, config: dict[str, Any] | None = None, secrets: dict[str, Any] | None = None,
+            board: dict[str, Any] | None = None) -> Path:
     """Like create(), but keeps what the device already has: merges `config` and `secrets`
-    into its files, and adds board.json and normal inputs only where missing."""
+    into its files, and adds board.json (`board`, else the default) and normal inputs only where
+    missing; a `board` other than the one the device has is refused."""
     d = Path(directory)
     (d / "sim").mkdir(parents=True, exist_ok=True)
     if config or not (d / "config.json").exists():
@@ -96,7 +98,10 @@ def prepare(directory: Path, config: dict[str, Any] | None = None, secrets: dict
     if secrets:
         update_json(d / "secrets.json", secrets, mode=0o600)
     if not (d / "board.json").exists():
-        _write_board(d / "board.json", None)
+        _write_board(d / "board.json", board)
+    elif board is not None and (read_json(d / "board.json") or {}).get("name") != board.get("name"):
+        raise WorldError(f"{d} is already a {(read_json(d / 'board.json') or {}).get('name')} board, not "
+                         f"{board.get('name')}: give a new --dir for another board")
     if not (d / CONTROL).exists():
         wire_normal(d)
     return d
