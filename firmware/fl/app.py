@@ -127,7 +127,8 @@ class App:
         self.inputs = Inputs(board, cfg["inputs"], info["eol"], self._on_input,
                              battery_low_mv=info["battery"]["low_mv"], health=self.health)
         # The inputs were the last to read board.json: its parse (≈11 KB on the 64-bit port)
-        # goes before the MQTT client and the rest are built.
+        # goes before the MQTT client and the rest are built; its name stays (the console's `id`).
+        self.board_name = info.get("name")
         info = None
         board.release_info()
         paths = board.paths(cfg)
@@ -148,7 +149,7 @@ class App:
             self.links.mqtt = self.mqtt
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
-        self.indicators = Indicators(board, self.health, self.mqtt, console=self.console)
+        self.indicators = Indicators(board, self.health, self.mqtt, console=self.console or False)
         self.watchdog = Watchdog(board)
 
     def _status(self, state):

@@ -31,6 +31,7 @@ test_heap_fit.py): the rest of the console is in fl/diag_ask.py and fl/service.p
 import sys
 
 from fl import log, store
+from fl.indicators import readable
 
 LINE_MAX = 160
 LOG_LINES = 6
@@ -106,7 +107,7 @@ class Console:
             self._poller = select.poll()
             self._poller.register(self._stdin, select.POLLIN)
         k = 0
-        while k < POLL_BYTES and self._poller.poll(0):
+        while k < POLL_BYTES and readable(self._poller):
             if not self._stdin.readinto(self._one):
                 return  # closed (a detached unix port)
             await self.feed_byte(self._one[0])

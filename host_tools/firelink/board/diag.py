@@ -10,6 +10,7 @@ answers `ask()` with the reassembled JSON object or a specific error:
   PortBusy        another program holds the port (a monitor, mpremote, a second diag)
   InBootloader    the ESP32 ROM is waiting for a download (BOOT held, or esptool left it so)
   AtRepl          MicroPython's prompt answers: the firmware is not running
+  NoConsole       the firmware runs on a board built without the console (the lean board) and says so
   FirmwareTooOld  the firmware prints log lines but does not answer the protocol
   NoAnswer        nothing FireLink-like answered within the time
   DeviceRefused   the device answered `ok: false` (its message is kept)
@@ -43,6 +44,9 @@ MAX_FRAMES = 10000
 _LOG = re.compile(r"^\d+ (DEBUG|INFO|WARN|ERROR) ")
 # What the ESP32's ROM prints when it boots into the serial bootloader.
 _BOOTLOADER = re.compile(r"waiting for download|boot:0x[0-9a-f]+ \(DOWNLOAD", re.I)
+# What a board built without the console logs when something arrives on its serial line
+# (fl/indicators.py, `diag_console: false` in the board's JSON: the lean board).
+NO_CONSOLE = "no diagnostics console on this board"
 SECRET_MASK = "***"
 
 
@@ -70,6 +74,10 @@ class AtRepl(DiagError):
 
 
 class FirmwareTooOld(DiagError):
+    pass
+
+
+class NoConsole(DiagError):
     pass
 
 
@@ -137,6 +145,7 @@ class DiagLink:
         self.unreadable = 0
         self.on_log = on_log
         self.error: str | None = None
+        self.no_console = False  # the firmware said it has no console (a lean board)
         self._partial = b""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"diag {port}", daemon=True)
@@ -191,6 +200,9 @@ class DiagLink:
                 return
             if _LOG.match(line):
                 self.log.append(line)
+                if NO_CONSOLE in line:
+                    self.no_console = True
+                    self._cond.notify_all()
                 callback = self.on_log
             else:
                 self.other.append(line)
@@ -219,6 +231,8 @@ class DiagLink:
                     self.unreadable += 1
                 if self.error:
                     raise DiagError(f"{self.port}: the port went away: {self.error}")
+                if self.no_console:
+                    raise self._no_console()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._why_silent()
@@ -231,6 +245,12 @@ class DiagLink:
         if not answer.get("ok"):
             raise DeviceRefused(f"{request.split(' ')[0]}: {answer.get('error', 'refused')}")
         return answer
+
+    def _no_console(self) -> NoConsole:
+        return NoConsole(f"{self.port}: the firmware runs, but this board is built without the diagnostics console "
+                         "(diag_console false in its board JSON: the lean board, whose heap has no room for it; "
+                         "docs/diag.md). Its alarms are not affected. Use `firelink cmd DEVICE status|config get|"
+                         "reboot|silence|test` from the centre, or the REPL (it stops the firmware)")
 
     def _why_silent(self) -> DiagError:
         other = "\n".join(self.other)
@@ -304,6 +324,19 @@ def mask(obj: Any) -> Any:
     return obj
 
 
+def oldest_text(outbox: dict[str, Any]) -> str:
+    """The outbox's oldest waiting record as a technician reads it: `none`, `12.3 s (seq 41, 602)`,
+    or its number alone when its age is unknown (stamped before the clock was set)."""
+    seq = outbox.get("oldest_seq")
+    if seq is None:
+        return "none"
+    age = outbox.get("oldest_age_s")
+    what = f"seq {seq}" + (f", {outbox['oldest_code']}" if outbox.get("oldest_code") else "")
+    if age is None:
+        return f"age unknown ({what}; stamped on another clock)"
+    return f"{age:.1f} s ({what})" if age < 120 else f"{age / 60:.0f} min ({what})"
+
+
 def report_markdown(rep: dict[str, Any]) -> str:
     ident = rep.get("id", {})
     lines = [f"# FireLink support report: {ident.get('id', '?')}", "",
@@ -324,8 +357,12 @@ def report_markdown(rep: dict[str, Any]) -> str:
                  f"connects {m.get('connects')}, last error `{m.get('last_error') or '-'}`")
     ob = rep.get("outbox", {})
     lines += ["", "## Outbox", "", f"fire {ob.get('fire')}, fault {ob.get('fault')}, status {ob.get('status')} "
-              f"(depth {ob.get('depth')}/{ob.get('capacity')}, in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')})"]
+              f"(depth {ob.get('depth')}/{ob.get('capacity')}, in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')}); "
+              f"oldest waiting: {oldest_text(ob)}"]
     lines += ["", "## Active faults", ""] + ([f"- {k}: {v}" for k, v in rep.get("faults", {}).items()] or ["none"])
+    lines += ["", "## Counters", ""] + ([f"- {k}: {v}" for k, v in rep.get("counters", {}).items()] or ["none"])
+    walk = rep.get("walk") or {}
+    lines += ["", "## Walk test", "", f"on, {walk.get('left_s')} s left" if walk.get("on") else "off"]
     lines += ["", "## Memory and clock", "", f"- {rep.get('mem')}", f"- {rep.get('clock')}"]
     crash = rep.get("crash")
     lines += ["", "## Last crash", ""]
