@@ -168,3 +168,29 @@ async def test_fuzz_random_lines_never_crash_or_leak_and_the_alarm_path_records(
         if i % 2500 == 0:  # the alarm path keeps recording meanwhile
             write("sim/control.json", json.dumps({"inputs": {"in4": 0, "in5": 0, "in1": (i // 2500) % 2 == 0}}))
     ok(app.console.requests > 2000 and app.console.ignored > 1000, "counted")
+
+
+def test_ctrl_c_leaves_the_serial_line_to_the_repl():
+    """The clean stop after Ctrl-C still runs the app's tasks (up to 2 s), the console's reader
+    among them; what follows Ctrl-C on the line (mpremote's Ctrl-A) is the REPL's, so main()
+    releases the console first (docs/diag.md, "Breaking in")."""
+    from fl import app as app_module
+
+    _app()  # config and secrets on flash
+    seen = []
+
+    async def stopped_by_ctrl_c(self):
+        seen.append((self, self.console.reading))
+        raise KeyboardInterrupt
+
+    run = App.run
+    App.run = stopped_by_ctrl_c
+    try:
+        app_module.main(Board())
+    finally:
+        App.run = run
+    app, reading = seen[0]
+    ok(reading, "the console reads the line while the app runs")
+    ok(not app.console.reading, "released once Ctrl-C stopped the app")
+    asyncio.run(app.console.poll())
+    ok(app.console._poller is None, "the line is not even looked at")

@@ -1,7 +1,11 @@
 """The `dut` fixture itself: the device starts, boots the firmware, talks, and stops."""
 from __future__ import annotations
 
+import pytest
+
+from tests.hil.centre import Centre
 from tests.hil.dut import Dut
+from tests.hil.link_proxy import LinkProxy
 
 
 def test_dut_starts_runs_the_firmware_and_stops(dut: Dut) -> None:
@@ -11,3 +15,20 @@ def test_dut_starts_runs_the_firmware_and_stops(dut: Dut) -> None:
     dut.wait_for_log(r"INFO app: FireLink .* reset cause", timeout_s=15)
     dut.write_file("note.txt", b"from the host\n")  # atomic, hash-checked, then a soft reboot
     assert dut.read_file("note.txt") == b"from the host\n"
+
+
+@pytest.mark.needs("link")
+def test_the_raw_repl_is_reached_while_the_clean_stop_waits_on_a_stalled_broker(centre: Centre, dut: Dut,
+                                                                                link: LinkProxy) -> None:
+    """mpremote's break-in is ^C, then ^A once the port is drained (firelink.device): the bytes
+    after ^C belong to the REPL, not to the diagnostics console (docs/diag.md). The console is
+    read every 500 ms; with the broker stalled the clean stop waits its whole 2 s for the
+    offline PUBACK, so the console would be read during it and take the ^A. Needs nothing of
+    a jig: runs on a bare board too."""
+    centre.wait_event(dut.device_id, code="305", timeout_s=15)  # booted and delivering
+    link.set_mode("stall")
+    since, mark = dut.log_position(), centre.mark()
+    assert "ok" in dut.exec_("print('ok')")
+    dut.wait_for_log(r"clean shutdown incomplete", timeout_s=5, since=since)  # the slow stop did happen
+    link.restore()
+    centre.wait_event(dut.device_id, code="305", since=mark, timeout_s=30)  # and the app is back at work
