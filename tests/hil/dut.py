@@ -54,6 +54,7 @@ CAPABILITIES = {
     "flash": "reach the device's flash as files on this host: the virtual device only",
     "ticks": "start the device's tick counter near its wrap ($FL_TICKS_START): the virtual device only",
     "dns": "give the device the suite's DNS server, as its network's DHCP would: the virtual device only",
+    "modem": "put the simulated 4G modem on the device's modem UART (firelink.modemsim): the virtual device only",
 }
 # Why a board, even on the jig, cannot do what only the virtual device does.
 BOARD_LIMITS = {
@@ -66,6 +67,7 @@ BOARD_LIMITS = {
     "flash": "a board's flash is reached through its REPL, not as files on this host",
     "ticks": "a board's tick counter starts where its ROM starts it",
     "dns": "a board's DNS server is the one its network's DHCP gives",
+    "modem": "a board's 4G modem is a real one on its UART, which the suite's modem simulator cannot replace",
 }
 # A booting ESP32's ROM line, or the virtual device's supervisor starting the firmware.
 BOOT_LINE = r"rst:0x|\[virtual\] booting"
