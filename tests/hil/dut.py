@@ -321,6 +321,7 @@ class SerialDut(Dut):
     Everything in the outside world needs the test jig (JigDut wraps this class)."""
 
     IMAGE_FILES = ("config.json", "secrets.json")
+    STOP_TIMEOUT_S = 10.0
     # The port is closed between mpremote and our reader, and a UART drops what it sends then:
     # "MPY: soft reboot" may be lost, the firmware's banner just after it comes to us.
     REBOOTED = SOFT_REBOOT + "|" + FIRMWARE_UP
@@ -407,9 +408,17 @@ class SerialDut(Dut):
                 (p.name in self.IMAGE_FILES or p.suffix == ".der")]
 
     def stop(self) -> None:
+        """^C: the firmware says offline (its clean stop waits up to 2 s for the broker) and
+        ends at the REPL's prompt. Waits for that prompt, at most STOP_TIMEOUT_S: a board the
+        scenario left unpowered never shows it, and the next start() reports a board that
+        does not answer."""
         if self._ser is not None:
+            mark = self.log_position()
             self._ser.write(b"\x03")
-            time.sleep(2)
+            try:
+                self.wait_for_log(r">>> ", self.STOP_TIMEOUT_S, since=mark)
+            except TimeoutError:
+                pass
         self._release_port()
 
     def power_cut(self) -> None:
