@@ -54,7 +54,7 @@ CAPABILITIES = {
     "flash": "reach the device's flash as files on this host: the virtual device only",
     "ticks": "start the device's tick counter near its wrap ($FL_TICKS_START): the virtual device only",
     "dns": "give the device the suite's DNS server, as its network's DHCP would: the virtual device only",
-    "modem": "put the simulated 4G modem on the device's modem UART (firelink.modemsim): the virtual device only",
+    "modem": "put the simulated 4G modem on the device's modem UART (firelink.virtual.modemsim): the virtual device only",
 }
 # Why a board, even on the jig, cannot do what only the virtual device does.
 BOARD_LIMITS = {

@@ -26,7 +26,7 @@ STOP_WAIT_S = 2.0
 @pytest.mark.needs("link")
 def test_the_raw_repl_is_reached_while_the_clean_stop_waits_on_a_stalled_broker(centre: Centre, dut: Dut,
                                                                                 link: LinkProxy) -> None:
-    """mpremote's break-in is ^C, then ^A once the port is drained (firelink.device): the bytes
+    """mpremote's break-in is ^C, then ^A once the port is drained (firelink.board.device): the bytes
     after ^C belong to the REPL, not to the diagnostics console (docs/diag.md, "Breaking in").
     The console is read every 500 ms; with the broker stalled the clean stop waits its whole
     2 s for the offline PUBACK, so the console's reader runs during it (before the fix it took
