@@ -69,12 +69,16 @@ class StandinCheck:
         return problems
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if session.config.option.collectonly:
+            return
         self.problems = self.check()
         if self.problems and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         tr = terminalreporter
+        if tr.config.option.collectonly:
+            return
         tr.section("board stand-in without a jig")
         tr.write_line(f"{len(self.passed)} scenarios needing nothing of a jig ran and passed:")
         for nodeid in self.passed:
