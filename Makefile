@@ -55,12 +55,14 @@ mosquitto-dev:
 # Every test, then the HIL scenarios that drive something a jig provides (inputs, EOL, power,
 # reset, indicators: `-m jig`) again through the simulated test jig (issue 13: the jig firmware
 # under the unix port on a pty driving the virtual device; link faults through the proxy; the
-# others would only repeat the first pass: `make test-hil-jig` runs them all). The board
-# stand-in without a jig (`make test-hil-nojig`) is out of `make test` until its REPL entry is
-# mended: since the diagnostics console reads the serial line, it no longer reaches the raw REPL.
+# others would only repeat the first pass: `make test-hil-jig` runs them all), then the board
+# stand-in without a jig (`make test-hil-nojig`: the virtual device's port as `--dut`, provisioned
+# through the REPL as a board is; every scenario needing the jig skipped with its reason, the
+# rest pass, and tests/hil/standin_check.py fails the stage if it did not test what it could).
 test: deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(BIN)/pytest tests/hil --jig sim -m jig $(PYTEST_ARGS)
+	$(BIN)/python -m tests.hil.standin $(PYTEST_ARGS)
 
 test-firmware: deps
 	$(BIN)/pytest tests/firmware $(PYTEST_ARGS)

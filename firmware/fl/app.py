@@ -450,6 +450,10 @@ def main(board=None, loaded=None):
         asyncio.run(app.run())
     except KeyboardInterrupt:
         _log.info("stopping (Ctrl-C)")
+        if app.console is not None:
+            # The clean stop below runs the app's other tasks for up to 2 s, the console's
+            # reader among them: the bytes after Ctrl-C (mpremote's Ctrl-A) are the REPL's.
+            app.console.release()
         board.relax_watchdog()
         asyncio.run(app.shutdown())
     except Exception as e:  # noqa: BLE001 - kept for `firelink diag report`, then a fresh start

@@ -219,3 +219,29 @@ async def test_fuzz_random_lines_never_crash_or_leak_and_the_alarm_path_records(
         app.inputs.scan()
     fires = [(e["code"], e["q"]) for e in _queued(app) if e["code"] == "110"]
     eq(fires, [("110", "new"), ("110", "restore")] * 2, "every change of the fire input recorded, none lost")
+
+
+def test_ctrl_c_leaves_the_serial_line_to_the_repl():
+    """The clean stop after Ctrl-C still runs the app's tasks (up to 2 s), the console's reader
+    among them; what follows Ctrl-C on the line (mpremote's Ctrl-A) is the REPL's, so main()
+    releases the console first (docs/diag.md, "Breaking in")."""
+    from fl import app as app_module
+
+    _app()  # config and secrets on flash
+    seen = []
+
+    async def stopped_by_ctrl_c(self):
+        seen.append((self, self.console.reading))
+        raise KeyboardInterrupt
+
+    run = App.run
+    App.run = stopped_by_ctrl_c
+    try:
+        app_module.main(Board())
+    finally:
+        App.run = run
+    app, reading = seen[0]
+    ok(reading, "the console reads the line while the app runs")
+    ok(not app.console.reading, "released once Ctrl-C stopped the app")
+    asyncio.run(app.console.poll())
+    ok(app.console._poller is None, "the line is not even looked at")
