@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import serial
 
+from firelink.board.serial_lines import SerialLines
 from firelink.errors import FAILED, NOT_DONE, FireLinkError
 
 PROTO = 1
@@ -129,11 +130,11 @@ def open_port(port: str, baudrate: int = 115200) -> serial.Serial:
     return ser
 
 
-class DiagLink:
+class DiagLink(SerialLines):
     def __init__(self, port: str, baudrate: int = 115200, on_log: Callable[[str], None] | None = None,
                  ser: Any = None) -> None:
+        super().__init__(ser if ser is not None else open_port(port, baudrate), f"diag {port}")
         self.port = port
-        self._ser = ser if ser is not None else open_port(port, baudrate)
         self._tags = (f"h{n}" for n in itertools.count(1))
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -144,35 +145,20 @@ class DiagLink:
         self.bad_frames = 0
         self.unreadable = 0
         self.on_log = on_log
-        self.error: str | None = None
         self.no_console = False  # the firmware said it has no console (a lean board)
-        self._partial = b""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"diag {port}", daemon=True)
-        self._thread.start()
+        self._start()
 
     # --- reading ---
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._ser.read(4096)
-            except (serial.SerialException, OSError) as e:
-                with self._cond:
-                    self.error = str(e)
-                    self._cond.notify_all()
-                return
-            if not data:
-                # A prompt has no newline: look at what is pending too.
-                if self._partial.endswith(b">>> ") or self._partial.endswith(b"> "):
-                    self._take_line(self._partial)
-                    self._partial = b""
-                continue
-            data = self._partial + data
-            *lines, self._partial = data.split(b"\n")
-            if len(self._partial) > 65536:  # binary noise without newlines: do not grow for ever
-                self._partial = b""
-            for raw in lines:
-                self._take_line(raw)
+    def _lost(self, why: str) -> None:
+        with self._cond:
+            self.error = why
+            self._cond.notify_all()
+
+    def _quiet(self) -> None:
+        # A prompt has no newline: look at what is pending too.
+        if self._partial.endswith(b">>> ") or self._partial.endswith(b"> "):
+            self._take_line(self._partial)
+            self._partial = b""
 
     def _take_line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
@@ -272,20 +258,6 @@ class DiagLink:
             raise FirmwareTooOld(f"{self.port}: the firmware speaks diagnostics protocol v{answer.get('proto')}, "
                                  f"this tool v{PROTO}: update the firmware or the tools")
         return answer
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(READ_TIMEOUT_S * 10)
-        try:
-            self._ser.close()
-        except (serial.SerialException, OSError):
-            pass
-
-    def __enter__(self) -> DiagLink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def level_of(line: str) -> str:
