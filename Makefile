@@ -64,12 +64,14 @@ mosquitto-dev:
 # Every test, and the HIL scenarios that drive something a jig provides (inputs, EOL, power,
 # reset, indicators: `-m jig`) again through the simulated test jig (issue 13: the jig firmware
 # under the unix port on a pty driving the virtual device; link faults through the proxy; the
-# others would only repeat the first pass: `make test-hil-jig` runs them all). The board
-# stand-in without a jig (`make test-hil-nojig`) is out of `make test` until its REPL entry is
-# mended: since the diagnostics console reads the serial line, it no longer reaches the raw REPL.
+# others would only repeat the first pass: `make test-hil-jig` runs them all), and the board
+# stand-in without a jig (`make test-hil-nojig`: the virtual device's port as `--dut`, provisioned
+# through the REPL as a board is; every scenario needing the jig skipped with its reason, the
+# rest pass, and tests/hil/standin_check.py fails the stage if it did not test what it could).
 # The stages (TEST_STAGES) run side by side, each printed whole when it ends, so that a long
-# scenario run in two of them costs its time once; make fails if any stage fails.
-TEST_STAGES := test-all test-jig-pass
+# scenario run in two of them costs its time once; make fails if any stage fails. The stand-in
+# drives one device, so its scenarios run one at a time.
+TEST_STAGES := test-all test-jig-pass test-hil-nojig
 
 test: deps
 	@echo "make test: $(TEST_STAGES) side by side; each one's output follows when it ends"

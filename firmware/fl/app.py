@@ -127,7 +127,8 @@ class App:
         self.inputs = Inputs(board, cfg["inputs"], info["eol"], self._on_input,
                              battery_low_mv=info["battery"]["low_mv"], health=self.health)
         # The inputs were the last to read board.json: its parse (≈11 KB on the 64-bit port)
-        # goes before the MQTT client and the rest are built.
+        # goes before the MQTT client and the rest are built; its name stays (the console's `id`).
+        self.board_name = info.get("name")
         info = None
         board.release_info()
         paths = board.paths(cfg)
@@ -148,7 +149,7 @@ class App:
             self.links.mqtt = self.mqtt
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
-        self.indicators = Indicators(board, self.health, self.mqtt, console=self.console)
+        self.indicators = Indicators(board, self.health, self.mqtt, console=self.console or False)
         self.watchdog = Watchdog(board)
 
     def _status(self, state):
@@ -449,6 +450,10 @@ def main(board=None, loaded=None):
         asyncio.run(app.run())
     except KeyboardInterrupt:
         _log.info("stopping (Ctrl-C)")
+        if app.console is not None:
+            # The clean stop below runs the app's other tasks for up to 2 s, the console's
+            # reader among them: the bytes after Ctrl-C (mpremote's Ctrl-A) are the REPL's.
+            app.console.release()
         board.relax_watchdog()
         asyncio.run(app.shutdown())
     except Exception as e:  # noqa: BLE001 - kept for `firelink diag report`, then a fresh start

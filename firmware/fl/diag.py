@@ -17,8 +17,10 @@ dropped whole, non-ASCII bytes refuse the line, and nothing answered carries a s
 values from secrets.json are never read here; see fl/diag_ask.py).
 
 The REPL stays where it was: Ctrl-C (0x03) never reaches this reader (the UART driver, or the
-virtual device's line discipline, turns it into KeyboardInterrupt), so `firelink flash`,
-provisioning and mpremote break in as before. This module stays small because it is always
+virtual device's line discipline, turns it into KeyboardInterrupt), and from then on the line is
+the REPL's: fl/app.py calls release() before the clean stop, whose loop still runs this reader
+for up to 2 s, so the Ctrl-A that mpremote sends after its Ctrl-C waits for the REPL instead of
+being taken here (docs/diag.md, "Breaking in"). This module stays small because it is always
 loaded; the answers live in fl/diag_ask.py and the actions in fl/service.py, imported on the
 first request, and fl/diag_ask.py is forgotten IDLE_DROP_S after the last (the lean board's
 heap: docs/memory.md). What must exist before anyone asks lives here: the last log lines, this
@@ -31,6 +33,7 @@ test_heap_fit.py): the rest of the console is in fl/diag_ask.py and fl/service.p
 import sys
 
 from fl import log, store
+from fl.indicators import readable
 
 LINE_MAX = 160
 LOG_LINES = 6
@@ -64,6 +67,7 @@ class Console:
         self.n = 0  # bytes of the line so far; LINE_MAX + 1: too long, dropped at its end
         self.out = print
         self._poller = None
+        self.reading = True  # False once Ctrl-C stopped the app: the line is the REPL's
         self._one = bytearray(1)
         self.requests = self.ignored = self.refused = 0
 
@@ -95,18 +99,25 @@ class Console:
             from fl.service import on_tick
             on_tick(self._app)
 
+    def release(self):
+        """Reads the serial line no more: the app stops on Ctrl-C and what follows it on the
+        line (mpremote's Ctrl-A) is the REPL's."""
+        self.reading = False
+
     async def poll(self):
         """Takes what the serial line holds now, without waiting: fl/indicators.py calls it every
         tick (the console's local user interface rides on the indicators' task: a task of its
         own would cost the lean board ≈1 KB). One byte per read: a board's stdin read blocks
         until it has every byte asked for. At most POLL_BYTES per call."""
+        if not self.reading:
+            return
         if self._poller is None:
             import select
             self._stdin = getattr(sys.stdin, "buffer", sys.stdin)
             self._poller = select.poll()
             self._poller.register(self._stdin, select.POLLIN)
         k = 0
-        while k < POLL_BYTES and self._poller.poll(0):
+        while k < POLL_BYTES and readable(self._poller):
             if not self._stdin.readinto(self._one):
                 return  # closed (a detached unix port)
             await self.feed_byte(self._one[0])

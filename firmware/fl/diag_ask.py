@@ -12,6 +12,7 @@ from binascii import crc32
 
 from fl import VERSION, ticks
 from fl.diag import LINE_MAX, LOG_LINES, LOG_WIDTH
+from fl.inputs import CODES  # the Contact ID code an input's activation is sent with
 
 # fl.service (the actions) and fl.crash load only for the verbs that need them: a query costs
 # this module's RAM alone. ServiceError is a ValueError: caught as one here.
@@ -155,6 +156,7 @@ async def answer(app, console, text):
         return _do(lambda: {"set": key, "value": service.config_set(app, key, v, "console"),
                             "applies": "after reboot"})
     if verb == "reboot":
+        service.changed(app, "reboot", "console")  # a 306, as from the centre
         await send(console, "-", {"ok": True, "rebooting": True})
         service.restart(app, "reboot asked on the console")
         return _ok({})  # on the unix port a test harness may catch the exit
@@ -216,7 +218,7 @@ def _walk_state(app):
 
 def _id(app):
     hb = app.heartbeat
-    return {"id": app.device_id, "fw": VERSION, "board": app.board.name, "boot": app.console.boot,
+    return {"id": app.device_id, "fw": VERSION, "board": app.board_name, "hal": app.board.name, "boot": app.console.boot,
             "reset": app.reset_cause, "uptime_s": hb.uptime_s(), "safe_mode": app.safe_mode,
             "site": app.config.get("site", "")}
 
@@ -228,7 +230,7 @@ def _inputs(app):
     states = inp.states()
     for i, spec in enumerate(inp.specs):
         d = {"name": spec["name"], "kind": spec["kind"], "zone": spec["zone"], "state": states.get(spec["name"]),
-             "debouncing": inp._cand[i] is not None}
+             "code": CODES.get(spec["kind"]), "debouncing": inp._cand[i] is not None}
         if d["debouncing"]:
             d["candidate"] = inp._cand[i]
             d["for_ms"] = ticks.diff(now, inp._since[i])
@@ -267,9 +269,45 @@ def _paths(app):
 def _outbox(app):
     ob = app.outbox
     fire, fault, status = ob.depth_by_priority()
-    return {"fire": fire, "fault": fault, "status": status, "depth": len(ob), "capacity": ob.capacity,
-            "in_ram": ob.in_ram(), "dropped": ob.dropped, "storage_fault": bool(ob.storage_fault),
-            "acks_pending": app.ack_watch.pending()}
+    d = {"fire": fire, "fault": fault, "status": status, "depth": len(ob), "capacity": ob.capacity,
+         "in_ram": ob.in_ram(), "dropped": ob.dropped, "storage_fault": bool(ob.storage_fault),
+         "acks_pending": app.ack_watch.pending()}
+    d.update(_oldest(app, ob))
+    return d
+
+
+def _oldest(app, ob):
+    """The oldest record still waiting (the lowest number, whatever its class) and its age from
+    its own timestamp. Found on request (one pass over the outbox's index, one slot read),
+    so the outbox keeps no time per record: its index stays ≈5 bytes a slot (fl/outbox.py).
+    The age is unknown (null) when the record was stamped on another clock basis than now
+    (before the clock was set, or the other way round)."""
+    st, orders = ob._state, ob._order
+    slot, order, payload = -1, 0, None
+    for i in range(ob.capacity):
+        if st[i] & 0x7F <= 2 and (not order or orders[i] < order):  # fire, fault or status: live
+            slot, order = i, orders[i]
+    for r in ob._ram:  # flash refused them: held in RAM
+        if not order or r[0] < order:
+            slot, order, payload = -1, r[0], r[2]
+    if not order:
+        return {"oldest_seq": None, "oldest_age_s": None}
+    if slot >= 0:
+        try:
+            rec = ob._file.read(slot)
+        except OSError:
+            rec = None
+        payload = rec[1] if rec is not None and rec[0] == order else None
+    d = {"oldest_seq": order, "oldest_age_s": None}
+    try:
+        ev = json.loads(bytes(payload))
+        d["oldest_code"], d["oldest_class"] = ev["code"], ev["class"]
+        t, ms, synced = app.clock.stamp()
+        if ev["tsync"] is synced:
+            d["oldest_age_s"] = max(0, (t - ev["ts"]) * 1000 + ms - ev.get("ms", 0)) / 1000
+    except (TypeError, ValueError, KeyError):
+        pass  # unreadable now (the sender will say so when it gets there): number only
+    return d
 
 
 def _mem(app):

@@ -27,6 +27,8 @@ MIN_INTERVAL_MS = 1000
 
 def dispatch(commands, app, name, msg, ref):
     """fl/commands.py's entry: rate limit, run, the answer's common keys. ValueError refuses."""
+    if ref is None:  # `test` alone runs without one, as before these commands existed
+        raise ValueError("no \"id\": every command carries one (a string), and its result echoes it")
     if ticks.recent(commands._last_remote, MIN_INTERVAL_MS):
         raise ValueError("busy: one command per %d ms" % MIN_INTERVAL_MS)
     commands._last_remote = ticks.ms()

@@ -174,11 +174,16 @@ def changed(app, what, by):
 
 
 def masked_config(cfg):
-    """The running config without `_secrets`: secrets.json's keys are named, never shown."""
+    """The running config without `_secrets`: secrets.json's keys are named, never shown. A
+    password kept in config.json itself (the APN's login, `cellular.password`) is masked too."""
     out = {}
     for k, v in cfg.items():
         if k == "_secrets":
             out["secrets"] = dict((name, "***") for name in v if v[name])
+        elif type(v) is dict and v.get("password"):
+            v = dict(v)
+            v["password"] = "***"
+            out[k] = v
         else:
             out[k] = v
     return out

@@ -12,10 +12,12 @@ from fl.app import App
 from fl.hal.sim import Board
 
 SECRET = "s3cr3t-Pa55word"
+APN_PASSWORD = "apn-Pa55-xyz"
 
 
 def _app(**config):
-    cfg = {"device_id": "fl-diag", "broker": {"host": "127.0.0.1", "port": 9}}
+    cfg = {"device_id": "fl-diag", "broker": {"host": "127.0.0.1", "port": 9},
+           "cellular": {"user": "u", "password": APN_PASSWORD}}  # a password kept in config.json itself
     cfg.update(config)
     write("config.json", json.dumps(cfg))
     write("secrets.json", json.dumps({"mqtt_username": "fl-diag", "mqtt_password": SECRET}))
@@ -70,12 +72,36 @@ async def test_status_parts_are_framed_and_config_is_masked():
     r = a["a1"]
     ok(r["ok"], r)
     eq(r["id"]["id"], "fl-diag", "identity")
-    eq([i["name"] for i in r["inputs"]][:1], ["panel_fire"], "inputs listed")
+    eq((r["id"]["board"], r["id"]["hal"]), (app.board.board_info()["name"], "sim"), "the board's definition and HAL")
+    ok(all(k in r["id"] for k in ("fw", "boot", "reset", "uptime_s", "safe_mode")), r["id"])
+    eq([(i["name"], i["code"]) for i in r["inputs"]][:1], [("panel_fire", "110")], "inputs listed, with their code")
     ok("mqtt" in r["paths"] and "fire" in r["outbox"], "paths and outbox")
     ok(len(app.printed) > 1, "a long answer is cut into several frames")
     c = (await _ask(app, "?b config"))["b"]
     eq(c["config"]["secrets"]["mqtt_password"], "***", "secret masked")
     ok(SECRET not in "".join(app.printed), "the secret is never printed")
+    eq(c["config"]["cellular"]["password"], "***", "the APN password masked")
+
+
+async def test_outbox_answer_has_depth_per_class_in_ram_and_the_oldest_age():
+    app = _app()
+    _queued(app)
+    r = (await _ask(app, "?o outbox"))["o"]["outbox"]
+    eq((r["depth"], r["oldest_seq"], r["oldest_age_s"]), (0, None, None), "empty: no oldest")
+    app.recorder.record("602", "new", 0, "", "status")
+    first = app.outbox.newest_order
+    await asyncio.sleep_ms(400)
+    app.recorder.record("110", "new", 1, "panel_fire", "fire")
+    r = (await _ask(app, "?o outbox"))["o"]["outbox"]
+    eq((r["fire"], r["status"], r["in_ram"]), (1, 1, 0), "depth per class, none in RAM")
+    eq((r["oldest_seq"], r["oldest_code"], r["oldest_class"]), (first, "602", "status"),
+       "the oldest waiting is the status record, though fire goes first")
+    ok(0.35 <= r["oldest_age_s"] < 30, "its age from its own stamp: %r" % r)
+    handle = app.outbox.peek()[0]  # the fire goes
+    app.outbox.remove(handle)
+    app.outbox.remove(app.outbox.peek()[0])  # and the status record
+    r = (await _ask(app, "?o outbox"))["o"]["outbox"]
+    eq((r["depth"], r["oldest_seq"]), (0, None), "delivered: no oldest")
 
 
 async def test_walk_test_enters_flags_alarms_and_ends_by_itself():
@@ -99,6 +125,22 @@ async def test_walk_test_enters_flags_alarms_and_ends_by_itself():
     eq([(e["code"], e["q"]) for e in evs], [("607", "restore")], "timed exit")
     ok(app.console.walk is None, "walk test off")
     eq(app.console.test_flag(), None, "alarms after it are not flagged")
+
+
+async def test_lamp_test_lights_every_led_and_the_buzzer_then_stops_the_buzzer():
+    from fl.hal.sim import OUTPUTS
+    app = _app()
+
+    def outputs():
+        with open(OUTPUTS) as f:
+            return json.load(f)
+
+    asking = asyncio.create_task(_ask(app, "?l leds"))
+    await asyncio.sleep_ms(500)
+    eq([outputs()[k] for k in ("led_status", "led_fault", "buzzer")], [True, True, True], "all on during the test")
+    r = (await asking)["l"]
+    ok(r["ok"] and r["tested"] == ["led_status", "led_fault", "buzzer"], r)
+    eq(outputs()["buzzer"], False, "the buzzer stops at its end")
 
 
 async def test_silence_and_config_set_validated_and_written_atomically():
@@ -161,10 +203,45 @@ async def test_fuzz_random_lines_never_crash_or_leak_and_the_alarm_path_records(
         for b in line + b"\n":
             await app.console.feed_byte(b)
         out = "".join(app.printed)
-        if SECRET in out:
+        if SECRET in out or APN_PASSWORD in out:
             raise AssertionError("secret printed for %r" % line)
         for frame in app.printed:
             ok(frame.startswith("#FL1 "), "only frames: %r" % frame)
-        if i % 2500 == 0:  # the alarm path keeps recording meanwhile
-            write("sim/control.json", json.dumps({"inputs": {"in4": 0, "in5": 0, "in1": (i // 2500) % 2 == 0}}))
+        if i % 2500 == 0:  # the panel's fire output changes meanwhile
+            # in1 is the panel's NO contact with a pull-up: 0 (closed) is active, 1 normal
+            write("sim/control.json", json.dumps({"inputs": {"in4": 0, "in5": 0, "in1": (i // 2500) % 2}}))
+            app.board.refresh(force=True)
+        if i % 25 == 0:  # and the alarm path keeps scanning and recording
+            app.inputs.scan()
     ok(app.console.requests > 2000 and app.console.ignored > 1000, "counted")
+    for _ in range(10):  # the last change's debounce
+        await asyncio.sleep_ms(20)
+        app.inputs.scan()
+    fires = [(e["code"], e["q"]) for e in _queued(app) if e["code"] == "110"]
+    eq(fires, [("110", "new"), ("110", "restore")] * 2, "every change of the fire input recorded, none lost")
+
+
+def test_ctrl_c_leaves_the_serial_line_to_the_repl():
+    """The clean stop after Ctrl-C still runs the app's tasks (up to 2 s), the console's reader
+    among them; what follows Ctrl-C on the line (mpremote's Ctrl-A) is the REPL's, so main()
+    releases the console first (docs/diag.md, "Breaking in")."""
+    from fl import app as app_module
+
+    _app()  # config and secrets on flash
+    seen = []
+
+    async def stopped_by_ctrl_c(self):
+        seen.append((self, self.console.reading))
+        raise KeyboardInterrupt
+
+    run = App.run
+    App.run = stopped_by_ctrl_c
+    try:
+        app_module.main(Board())
+    finally:
+        App.run = run
+    app, reading = seen[0]
+    ok(reading, "the console reads the line while the app runs")
+    ok(not app.console.reading, "released once Ctrl-C stopped the app")
+    asyncio.run(app.console.poll())
+    ok(app.console._poller is None, "the line is not even looked at")

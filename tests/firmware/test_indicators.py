@@ -48,3 +48,19 @@ async def test_leds_follow_connection_and_faults_and_buzzer_chirps_until_silence
     await asyncio.sleep_ms(1200)
     ok(len(chirps) > n, "a new fault re-arms the buzzer")
     task.cancel()
+
+
+def test_silence_lasts_until_a_new_fault_not_a_new_detail_of_a_known_one():
+    health = Health()
+    ind = Indicators(Board(), health, Link())
+    health.set_fault("broker_unreachable", True, "connect timeout")
+    ind.silence()
+    health.set_fault("broker_unreachable", True, "ECONNREFUSED")  # the same fault, its last error changed
+    ok(ind.silenced, "a new detail of a fault already silenced does not sound again")
+    health.set_fault("mains", True, "lost")
+    ok(not ind.silenced, "a new fault sounds again")
+    ind.silence()
+    health.set_fault("mains", False)
+    ok(ind.silenced, "a fault clearing keeps the silence")
+    health.set_fault("mains", True, "lost")
+    ok(not ind.silenced, "the same fault coming back is a new fault")

@@ -13,8 +13,12 @@ from fl.hal.sim import Board
 SECRET = "s3cr3t-Pa55word"
 
 
+APN_PASSWORD = "apn-Pa55-xyz"
+
+
 def _app(safe=False):
-    write("config.json", json.dumps({"device_id": "fl-rem", "broker": {"host": "127.0.0.1", "port": 9}}))
+    write("config.json", json.dumps({"device_id": "fl-rem", "broker": {"host": "127.0.0.1", "port": 9},
+                                     "cellular": {"user": "u", "password": APN_PASSWORD}}))
     write("secrets.json", json.dumps({"mqtt_username": "fl-rem", "mqtt_password": SECRET}))
     store.ensure_dir("sim")
     write("sim/control.json", json.dumps({"inputs": {"in4": 0, "in5": 0}}))
@@ -47,6 +51,9 @@ def test_status_config_walktest_silence_and_reboot_answer_with_their_id():
     ok(SECRET not in json.dumps(r) and r["config"]["secrets"]["mqtt_password"] == "***", "masked")
     r = _run(app, {"cmd": "config get", "id": "r3", "key": "secrets.mqtt_password"})
     ok(not r["ok"], "a secret cannot be read by name: %r" % r)
+    r = _run(app, {"cmd": "config get", "id": "r3b", "key": "cellular.password"})
+    eq(r.get("value"), "***", "the APN password in config.json is masked too")
+    ok(APN_PASSWORD not in json.dumps(_run(app, {"cmd": "config get", "id": "r3c"})), "masked in the whole config")
     r = _run(app, {"cmd": "config set", "id": "r4", "key": "broker.port", "value": 0})
     ok(not r["ok"] and "broker.port" in r["error"], r)
     r = _run(app, {"cmd": "config set", "id": "r5", "key": "broker.port", "value": 1884, "rollback_s": 30})
@@ -73,8 +80,17 @@ def test_rate_limited_and_safe_mode_runs_status_only():
     safe = _app(safe=True)
     ok(_run(safe, {"cmd": "status", "id": "s"})["ok"], "status in safe mode")
     for doc in ({"cmd": "reboot"}, {"cmd": "silence"}, {"cmd": "test"}, {"cmd": "walktest", "on": True}):
-        r = _run(safe, doc)
-        ok(not r["ok"] and "safe mode" in r["error"], r)
+        r = _run(safe, dict(doc, id="s2"))
+        ok(not r["ok"] and "safe mode" in r["error"] and r["id"] == "s2", r)
+
+
+def test_a_command_without_an_id_is_refused_except_test():
+    app = _app()
+    for doc in ({"cmd": "status"}, {"cmd": "reboot"}, {"cmd": "config set", "key": "site", "value": "x"}):
+        r = _run(app, doc)
+        ok(not r["ok"] and "id" in r["error"], r)
+    ok(_run(app, {"cmd": "test"})["ok"], "test runs without one, as before")
+    eq([c for c, _ in _codes(app)], ["305", "601"], "nothing else was done")
 
 
 def test_fuzz_random_payloads_never_crash_leak_or_lose_an_event():
@@ -105,7 +121,7 @@ def test_fuzz_random_payloads_never_crash_leak_or_lose_an_event():
         app.commands._last_test = None
         r = app.commands.execute(payload)
         ok(type(r) is dict and "ok" in r, "an answer for %r" % payload)
-        ok(SECRET not in json.dumps(r), "no secret for %r" % payload)
+        ok(SECRET not in json.dumps(r) and APN_PASSWORD not in json.dumps(r), "no secret for %r" % payload)
         if i % 1000 == 0:  # the alarm path records meanwhile
             app.recorder.record("110", "new" if fires % 2 == 0 else "restore", 1, "panel_fire", "fire")
             fires += 1

@@ -54,6 +54,7 @@ CAPABILITIES = {
     "flash": "reach the device's flash as files on this host: the virtual device only",
     "ticks": "start the device's tick counter near its wrap ($FL_TICKS_START): the virtual device only",
     "dns": "give the device the suite's DNS server, as its network's DHCP would: the virtual device only",
+    "modem": "put the simulated 4G modem on the device's modem UART (firelink.virtual.modemsim): the virtual device only",
 }
 # Why a board, even on the jig, cannot do what only the virtual device does.
 BOARD_LIMITS = {
@@ -66,6 +67,7 @@ BOARD_LIMITS = {
     "flash": "a board's flash is reached through its REPL, not as files on this host",
     "ticks": "a board's tick counter starts where its ROM starts it",
     "dns": "a board's DNS server is the one its network's DHCP gives",
+    "modem": "a board's 4G modem is a real one on its UART, which the suite's modem simulator cannot replace",
 }
 # A booting ESP32's ROM line, or the virtual device's supervisor starting the firmware.
 BOOT_LINE = r"rst:0x|\[virtual\] booting"
@@ -319,6 +321,7 @@ class SerialDut(Dut):
     Everything in the outside world needs the test jig (JigDut wraps this class)."""
 
     IMAGE_FILES = ("config.json", "secrets.json")
+    STOP_TIMEOUT_S = 10.0
     # The port is closed between mpremote and our reader, and a UART drops what it sends then:
     # "MPY: soft reboot" may be lost, the firmware's banner just after it comes to us.
     REBOOTED = SOFT_REBOOT + "|" + FIRMWARE_UP
@@ -405,9 +408,17 @@ class SerialDut(Dut):
                 (p.name in self.IMAGE_FILES or p.suffix == ".der")]
 
     def stop(self) -> None:
+        """^C: the firmware says offline (its clean stop waits up to 2 s for the broker) and
+        ends at the REPL's prompt. Waits for that prompt, at most STOP_TIMEOUT_S: a board the
+        scenario left unpowered never shows it, and the next start() reports a board that
+        does not answer."""
         if self._ser is not None:
+            mark = self.log_position()
             self._ser.write(b"\x03")
-            time.sleep(2)
+            try:
+                self.wait_for_log(r">>> ", self.STOP_TIMEOUT_S, since=mark)
+            except TimeoutError:
+                pass
         self._release_port()
 
     def power_cut(self) -> None:

@@ -3,7 +3,8 @@
 
     python -m tests.hil.standin [pytest arguments...]             (make test-hil-nojig)
         --dut <its pty> and no --jig: every scenario needing the jig must be skipped with its
-        reason, and the rest must pass.
+        reason, and the rest must pass; tests/hil/standin_check.py fails the run otherwise
+        (a skip that names no reason, a scenario needing nothing of a jig left out, nothing run).
     python -m tests.hil.standin --with-jig [pytest arguments...]  (make test-hil-board)
         --dut <its pty> --jig <a simulated jig's pty wired to it>: the board-and-jig path of
         the suite (SerialDut provisioning through the REPL, JigDut over a serial jig) end to end.
@@ -32,10 +33,10 @@ def main(argv: list[str]) -> int:
         app = virtual.shipped_app(root / "build")
         d = virtual.create(root / "board", {"device_id": "fl-standin", "broker": {"host": "127.0.0.1", "port": 9}})
         sim = None
-        extra: list[str] = []
+        extra: list[str] = [] if with_jig else ["-p", "tests.hil.standin_check"]
         if with_jig:  # first: the jig's safe state holds the board unpowered until the suite powers it
             sim = SimJig(d, root / "jig.log")
-            extra = ["--jig", sim.start()]
+            extra += ["--jig", sim.start()]
         dev = virtual.VirtualDevice(d, firmware=app)
         port = dev.start(heapsize="256k")
         try:

@@ -15,6 +15,8 @@ from firelink.virtual import modemsim
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut, VirtualDut
 
+# Declared, so that a rig without the simulator skips these before the device is provisioned.
+pytestmark = pytest.mark.needs("modem")
 DELAY_S = 5
 
 

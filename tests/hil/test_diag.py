@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -43,16 +44,14 @@ def dut_heapsize() -> str:
 
 @pytest.fixture
 def console(dut: Dut) -> Iterator[DiagLink]:
-    if isinstance(dut, SerialDut):
-        dut._release_port()
+    dut._release_port()  # a board's console reader lets go (a JigDut's board too; the virtual device has none)
     link = DiagLink(dut.port)
     try:
         link.hello(10)
         yield link
     finally:
         link.close()
-        if isinstance(dut, SerialDut):
-            dut._reclaim_port()
+        dut._reclaim_port()
 
 
 def _state(link: DiagLink, name: str) -> str:
@@ -109,13 +108,49 @@ def test_walk_test_607_alarm_flagged_test_and_timed_exit(centre: Centre, dut: Du
     centre.wait_event(dev, code="110", q="restore", since=mark, timeout_s=10)
     flagged = [m.doc for m in centre.messages(dev, "event") if m.doc.get("id") == fire.id]
     assert flagged and flagged[0].get("test") is True, flagged
+    assert fire.test is True  # the monitor stored it as a test, not a real alarm
     centre.wait_event(dev, code="607", q="restore", since=mark, timeout_s=40)  # ends by itself
     assert console.ask("walk")["walk"]["on"] is False
     mark = centre.mark()
     dut.set_input("panel_fire", "active")
     after = centre.wait_event(dev, code="110", q="new", since=mark, timeout_s=10)
     assert [m.doc.get("test") for m in centre.messages(dev, "event") if m.doc.get("id") == after.id] == [None]
+    assert after.test is False
     dut.set_input("panel_fire", "normal")
+
+
+def test_guided_walktest_shows_code_test_flag_and_latency_to_the_centre(centre: Centre, dut: Dut,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`firelink diag walktest --centre`: 607 on, the technician's activation seen on the console with
+    its code, followed to the centre (flagged test, the monitor's ack and the latency), 607 off."""
+    dev, site = dut.device_id, centre.site
+    centre.wait_change(dev, "online", 20)
+    dut._release_port()
+    mark = centre.mark()
+    out: list[int] = []
+    argv = ["diag", "walktest", "--port", dut.port, "--input", "panel_fire", "--wait", "60",
+            "--centre", f"mqtt://{site.host}:{site.port}", "--centre-user", site.centre_user,
+            "--centre-password", site.centre_pass]
+    tool = threading.Thread(target=lambda: out.append(cli.main(argv)), daemon=True)
+    tool.start()
+    try:
+        centre.wait_event(dev, code="607", q="new", since=mark, timeout_s=20)
+        time.sleep(1.0)  # the technician reads the prompt (the tool subscribed before 607 went on)
+        dut.set_input("panel_fire", "active")
+        centre.wait_event(dev, code="110", q="new", since=mark, timeout_s=10)
+        time.sleep(1.0)  # the tool follows the alarm to the centre, then asks for the restore
+        dut.set_input("panel_fire", "normal")
+        centre.wait_event(dev, code="607", q="restore", since=mark, timeout_s=30)
+        tool.join(30)
+        assert not tool.is_alive() and out == [0], out
+    finally:
+        dut._reclaim_port()
+    text = " ".join(capsys.readouterr().out.split())
+    print(text)
+    assert "walk test on" in text and "walk test off" in text, text
+    assert "panel_fire: normal → active" in text and "code 110" in text and "flagged test" in text, text
+    m = re.search(r"latency to the centre (-?\d+) ms \(the device's stamp → the monitor's ack\)", text)
+    assert m and 0 < int(m.group(1)) < 5000, text
 
 
 def test_remote_commands_and_a_broker_port_that_cannot_work_is_rolled_back(centre: Centre, dut: Dut) -> None:
@@ -139,6 +174,42 @@ def test_remote_commands_and_a_broker_port_that_cannot_work_is_rolled_back(centr
     kinds = {m.doc.get("cmd") for m in centre.messages(dev, "cmd")}
     assert {"status", "config set"} <= kinds, kinds  # the monitor recorded the commands
     assert any(m.doc.get("cmd") == "config set" and m.doc.get("ok") for m in centre.messages(dev, "cmd_result"))
+
+
+def test_firelink_cmd_waits_for_the_result_with_its_id_and_times_out_clearly(centre: Centre, dut: Dut,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    dev, site = dut.device_id, centre.site
+    centre.wait_change(dev, "online", 20)
+    base = ["--port", str(site.port), "--username", site.centre_user, "--password", site.centre_pass]
+    assert cli.main(["cmd", dev, "silence", *base, "--timeout", "15"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] and result["cmd"] == "silence" and result["id"].startswith("c"), result
+    time.sleep(1.1)  # one command a second
+    t0 = time.monotonic()
+    assert cli.main(["cmd", "fl-nobody-here", "status", *base, "--timeout", "2"]) == 3
+    took = time.monotonic() - t0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no result from fl-nobody-here within 2 s" in err and took < 10, (err, took)
+    assert cli.main(["cmd", dev, "reboot", "now", *base]) == 1  # bad words: refused before sending
+    assert "takes no arguments" in capsys.readouterr().err
+    rec = [m.doc for m in centre.messages(dev, "cmd_result") if m.doc.get("id") == result["id"]]
+    assert rec and rec[0]["ok"], "the monitor recorded the result"
+    assert any(e.code == "306" and "silence by centre" in (e.detail or "") for e in centre.events_of(dev))
+
+
+def test_diag_reboot_records_a_306_and_the_device_comes_back(centre: Centre, dut: Dut) -> None:
+    dev = dut.device_id
+    centre.wait_change(dev, "online", 20)
+    mark, changes = centre.mark(), len(centre.changes_of(dev))
+    dut._release_port()
+    try:
+        assert cli.main(["diag", "reboot", "--port", dut.port]) == 0
+    finally:
+        dut._reclaim_port()
+    centre.wait_change(dev, "online", 60, since=changes)
+    ev = centre.wait_event(dev, code="306", q="new", since=mark, timeout_s=30)
+    assert "reboot by console" in (ev.detail or ""), ev
+    centre.wait_event(dev, code="305", q="new", detail="software", since=mark, timeout_s=30)  # the boot it caused
 
 
 @pytest.mark.needs("flash")  # reads the device's files (secrets, supervisor state) on this host
@@ -186,3 +257,35 @@ def test_random_bytes_on_the_console_lose_nothing(centre: Centre, dut: Dut, cons
         if not isinstance(dut, SerialDut) else None
     if secret:
         assert secret not in "\n".join(console.other) + "\n".join(console.log)
+
+
+def test_diag_on_a_board_built_without_the_console_says_so(request: pytest.FixtureRequest, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The lean board (diag_console false) has no console: `firelink diag` says exactly that, at
+    once, and the firmware runs on (docs/diag.md). Its shipped build (fl/ in ROMFS) at its heap cap."""
+    if request.config.getoption("--dut") != "virtual":
+        pytest.skip("the lean board's build runs here on the virtual device")
+    from firelink.board import boards
+    from firelink.virtual import device as virtual
+    from firelink.virtual.world import create
+    from tests.hil.heapfit import FIT_CAP
+    d = tmp_path / "lean"
+    create(d, {"device_id": "fl-lean-diag", "broker": {"host": "127.0.0.1", "port": 9}},
+           {"mqtt_username": "fl-lean-diag", "mqtt_password": "pw-lean-diag-123"},
+           board=boards.load(boards.LEAN))
+    dev = virtual.VirtualDevice(d, firmware=virtual.shipped_rom_app(tmp_path / "app"))
+    dev.start(heapsize=FIT_CAP)
+    try:
+        t0 = time.monotonic()
+        assert cli.main(["diag", "--port", str(d), "--once"]) == 2
+        took = time.monotonic() - t0
+        err = capsys.readouterr().err
+        assert "built without the diagnostics console" in " ".join(err.split()), err
+        assert took < diag.ANSWER_TIMEOUT_S, f"the answer waited for the timeout ({took:.1f} s)"
+        with pytest.raises(diag.NoConsole):  # again: a second technician is told too
+            with DiagLink(str(d)) as link:
+                link.hello(10)
+        assert dev.running()
+        assert "MemoryError" not in dev.console_log.read_text(errors="replace")
+    finally:
+        dev.stop()

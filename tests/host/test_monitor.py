@@ -143,6 +143,22 @@ def test_suspect_events_are_flagged_not_shown_as_fire(devices, peers, start_moni
     assert reasons == ["event b-1 reuses seq 1 of event a-1"]
 
 
+def test_walk_test_events_are_stored_and_shown_as_tests_not_alarms(devices, peers, start_monitor):
+    from firelink.centre.view import event_record
+    run = start_monitor()
+    dev = devices()
+    peer = peers(dev)
+    peer.publish(dev.topic("event"), event_payload(1, "w-1", test=True))  # panel_fire in walk test mode
+    peer.publish(dev.topic("event"), event_payload(2, "w-2"))  # a real fire after it
+    peer.publish(dev.topic("event"), event_payload(3, "w-3", test="yes"))  # not a flag: refused
+    run.sink.wait(lambda s: len(s.events_of(dev.id)) == 2)
+    walked, real = run.sink.events_of(dev.id)
+    assert (walked.test, real.test) == (True, False)
+    assert run.store.event(dev.id, "w-1").test and not run.store.event(dev.id, "w-2").test
+    assert (event_record(walked)["type"], event_record(real)["type"]) == ("test", "alarm")
+    assert any("'test' is not true or false" in (q.reason or "") for q in run.store.quarantined(dev.id))
+
+
 def test_device_lost_after_supervision_time_and_back(devices, peers, start_monitor):
     dev = devices()
     run = start_monitor(supervision=Supervision(per_device={dev.id: 1.0}))

@@ -20,7 +20,7 @@ from tests.host.mqtt_peer import event_payload, unique, wait_until
 CLI = "import sys; from firelink import cli; sys.exit(cli.main(sys.argv[1:]))"
 
 EVENT_KEYS = ["type", "at", "device", "id", "seq", "class", "q", "code", "meaning", "zone", "input", "detail", "ts",
-              "tsync", "latency_s", "late", "suspect", "retained"]
+              "tsync", "latency_s", "late", "suspect", "retained", "test"]
 
 
 def cli(broker, tmp_path, *args: str, password: str | None = None) -> subprocess.Popen[str]:

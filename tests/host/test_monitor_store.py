@@ -42,6 +42,24 @@ def test_schema_wal_and_reopen(tmp_path):
         assert s.unacked() == []
 
 
+def test_a_schema_2_store_gains_the_test_flag_and_keeps_its_events(tmp_path):
+    db = tmp_path / "m.db"
+    with MonitorStore(db) as s:
+        mid = s.add_message(1001.5, "firelink/a/event", "a", "event", b"{}")
+        assert s.add_event(ev("a", 1), mid)
+        assert s.add_event(ev("a", 2, test=True), mid)
+        assert (s.event("a", "id-1").test, s.event("a", "id-2").test) == (False, True)
+    raw = sqlite3.connect(db)  # as the previous monitor left it: no test column, version 2
+    raw.execute("ALTER TABLE events DROP COLUMN test")
+    raw.execute("PRAGMA user_version = 2")
+    raw.commit()
+    raw.close()
+    with MonitorStore(db) as s:
+        e = s.event("a", "id-1")
+        assert e is not None and e.test is False and e.code == "110"
+        assert s.add_event(ev("a", 3, test=True), mid) and s.event("a", "id-3").test
+
+
 def test_batch_rolls_back_on_error(tmp_path):
     with MonitorStore(tmp_path / "m.db") as s:
         with pytest.raises(RuntimeError):

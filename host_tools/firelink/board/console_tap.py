@@ -16,40 +16,28 @@ from collections import deque
 
 import serial
 
+from firelink.board.serial_lines import SerialLines
+
 READ_TIMEOUT_S = 0.2
 MAX_LINES = 400
 # Log lines are `<ms> <LEVEL> <source>: <message>` (fl/log.py).
 _PROBLEM = re.compile(r"^\d+ (ERROR|WARN) ")
 
 
-class ConsoleTap:
+class ConsoleTap(SerialLines):
     def __init__(self, port: str, baudrate: int = 115200) -> None:
+        super().__init__(serial.Serial(port, baudrate=baudrate, timeout=READ_TIMEOUT_S, exclusive=True),
+                         f"console-tap {port}")
         self.port = port
-        self._ser = serial.Serial(port, baudrate=baudrate, timeout=READ_TIMEOUT_S, exclusive=True)
         self._lines: deque[str] = deque(maxlen=MAX_LINES)
-        self._partial = b""
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.error: str | None = None
-        self._thread = threading.Thread(target=self._run, name=f"console-tap {port}", daemon=True)
-        self._thread.start()
+        self._start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._ser.read(4096)
-            except (serial.SerialException, OSError) as e:
-                self.error = str(e)  # the board went away (USB re-enumerated, cable)
-                return
-            if not data:
-                continue
-            data = self._partial + data
-            *complete, self._partial = data.split(b"\n")
+    def _take_line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if line:
             with self._lock:
-                for raw in complete:
-                    line = raw.decode("utf-8", "replace").rstrip("\r")
-                    if line:
-                        self._lines.append(line)
+                self._lines.append(line)
 
     def lines(self) -> list[str]:
         with self._lock:
@@ -66,17 +54,3 @@ class ConsoleTap:
             if len(seen) >= limit:
                 break
         return list(reversed(seen))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(READ_TIMEOUT_S * 5)
-        try:
-            self._ser.close()
-        except (serial.SerialException, OSError):
-            pass
-
-    def __enter__(self) -> ConsoleTap:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

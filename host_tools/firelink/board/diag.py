@@ -10,6 +10,7 @@ answers `ask()` with the reassembled JSON object or a specific error:
   PortBusy        another program holds the port (a monitor, mpremote, a second diag)
   InBootloader    the ESP32 ROM is waiting for a download (BOOT held, or esptool left it so)
   AtRepl          MicroPython's prompt answers: the firmware is not running
+  NoConsole       the firmware runs on a board built without the console (the lean board) and says so
   FirmwareTooOld  the firmware prints log lines but does not answer the protocol
   NoAnswer        nothing FireLink-like answered within the time
   DeviceRefused   the device answered `ok: false` (its message is kept)
@@ -32,6 +33,7 @@ from typing import Any, Callable
 
 import serial
 
+from firelink.board.serial_lines import SerialLines
 from firelink.errors import FAILED, NOT_DONE, FireLinkError
 
 PROTO = 1
@@ -43,6 +45,9 @@ MAX_FRAMES = 10000
 _LOG = re.compile(r"^\d+ (DEBUG|INFO|WARN|ERROR) ")
 # What the ESP32's ROM prints when it boots into the serial bootloader.
 _BOOTLOADER = re.compile(r"waiting for download|boot:0x[0-9a-f]+ \(DOWNLOAD", re.I)
+# What a board built without the console logs when something arrives on its serial line
+# (fl/indicators.py, `diag_console: false` in the board's JSON: the lean board).
+NO_CONSOLE = "no diagnostics console on this board"
 SECRET_MASK = "***"
 
 
@@ -70,6 +75,10 @@ class AtRepl(DiagError):
 
 
 class FirmwareTooOld(DiagError):
+    pass
+
+
+class NoConsole(DiagError):
     pass
 
 
@@ -121,11 +130,11 @@ def open_port(port: str, baudrate: int = 115200) -> serial.Serial:
     return ser
 
 
-class DiagLink:
+class DiagLink(SerialLines):
     def __init__(self, port: str, baudrate: int = 115200, on_log: Callable[[str], None] | None = None,
                  ser: Any = None) -> None:
+        super().__init__(ser if ser is not None else open_port(port, baudrate), f"diag {port}")
         self.port = port
-        self._ser = ser if ser is not None else open_port(port, baudrate)
         self._tags = (f"h{n}" for n in itertools.count(1))
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -136,34 +145,20 @@ class DiagLink:
         self.bad_frames = 0
         self.unreadable = 0
         self.on_log = on_log
-        self.error: str | None = None
-        self._partial = b""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"diag {port}", daemon=True)
-        self._thread.start()
+        self.no_console = False  # the firmware said it has no console (a lean board)
+        self._start()
 
     # --- reading ---
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._ser.read(4096)
-            except (serial.SerialException, OSError) as e:
-                with self._cond:
-                    self.error = str(e)
-                    self._cond.notify_all()
-                return
-            if not data:
-                # A prompt has no newline: look at what is pending too.
-                if self._partial.endswith(b">>> ") or self._partial.endswith(b"> "):
-                    self._take_line(self._partial)
-                    self._partial = b""
-                continue
-            data = self._partial + data
-            *lines, self._partial = data.split(b"\n")
-            if len(self._partial) > 65536:  # binary noise without newlines: do not grow for ever
-                self._partial = b""
-            for raw in lines:
-                self._take_line(raw)
+    def _lost(self, why: str) -> None:
+        with self._cond:
+            self.error = why
+            self._cond.notify_all()
+
+    def _quiet(self) -> None:
+        # A prompt has no newline: look at what is pending too.
+        if self._partial.endswith(b">>> ") or self._partial.endswith(b"> "):
+            self._take_line(self._partial)
+            self._partial = b""
 
     def _take_line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
@@ -191,6 +186,9 @@ class DiagLink:
                 return
             if _LOG.match(line):
                 self.log.append(line)
+                if NO_CONSOLE in line:
+                    self.no_console = True
+                    self._cond.notify_all()
                 callback = self.on_log
             else:
                 self.other.append(line)
@@ -219,6 +217,8 @@ class DiagLink:
                     self.unreadable += 1
                 if self.error:
                     raise DiagError(f"{self.port}: the port went away: {self.error}")
+                if self.no_console:
+                    raise self._no_console()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._why_silent()
@@ -231,6 +231,12 @@ class DiagLink:
         if not answer.get("ok"):
             raise DeviceRefused(f"{request.split(' ')[0]}: {answer.get('error', 'refused')}")
         return answer
+
+    def _no_console(self) -> NoConsole:
+        return NoConsole(f"{self.port}: the firmware runs, but this board is built without the diagnostics console "
+                         "(diag_console false in its board JSON: the lean board, whose heap has no room for it; "
+                         "docs/diag.md). Its alarms are not affected. Use `firelink cmd DEVICE status|config get|"
+                         "reboot|silence|test` from the centre, or the REPL (it stops the firmware)")
 
     def _why_silent(self) -> DiagError:
         other = "\n".join(self.other)
@@ -252,20 +258,6 @@ class DiagLink:
             raise FirmwareTooOld(f"{self.port}: the firmware speaks diagnostics protocol v{answer.get('proto')}, "
                                  f"this tool v{PROTO}: update the firmware or the tools")
         return answer
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(READ_TIMEOUT_S * 10)
-        try:
-            self._ser.close()
-        except (serial.SerialException, OSError):
-            pass
-
-    def __enter__(self) -> DiagLink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def level_of(line: str) -> str:
@@ -304,6 +296,19 @@ def mask(obj: Any) -> Any:
     return obj
 
 
+def oldest_text(outbox: dict[str, Any]) -> str:
+    """The outbox's oldest waiting record as a technician reads it: `none`, `12.3 s (seq 41, 602)`,
+    or its number alone when its age is unknown (stamped before the clock was set)."""
+    seq = outbox.get("oldest_seq")
+    if seq is None:
+        return "none"
+    age = outbox.get("oldest_age_s")
+    what = f"seq {seq}" + (f", {outbox['oldest_code']}" if outbox.get("oldest_code") else "")
+    if age is None:
+        return f"age unknown ({what}; stamped on another clock)"
+    return f"{age:.1f} s ({what})" if age < 120 else f"{age / 60:.0f} min ({what})"
+
+
 def report_markdown(rep: dict[str, Any]) -> str:
     ident = rep.get("id", {})
     lines = [f"# FireLink support report: {ident.get('id', '?')}", "",
@@ -324,8 +329,12 @@ def report_markdown(rep: dict[str, Any]) -> str:
                  f"connects {m.get('connects')}, last error `{m.get('last_error') or '-'}`")
     ob = rep.get("outbox", {})
     lines += ["", "## Outbox", "", f"fire {ob.get('fire')}, fault {ob.get('fault')}, status {ob.get('status')} "
-              f"(depth {ob.get('depth')}/{ob.get('capacity')}, in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')})"]
+              f"(depth {ob.get('depth')}/{ob.get('capacity')}, in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')}); "
+              f"oldest waiting: {oldest_text(ob)}"]
     lines += ["", "## Active faults", ""] + ([f"- {k}: {v}" for k, v in rep.get("faults", {}).items()] or ["none"])
+    lines += ["", "## Counters", ""] + ([f"- {k}: {v}" for k, v in rep.get("counters", {}).items()] or ["none"])
+    walk = rep.get("walk") or {}
+    lines += ["", "## Walk test", "", f"on, {walk.get('left_s')} s left" if walk.get("on") else "off"]
     lines += ["", "## Memory and clock", "", f"- {rep.get('mem')}", f"- {rep.get('clock')}"]
     crash = rep.get("crash")
     lines += ["", "## Last crash", ""]

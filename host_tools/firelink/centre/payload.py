@@ -225,6 +225,7 @@ def parse_event(device: str, doc: dict[str, Any], received_at: float) -> Event:
     ts = number(doc, "ts", 0, MAX_TS)
     ms = integer(doc, "ms", 0, 999)
     tsync = flag(doc, "tsync")
+    test = flag(doc, "test")  # walk test mode (docs/diag.md)
     zone = integer(doc, "zone", 0, 999, default=0)
     name = text(doc, "input", MAX_NAME_LEN, default="") or ""
     detail = text(doc, "detail", MAX_DETAIL_LEN, controls=True)
@@ -233,7 +234,7 @@ def parse_event(device: str, doc: dict[str, Any], received_at: float) -> Event:
     return Event(device=device, id=eid, seq=seq, code=code, q=q, zone=zone, input=name, cls=cls, ts=when,
                  tsync=tsync, detail=detail, received_at=received_at,
                  latency_s=round(received_at - when, 3) if (tsync and when is not None) else None,
-                 suspect=contact_id.class_mismatch(code, cls), lost=lost)
+                 suspect=contact_id.class_mismatch(code, cls), lost=lost, test=test)
 
 
 def lost_ranges(doc: dict[str, Any]) -> list[tuple[int, int]]:

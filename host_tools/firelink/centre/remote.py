@@ -3,8 +3,8 @@
 `send()` publishes `{"cmd": ..., "id": <ref>, ...}` on `firelink/<device>/cmd` with a centre
 account and waits, bounded, for the `cmd/result` carrying the same id (fl/commands.py,
 fl/remote.py; docs/protocol.md). The monitor, subscribed to both topics, records the command
-and its result in its store. On a FireLink broker client ids are bound to accounts: while the
-monitor runs, send with a `centre-<name>` account, not `monitor` (that would take its place).
+and its result in its store. On a FireLink broker client ids are bound to accounts, so a command
+goes with a `centre-<name>` account, never `monitor` (that would take its place: check_account).
 """
 from __future__ import annotations
 
@@ -16,10 +16,26 @@ from pathlib import Path
 from typing import Any
 
 from firelink.centre.watch import CentreError, CentreWatch, TLSFiles
-from firelink.errors import FAILED, NO_ANSWER, FireLinkError
+from firelink.errors import FAILED, NO_ANSWER, FireLinkError, UsageError
 from firelink.provision.settings import BrokerURL
 
 NAMES = ("status", "config get", "config set", "reboot", "silence", "test", "walktest")
+MONITOR_USER = "monitor"  # firelink.site.broker's: the monitor's own account
+CENTRE_PREFIX = "centre-"
+
+
+def check_account(username: str | None, option: str = "--username") -> str:
+    """The account a tool may command or watch devices with: a `centre-<name>` one, never `monitor`.
+    The broker binds client ids to accounts, so connecting as `monitor` takes the client id of the
+    monitor's persistent session: a clean session under that id throws the monitor off and drops the
+    events the broker had queued for it."""
+    if username == MONITOR_USER:
+        raise UsageError(f"{option}: not `monitor`: connecting as the monitor would throw it off the broker and drop "
+                         "the events queued for it; use a centre-<name> account (firelink broker --add-centre NAME)")
+    if not username or not username.startswith(CENTRE_PREFIX) or len(username) == len(CENTRE_PREFIX):
+        raise UsageError(f"{option}: a centre-<name> account is needed (firelink broker --add-centre NAME creates "
+                         f"one){'' if not username else f', not {username!r}'}")
+    return username
 
 
 class CommandFailed(FireLinkError):

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Protocol
 
 from firelink.errors import FireLinkError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 QUARANTINE_ROWS = 1000  # the newest this many rejected messages are kept
 QUARANTINE_KEEP = 4096  # bytes of each: its start, with its full size beside it
 
@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS events (
     suspect TEXT,                -- why the centre doubts it (class/code mismatch), NULL when it does not
     retained INTEGER NOT NULL DEFAULT 0,  -- first seen as a retained replay, not live
     flood INTEGER NOT NULL DEFAULT 0,     -- arrived while its device was flooding the centre
+    test INTEGER NOT NULL DEFAULT 0,      -- sent in walk test mode ("test": true): a test, not a real alarm
     PRIMARY KEY (device, id)
 );
 CREATE INDEX IF NOT EXISTS events_seq ON events (device, seq);
@@ -108,6 +109,9 @@ ALTER TABLE events ADD COLUMN suspect TEXT;
 ALTER TABLE events ADD COLUMN retained INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN flood INTEGER NOT NULL DEFAULT 0;
 """,
+    2: """
+ALTER TABLE events ADD COLUMN test INTEGER NOT NULL DEFAULT 0;
+""",
 }
 
 
@@ -149,12 +153,14 @@ class Event:
     suspect: str | None = None  # why the centre doubts it; shown as suspect, never as a plain fire
     retained: bool = False  # a retained replay from the broker, not a live event
     flood: bool = False  # arrived while its device flooded the centre
+    test: bool = False  # sent in walk test mode: the centre shows it as a test, never as a real alarm
     lost: list[tuple[int, int]] = field(default_factory=list)  # seq ranges the device declared lost
 
     def same_content(self, other: Event) -> bool:
         """Whether two events with one id say the same (a resend) or not (an id reused)."""
-        return ((self.seq, self.code, self.q, self.zone, self.input, self.cls, self.detail, self.tsync)
-                == (other.seq, other.code, other.q, other.zone, other.input, other.cls, other.detail, other.tsync)
+        return ((self.seq, self.code, self.q, self.zone, self.input, self.cls, self.detail, self.tsync, self.test)
+                == (other.seq, other.code, other.q, other.zone, other.input, other.cls, other.detail, other.tsync,
+                    other.test)
                 and (self.ts is None) == (other.ts is None)
                 and (self.ts is None or other.ts is None or abs(self.ts - other.ts) < 0.0015))
 
@@ -192,7 +198,7 @@ class Device:
 
 
 _EVENT_COLS = ("device, id, seq, code, q, zone, input, class, ts, tsync, detail, received_at, latency_s, late, "
-               "acked_at, acks, suspect, retained, flood")
+               "acked_at, acks, suspect, retained, flood, test")
 _DEVICE_COLS = ("device, state, state_since, supervision_s, last_heard, heartbeat_s, fw, reset, link_path, "
                 "signal_dbm, outbox_depth, clock_offset_s, faults, last_heartbeat")
 
@@ -329,10 +335,10 @@ class MonitorStore:
         with self._lock:
             cur = self._db.execute(
                 f"INSERT OR IGNORE INTO events ({_EVENT_COLS}, message_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (ev.device, ev.id, ev.seq, ev.code, ev.q, ev.zone, ev.input, ev.cls, ev.ts, int(ev.tsync),
                  ev.detail, ev.received_at, ev.latency_s, int(ev.late), ev.acked_at, ev.acks, ev.suspect,
-                 int(ev.retained), int(ev.flood), message_id))
+                 int(ev.retained), int(ev.flood), int(ev.test), message_id))
             return cur.rowcount == 1
 
     def count_ack_sent(self, device: str, event_id: str) -> None:
@@ -467,4 +473,5 @@ def _where(**conditions: Any) -> tuple[str, tuple[Any, ...]]:
 def _event(r: tuple[Any, ...]) -> Event:
     return Event(device=r[0], id=r[1], seq=r[2], code=r[3], q=r[4], zone=r[5], input=r[6], cls=r[7], ts=r[8],
                  tsync=bool(r[9]), detail=r[10], received_at=r[11], latency_s=r[12], late=bool(r[13]),
-                 acked_at=r[14], acks=r[15], suspect=r[16], retained=bool(r[17]), flood=bool(r[18]))
+                 acked_at=r[14], acks=r[15], suspect=r[16], retained=bool(r[17]), flood=bool(r[18]),
+                 test=bool(r[19]))

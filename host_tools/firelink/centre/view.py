@@ -5,6 +5,8 @@ committed. Every line of `LineSink` is one JSON object with `type` first:
 
     alarm | fault | status | restore   an event (new ones only; restore = q "restore" of any class)
     suspect                            an event whose class does not fit its code: never a plain alarm
+    test                               a new event sent in walk test mode ("test": true): a technician's
+                                       activation, never a real alarm (restores stay `restore`)
     retained                           an event the broker replayed as retained: not live
     device_lost | device_back | device_offline | device_online | device_revoked
     seq_gap                            sequence numbers missing for longer than the grace time
@@ -59,6 +61,8 @@ def event_type(ev: Event) -> str:
         return "retained"
     if ev.q == "restore":
         return "restore"
+    if ev.test:  # walk test: the technician's activation, never dispatched as a real alarm
+        return "test"
     return {"fire": "alarm", "fault": "fault"}.get(ev.cls, "status")
 
 
@@ -66,7 +70,8 @@ def event_record(ev: Event) -> dict[str, Any]:
     return {"type": event_type(ev), "at": round(ev.received_at, 3), "device": ev.device, "id": ev.id,
             "seq": ev.seq, "class": ev.cls, "q": ev.q, "code": ev.code, "meaning": contact_id.meaning(ev.code),
             "zone": ev.zone, "input": ev.input, "detail": ev.detail, "ts": ev.ts, "tsync": ev.tsync,
-            "latency_s": ev.latency_s, "late": ev.late, "suspect": ev.suspect, "retained": ev.retained}
+            "latency_s": ev.latency_s, "late": ev.late, "suspect": ev.suspect, "retained": ev.retained,
+            "test": ev.test}
 
 
 def device_record(d: Device, change: str, now: float) -> dict[str, Any]:
@@ -146,8 +151,8 @@ class LiveView(Sink):
         elif event.retained:
             what, style = f"REPLAY {clean(event.cls, 8)}", "dim"
         else:
-            what = f"{'RESTORE ' if event.q == 'restore' else ''}{event.cls.upper()}"
-            style = CLASS_STYLE.get(event.cls, "") if event.q == "new" else "green"
+            what = f"{'RESTORE ' if event.q == 'restore' else ''}{'TEST ' if event.test else ''}{event.cls.upper()}"
+            style = ("cyan" if event.test else CLASS_STYLE.get(event.cls, "")) if event.q == "new" else "green"
         line = Text.assemble(
             (f"{clean(event.device, 32):<12} ", "bold"), (f"{what:<14}", style),
             f" {event.code} {clean(contact_id.meaning(event.code))}",

@@ -1,17 +1,21 @@
 """`firelink cmd DEVICE COMMAND ...`: send one remote command to a device and wait for its result.
 
 Examples:
-  firelink cmd dev1 status                              the device's health snapshot
-  firelink cmd dev1 config get broker.port
-  firelink cmd dev1 config set broker.port 8883 --rollback-s 120
+  (FL_CMD_PASS holds the password of the account, here centre-ops)
+  firelink cmd dev1 status --username centre-ops        the device's health snapshot
+  firelink cmd dev1 config get broker.port --username centre-ops
+  firelink cmd dev1 config set broker.port 8883 --rollback-s 120 --username centre-ops
                         applied by a restart; back to the old value by itself if the device
                         does not reach the broker within 120 s
-  firelink cmd dev1 walktest on --minutes 30            607 on; alarms flagged as test; ends by itself
-  firelink cmd dev1 walktest off
-  firelink cmd dev1 silence | reboot | test
+  firelink cmd dev1 walktest on --minutes 30 --username centre-ops   607 on; alarms flagged as test; ends by itself
+  firelink cmd dev1 walktest off --username centre-ops
+  firelink cmd dev1 silence | reboot | test --username centre-ops
+  firelink cmd dev1 status --username centre-ops --timeout 5        exit 3 if no result within 5 s
+  firelink cmd dev1 status --tls --port 8883 --ca run/broker/pki/ca.crt \\
+      --cert run/broker/pki/centres/centre-ops.crt --key run/broker/pki/centres/centre-ops.key --username centre-ops
 
-The account must be a centre account (`monitor` or `centre-<name>`; while the monitor runs use a
-centre-<name> one: the broker binds client ids to accounts). Password: --password or $FL_CMD_PASS.
+The account is a centre-<name> one (`firelink broker --add-centre NAME`), never `monitor`: the broker
+binds client ids to accounts, so it would throw the monitor off. Password: --password or $FL_CMD_PASS.
 """
 from __future__ import annotations
 
@@ -31,15 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cmd", help="send a remote command to a device and wait for its result",
                        description=__doc__.split("\n\n", 1)[0], epilog="examples:" + __doc__.split("Examples:", 1)[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("device")
+    p.add_argument("device", help="the device's id (its account), e.g. fl-0a1b2c3d4e5f")
     p.add_argument("words", nargs="+", metavar="COMMAND", help=" | ".join(centre_cmd.NAMES))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=1883)
-    p.add_argument("--tls", action="store_true")
-    p.add_argument("--ca", type=Path)
-    p.add_argument("--cert", type=Path)
-    p.add_argument("--key", type=Path)
-    p.add_argument("--username", default="monitor", help="a centre account (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="the site broker (default %(default)s)")
+    p.add_argument("--port", type=int, default=1883, help="its port (default %(default)s; 8883 with --tls)")
+    p.add_argument("--tls", action="store_true", help="the mutual-TLS listener (with --ca, --cert, --key)")
+    p.add_argument("--ca", type=Path, help="the site CA (PEM)")
+    p.add_argument("--cert", type=Path, help="the centre account's client certificate (PEM)")
+    p.add_argument("--key", type=Path, help="its key (PEM)")
+    p.add_argument("--username", default=None, help="a centre-<name> account (required; not monitor)")
     p.add_argument("--password", default=None, help=f"default: ${PASSWORD_ENV}")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the result (default 15)")
     p.add_argument("--minutes", type=int, default=None, help="walktest on: its length")
@@ -53,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     rest = words[2:] if words[0] == "config" else words[1:]
     if name not in centre_cmd.NAMES:
         raise UsageError(f"unknown command {name!r}: one of {', '.join(centre_cmd.NAMES)}")
+    centre_cmd.check_account(args.username)
     doc = centre_cmd.build(name, rest, args.minutes, args.rollback_s)
     target = centre_cmd.Target(BrokerURL("mqtts" if args.tls else "mqtt", args.host, args.port), args.username,
                                args.password if args.password is not None else os.environ.get(PASSWORD_ENV),

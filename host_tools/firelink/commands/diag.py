@@ -10,6 +10,9 @@ Examples:
   firelink diag --port /dev/ttyUSB0 --once --json   one snapshot, as JSON
   firelink diag log --port /dev/ttyUSB0             the device's last log lines, then follow (coloured)
   firelink diag walktest --port /dev/ttyUSB0        guided walk test: 607 on, activate each input, 607 off
+  firelink diag walktest --port P --centre mqtt://centre.example:1883 --centre-user centre-tech
+                                                    ... and each alarm followed to the centre: its code,
+                                                    its test flag and its latency (password: $FL_CMD_PASS)
   firelink diag config get --port P [KEY]           the config (secrets masked)
   firelink diag config set --port P broker.port 8883   validated on the device, written, applied by a restart
   firelink diag silence --port P                    buzzer silenced until the next new fault
@@ -30,13 +33,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from firelink.board import diag
+from firelink.board import diag, walktest
 from firelink.board.diag import DiagError, DiagLink
 from firelink.errors import UsageError
 
 EXAMPLES = __doc__.split("Examples:", 1)[1]
-# Twice a second: the device reads its console every 500 ms (fl/indicators.py), so a change
-# shows within ≈1 s of the contact moving.
+# Twice a second: while asked, the device reads its console every 100 ms (fl/indicators.py), so
+# a change shows within ≈0.7 s of the contact moving (make bench: bench_diag).
 REFRESH_S = 0.5
 LEVEL_STYLE = {"DEBUG": "dim", "INFO": "", "WARN": "yellow", "ERROR": "bold red"}
 
@@ -59,10 +62,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     lg.add_argument("--lines", type=int, default=10)
     lg.add_argument("--no-follow", action="store_true")
     lg.set_defaults(func=cmd_log)
-    wt = s.add_parser("walktest", parents=[common], help="guided walk test (607 on/off, alarms flagged as test)")
+    wt = s.add_parser("walktest", parents=[common], help="guided walk test (607 on/off, alarms flagged as test)",
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      epilog="examples:\n  firelink diag walktest --port /dev/ttyUSB0 --input panel_fire\n"
+                             "  FL_CMD_PASS=... firelink diag walktest --port /dev/ttyUSB0 "
+                             "--centre mqtts://centre.example:8883 \\\n      --centre-user centre-tech --ca ca.crt "
+                             "--cert tech.crt --key tech.key")
     wt.add_argument("--minutes", type=int, default=30, help="the device ends it by itself after this (default 30)")
     wt.add_argument("--input", action="append", default=None, help="only these inputs (repeatable)")
     wt.add_argument("--wait", type=float, default=120.0, help="seconds to wait for each input (default 120)")
+    wt.add_argument("--centre", metavar="URL", default=None,
+                    help="the centre's broker (mqtt://HOST:PORT or mqtts://): each alarm's code, its test flag and "
+                         "its latency to the centre, as the monitor acknowledges it")
+    wt.add_argument("--centre-user", metavar="ACCOUNT", default=None,
+                    help="a centre-<name> account (not `monitor`: the broker binds client ids to accounts)")
+    wt.add_argument("--centre-password", default=None, help=f"default: ${walktest.PASSWORD_ENV}")
+    wt.add_argument("--ca", type=Path, help="with mqtts://: the site CA (PEM)")
+    wt.add_argument("--cert", type=Path, help="with mqtts://: a client certificate (PEM)")
+    wt.add_argument("--key", type=Path, help="with mqtts://: its key (PEM)")
     wt.set_defaults(func=cmd_walktest)
     cfg = s.add_parser("config", parents=[common], help="config get [KEY] | set KEY VALUE")
     cs = cfg.add_subparsers(dest="config_command", metavar="get|set", required=True)
@@ -138,7 +155,8 @@ def render(snap: dict[str, Any], extra_log: list[str] | None = None) -> Group:
     broker.append(f"  connects {m.get('connects')}  last error: {m.get('last_error') or '-'}", style="")
     ob = snap.get("outbox", {})
     outbox = Text(f"outbox: fire {ob.get('fire')}  fault {ob.get('fault')}  status {ob.get('status')}  "
-                  f"(in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')}, acks pending {ob.get('acks_pending')})")
+                  f"oldest {diag.oldest_text(ob)}  (in RAM {ob.get('in_ram')}, dropped {ob.get('dropped')}, "
+                  f"acks pending {ob.get('acks_pending')})", style="yellow" if ob.get("in_ram") else "")
     faults = snap.get("faults") or {}
     ft = Text("faults: " + (", ".join(f"{k} ({v})" if v else k for k, v in faults.items()) or "none"),
               style="bold yellow" if faults else "green")
@@ -260,48 +278,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_walktest(args: argparse.Namespace) -> int:
-    console = Console()
+    console = Console(highlight=False)
+    centre = None
+    if args.centre:  # checked before the port is opened
+        centre = walktest.CentreView.from_args(args.centre, args.centre_user, args.centre_password,
+                                               args.ca, args.cert, args.key)
 
     def walk(link: DiagLink) -> int:
-        states = {i["name"]: i for i in link.ask("inputs")["inputs"]}
-        names = args.input or [n for n, i in states.items() if i.get("kind") not in ("mains", "battery")]
-        unknown = [n for n in names if n not in states]
-        if unknown:
-            raise UsageError(f"no such input(s): {', '.join(unknown)}; the device has {', '.join(states)}")
-        link.ask(f"walk on {args.minutes}")
-        console.print(f"[magenta]walk test on[/] (607 sent; ends by itself after {args.minutes} min); "
-                      "alarms reach the centre flagged as test")
-        missed = []
-        try:
-            for name in names:
-                before = states[name]["state"]
-                console.print(f"activate [bold]{name}[/] now (waiting {args.wait:.0f} s)…")
-                t0 = time.monotonic()
-                seen = None
-                while time.monotonic() - t0 < args.wait:
-                    now = {i["name"]: i for i in link.ask("inputs")["inputs"]}[name]
-                    if now["state"] != before:
-                        seen = now["state"]
-                        break
-                    time.sleep(0.25)
-                if seen is None:
-                    console.print(f"  [red]{name}: no change seen[/]")
-                    missed.append(name)
-                    continue
-                console.print(f"  [green]{name}: {before} → {seen}[/] after {time.monotonic() - t0:.1f} s; "
-                              "restore it now")
-                t1 = time.monotonic()
-                while time.monotonic() - t1 < args.wait:
-                    if {i["name"]: i for i in link.ask("inputs")["inputs"]}[name]["state"] == before:
-                        break
-                    time.sleep(0.25)
-        finally:
-            link.ask("walk off")
-            console.print("[magenta]walk test off[/] (607 restore sent)")
-        if missed:
-            console.print(f"[red]not seen: {', '.join(missed)}[/]")
-            return 1
-        console.print("[green]every input seen[/]")
-        return 0
+        return walktest.Guide(link, console.print, args.wait, centre).run(args.input, args.minutes)
 
     return _run(args, walk)
