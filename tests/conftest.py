@@ -44,12 +44,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run across pytest-xdist workers (`make test`), the HIL scenarios go out first: each takes
-    seconds to minutes (the 4G ones up to 90 s), so they start early, side by side, and the
-    short firmware, host and jig tests fill in around them instead of a long one ending the run
-    alone. Each worker collects the same order; a run in one process keeps the files' order."""
+    """Run across pytest-xdist workers (`make test`), the tests marked `slow` go out first, then
+    the HIL scenarios: each takes seconds to minutes (the 4G ones up to 90 s), so they start
+    early, side by side, and the short firmware, host and jig tests fill in around them instead
+    of a long one ending the run alone. A scenario of minutes should be marked `slow`. Each
+    worker collects the same order; a run in one process keeps the files' order."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/hil/") else 1)  # stable
+        items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                     not item.nodeid.startswith("tests/hil/")))  # stable
 
 
 @pytest.fixture(scope="session", autouse=True)
