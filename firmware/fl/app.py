@@ -148,8 +148,14 @@ class App:
             self.links.mqtt = self.mqtt
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
+        if len(paths) > 1:
+            self.links.heartbeat = self.heartbeat  # the backup test is a heartbeat over the backup
+            self.links.fire_waiting = self._fire_waiting
         self.indicators = Indicators(board, self.health, self.mqtt, console=self.console)
         self.watchdog = Watchdog(board)
+
+    def _fire_waiting(self):
+        return self.outbox.depth_by_priority()[0] > 0
 
     def _status(self, state):
         ts, _ = self.clock.now()
