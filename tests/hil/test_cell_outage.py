@@ -18,7 +18,7 @@ import pytest
 from tests.hil.backlog import FAST_INPUTS, PRIORITY, input_changes, make_backlog
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut
-from tests.hil.test_cell import CELL_HEAP, control, world
+from tests.hil.test_cell import CELL_HEAP, control, wait_state, world
 
 STALL_S = 300
 FAULT_WRITES = 240  # x 4 fault-class events = 960
@@ -53,6 +53,8 @@ def test_both_paths_stalled_5_min_with_1000_queued_all_delivered_in_order(centre
 
     control(d, wifi="stall", cellular="stall")
     stall = time.monotonic()
+    wait_state(d, lambda s: {s["paths"][p]["mode"] for p in ("wifi", "cellular")} == {"stall"}, 5,
+               "both proxies stalling")
     since = dut.log_position()
     assert make_backlog(dut, FAULT_WRITES, FIRE_EVERY, since) == BACKLOG
     made_s = time.monotonic() - stall
@@ -72,6 +74,8 @@ def test_both_paths_stalled_5_min_with_1000_queued_all_delivered_in_order(centre
 
     control(d, wifi="pass", cellular="pass")
     back = time.monotonic()
+    wait_state(d, lambda s: {s["paths"][p]["mode"] for p in ("wifi", "cellular")} == {"pass"}, 5,
+               "both proxies passing")
     names = {i["name"] for i in FAST_INPUTS}
 
     def inputs_delivered() -> int:
