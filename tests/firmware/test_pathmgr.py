@@ -157,3 +157,34 @@ async def test_both_paths_failed_is_a_fault_even_with_both_links_up():
     m._report_path(cell, True)
     ok("paths_all" not in h.faults and "path_cellular" not in h.faults and "path_wifi" in h.faults,
        "4G restored: %r" % h.faults)
+
+
+async def until(pred, what, timeout_ms=10000):
+    t0 = ticks.ms()
+    while not pred():
+        ok(ticks.diff(ticks.ms(), t0) < timeout_ms, "%s within %d ms" % (what, timeout_ms))
+        await asyncio.sleep_ms(20)
+    return ticks.diff(ticks.ms(), t0)
+
+
+async def test_backup_tested_at_boot_on_schedule_and_after_a_modem_reset():
+    m, wifi, cell = manager([True])
+    s = Session(m, {"wifi": True, "cellular": True})
+    m.mqtt, m.heartbeat = s, Beat(s)
+    m._test_every_ms = 6000  # backup_test_s (an hour by default; 300 s at least in the config)
+    task = asyncio.create_task(m._backup_tests())
+    try:
+        await until(lambda: m.tests == 1, "the test at boot")
+        took = await until(lambda: m.tests == 2, "the scheduled one")
+        ok(took >= 5500, "not before its time: %d ms" % took)
+        m._on_modem_reset("pwrkey")  # after each modem reset: at once, not at the schedule
+        took = await until(lambda: m.tests == 3, "the one after the modem reset")
+        ok(took < 5000, "before the schedule: %d ms" % took)
+        eq((m.heartbeat.sent_over, m.tests_failed), (["cellular"] * 3, 0), "each a heartbeat over 4G")
+        s.works["cellular"] = False
+        m._on_modem_reset("reset")
+        await until(lambda: m.tests == 4, "the test after the second reset")
+        eq((m.tests_failed, m._health.faults.get("backup_test")), (1, "no heartbeat over cellular"),
+           "a failing test is the backup_test fault")
+    finally:
+        task.cancel()
