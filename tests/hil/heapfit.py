@@ -34,6 +34,12 @@ LEAN_CAP = "160k"
 # it 12 KiB above. LEAN_CAP is not reached yet (docs/memory.md says what is left); lower this as
 # it comes down.
 FIT_CAP = "212k"
+# The 4G path (fl.at, fl.modem, fl.pathmgr: ≈32 KB more on this port) runs on the reference
+# board (ESP32-WROVER-E, MicroPython's SPIRAM build: megabytes of heap; the lean board has no
+# room for it). Its HIL cases (tests/hil/test_cell*.py: the 1000-event outage of both paths the
+# heaviest) are held to this cap, ≈220 KB on a 32-bit build: under a tenth of the reference
+# board's 4 MB of PSRAM heap, so a leak or a buffer grown by mistake still fails there.
+CELL_CAP = "320k"
 STEP_TIMEOUT_S = 20.0
 
 

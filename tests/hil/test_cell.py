@@ -14,6 +14,7 @@ import pytest
 from firelink import modemsim
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut, VirtualDut
+from tests.hil.heapfit import CELL_CAP
 
 DELAY_S = 5
 
@@ -27,9 +28,9 @@ def dut_config(dut_config: dict[str, Any]) -> dict[str, Any]:
 
 
 # The 4G parts (fl.at, fl.modem, fl.pathmgr) take ≈32 KB more heap on this 64-bit port (≈22 KB
-# on the board): the reference board (PSRAM) carries them; the lean board's cap is the
-# single-path application's (tests/hil/test_heap_fit.py).
-CELL_HEAP = "320k"
+# on the board): the reference board (PSRAM) carries them, under tests/hil/heapfit.CELL_CAP; the
+# lean board's cap is the single-path application's (tests/hil/test_heap_fit.py).
+CELL_HEAP = CELL_CAP
 
 
 @pytest.fixture

@@ -107,7 +107,9 @@ def test_both_paths_stalled_5_min_with_1000_queued_all_delivered_in_order(centre
     hb = centre.wait_message(dev, "heartbeat", lambda r: r.doc["outbox"]["depth"] == 0 and r.at > time.time() - 5,
                              30, "a heartbeat with an empty outbox")
     assert not {"paths_all", "path_wifi", "path_cellular"} & set(hb.doc["faults"]), hb.doc["faults"]
+    assert "MemoryError" not in dut.log_text(since)
     total_s = time.monotonic() - t_start
     print(f"\n{len(arrived)} events ({BACKLOG} input changes made in {made_s:.1f} s) after a {STALL_S} s stall of "
           f"both paths: stall found (fault output) in {found_s:.1f} s, delivered {delivered_s:.1f} s after the "
-          f"restore; test wall time {total_s:.0f} s")
+          f"restore; heap_peak {hb.doc['heap_peak'] / 1024:.0f} KB under -X heapsize={CELL_HEAP}; "
+          f"test wall time {total_s:.0f} s")
