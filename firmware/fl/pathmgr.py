@@ -238,6 +238,8 @@ class PathManager(LinkManager):
         backup_test_s). There is one MQTT session (the broker allows one per device id): the
         test moves it onto the backup and back, each move a clean DISCONNECT so the centre sees
         no will. A failure is the `backup_test` fault (352), reported over the primary."""
+        if len(self.paths) < 2:
+            return  # 4G alone: no backup to test (its session is the test)
         wait = ticks.Countdown(0)
         while True:
             await asyncio.sleep_ms(1000)

@@ -20,11 +20,13 @@ DELAY_S = 5
 
 
 @pytest.fixture
-def dut_config(dut_config: dict[str, Any]) -> dict[str, Any]:
-    # A 10 s keepalive: the ping that finds a silent stall comes after ~9.5 s of quiet.
+def dut_config(request: pytest.FixtureRequest, dut_config: dict[str, Any]) -> dict[str, Any]:
+    # A 10 s keepalive: the ping that finds a silent stall comes after ~9.5 s of quiet. A case
+    # may add keys of its own (parametrize with indirect=True).
     return {**dut_config, "path_fault_delay_s": DELAY_S, "heartbeat_s": 10,
             "broker": {**dut_config["broker"], "keepalive_s": 10},
-            "cellular": {"enabled": True, "failback_stable_s": 10, "backup_test_s": 300}}
+            "cellular": {"enabled": True, "failback_stable_s": 10, "backup_test_s": 300},
+            **getattr(request, "param", {})}
 
 
 # The 4G parts (fl.at, fl.modem, fl.pathmgr) take ≈32 KB more heap on this 64-bit port (≈22 KB
@@ -247,3 +249,27 @@ def test_wifi_flapping_bounded_switches_no_duplicates(centre: Centre, dut: Dut) 
     fires = [e for e in centre.events_of(dev) if e.code == "110"]
     assert len(fires) == 8 and len({e.id for e in fires}) == 8, [(e.seq, e.q) for e in fires]
     assert [e.q for e in sorted(fires, key=lambda e: e.seq)] == ["new", "restore"] * 4
+
+
+@pytest.mark.parametrize("dut_config", [{"paths": ["cellular"]}], indirect=True)
+def test_a_site_without_wifi_runs_on_4g_alone(centre: Centre, dut: Dut) -> None:
+    d = world(dut)
+    dev = dut.device_id
+    boot = wait_event_doc(centre, dev, 60, code="305", input="")
+    assert boot["path"] == "cellular", boot
+    dut.set_input("panel_fire", "active")
+    fire = wait_event_doc(centre, dev, 30, code="110", q="new")
+    assert fire["path"] == "cellular", fire
+    hb = centre.wait_message(dev, "heartbeat", lambda r: (r.doc["link"].get("cell") or {}).get("iccid"), 30,
+                             "a heartbeat with the modem's health")
+    link = hb.doc["link"]
+    assert (link["path"], link["paths"], link["cell"]["state"]) == ("cellular", {"cellular": "up"}, "data"), link
+    assert not hb.doc["faults"], hb.doc["faults"]  # no Wi-Fi configured: no Wi-Fi fault
+    assert "backup test" not in dut.log_text()  # 4G alone: its session is its test
+    # The modem's faults are reported with 4G alone too: over 4G, once it is back.
+    control(d, modem={"sim": "missing"})
+    dut.wait_for_log(r"SIM not inserted", timeout_s=30)
+    control(d, modem={"sim": "ready"})
+    fault = wait_event_doc(centre, dev, 90, code="353", q="new", input="modem_sim")
+    assert fault["path"] == "cellular", fault
+    wait_event_doc(centre, dev, 30, code="353", q="restore", input="modem_sim")
