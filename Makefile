@@ -34,7 +34,7 @@ mosquitto:
 	fi
 
 # The TLS listener's username must be the client certificate's CN (docs/threat-model.md):
-# firelink.broker copies this plugin next to the broker's files and names it in mosquitto.conf.
+# firelink.site.broker copies this plugin next to the broker's files and names it in mosquitto.conf.
 plugin: $(PLUGIN)
 
 $(PLUGIN): mosquitto_plugin/fl_certbind.c | mosquitto-dev
@@ -90,14 +90,14 @@ bench: deps
 
 # hardware/pinmap-<board>.md is generated from hardware/boards/<board>.json (a test fails when they disagree).
 pinmap: deps
-	$(BIN)/python -m firelink.boarddoc --write
+	$(BIN)/python -m firelink.board.boarddoc --write
 
 board-check: deps
-	$(BIN)/python -m firelink.boardcheck
+	$(BIN)/python -m firelink.board.boardcheck
 
 # hardware/jig.json (the test jig's wiring) against the Pico's pins and hardware/board.json.
 jig-check: deps
-	$(BIN)/python -m firelink.jigcheck
+	$(BIN)/python -m firelink.board.jigcheck
 
 clean:
 	rm -rf $(VENV) build run .pytest_cache

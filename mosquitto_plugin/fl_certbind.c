@@ -17,7 +17,7 @@
  * mosquitto also runs this check for every connected client on a reload (SIGHUP), so a
  * revoked or rotated account is dropped as before.
  *
- * Built by `make plugin` (Makefile) into build/; firelink.broker copies it into the broker's
+ * Built by `make plugin` (Makefile) into build/; firelink.site.broker copies it into the broker's
  * state directory and names it in mosquitto.conf (`plugin`).
  */
 #include <stdbool.h>
@@ -71,7 +71,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(cert == NULL){
 		return MOSQ_ERR_PLUGIN_DEFER;
 	}
-	/* Account names are at most 64 characters (firelink.broker); anything longer is no account. */
+	/* Account names are at most 64 characters (firelink.site.broker); anything longer is no account. */
 	char cn[128];
 	bool have_cn = single_cn(cert, cn, sizeof(cn));
 	X509_free(cert);

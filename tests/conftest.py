@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from firelink import pki
-from firelink.broker import Broker, free_port
+from firelink.site import pki
+from firelink.site.broker import Broker, free_port
 
 TEST_DEVICE = "fl-test1"
 # The simulated flash's write stall (fl/hal/sim.py) is off for the suites so that they stay fast

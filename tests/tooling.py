@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from firelink.unixport import micropython_binary  # noqa: F401 - one lookup for tools and tests
+from firelink.virtual.unixport import micropython_binary  # noqa: F401 - one lookup for tools and tests
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"

@@ -27,7 +27,7 @@ PRIORITY = {FIRE: 0, FAULT: 1, STATUS: 2}
 QUALIFIERS = ("new", "restore")
 
 # What each Contact ID code means is the centre's business: the device only sends codes, so the
-# table lives on the host (host_tools/firelink/contact_id.py), not in the board's RAM.
+# table lives on the host (host_tools/firelink/centre/contact_id.py), not in the board's RAM.
 
 _KEYS = ("id", "seq", "ts", "tsync", "code", "q", "zone", "input", "class")
 

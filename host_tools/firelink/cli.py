@@ -1,8 +1,9 @@
 """`firelink`: one CLI over the host-tool modules.
 
-Each command module offers `register(subparsers)` (adds its parser and sets `func`) and
-does its work in plain functions that tests call. This is the one place that turns
-exceptions into messages and exit codes.
+Each command module (firelink.commands.*) offers `register(subparsers)` (adds its parser and
+sets `func`) and does its work in plain functions that tests call. This is the one place that
+turns errors into messages and exit codes: every failure meant for the user is a
+`firelink.errors.FireLinkError` carrying both; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -11,19 +12,13 @@ import importlib
 import sys
 
 from rich.console import Console
+from rich.markup import escape
+
+from firelink.errors import FireLinkError
 
 # Modules that provide commands, in the order `--help` lists them.
-COMMAND_MODULES = ["firelink.broker_cmd", "firelink.monitor_cmd", "firelink.virtual_cmd", "firelink.flash_cmd",
-                   "firelink.provision_cmd", "firelink.devices_cmd", "firelink.demo_cmd", "firelink.diag_cmd",
-                   "firelink.cmd_cmd"]
-
-
-class CommandError(Exception):
-    """A failure with a message for the user (and what to do about it)."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
+COMMAND_MODULES = [f"firelink.commands.{name}" for name in
+                   ("broker", "monitor", "virtual", "flash", "provision", "devices", "demo", "diag", "cmd")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except CommandError as e:
-        err.print(f"[bold red]error:[/] {e}")
-        return e.status
+    except FireLinkError as e:
+        # escape: a message may hold brackets ([::1]:1883, a list) that are not markup.
+        err.print(f"[bold red]error:[/] {escape(e.message)}")
+        return e.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

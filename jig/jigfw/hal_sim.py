@@ -4,7 +4,7 @@ Pins are levels in memory; `commit()` works out what those switches do to the de
 closed opto-MOSFET reads 0 on its pulled-up input, an EOL network gives the ADC count of its
 resistors behind the device's pull-up, the supply switch and the EN/BOOT lines) and writes it
 into the virtual device's `sim/control.json`, the file its board simulation (fl/hal/sim.py)
-and its supervisor (firelink.virtual_supervisor: power, EN, BOOT) already watch. The sense
+and its supervisor (firelink.virtual.supervisor: power, EN, BOOT) already watch. The sense
 pins read back the device's `sim/outputs.json` (LEDs, buzzer), and the rail sense its
 supervisor's state: a running firmware means a powered device.
 

@@ -1,7 +1,7 @@
 """The jig's wiring map (hardware/jig.json, copied to the jig as jig.json): which jig pin
 drives which device input, which resistor network, which power switch and sense lines.
 
-The host's `firelink.jigcheck` checks a map in full against the device's board definition;
+The host's `firelink.board.jigcheck` checks a map in full against the device's board definition;
 here the jig only refuses a map it could not serve safely (a pin twice, a value of the wrong
 type), so that a broken file gives `ERR wiring: ...` answers instead of a crash or a relay
 driven by two roles.

@@ -1,4 +1,4 @@
-"""`make bench`, the 4G part: failover figures with the modem simulator (firelink.modemsim).
+"""`make bench`, the 4G part: failover figures with the modem simulator (firelink.virtual.modemsim).
 
 This Linux has no PPP: the 4G data path is a loopback route through the simulated modem's
 fault proxy, the Wi-Fi path another (see modemsim). What is measured, each on sites of its own
@@ -28,8 +28,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from firelink import modemsim
-from firelink.localsite import LocalSite, SiteError
+from firelink.site.local import LocalSite, SiteError
+from firelink.virtual import modemsim
 from tests.bench.bench_wire import device_tls
 
 FIRE = "panel_fire"
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import tempfile
 
-    from firelink import build
+    from firelink.board import build
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", type=Path, default=None)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from firelink.diag import DiagLink, snapshot
-from firelink.diag_cmd import REFRESH_S
-from firelink.localsite import LocalSite, SiteError
+from firelink.board.diag import DiagLink, snapshot
+from firelink.commands.diag import REFRESH_S
+from firelink.site.local import LocalSite, SiteError
 
 FIRE = "panel_fire"
 HEAP = "384k"  # the reference board's room for the console's answers on the 64-bit port

@@ -90,7 +90,7 @@ def wait_console(path: Path, text: str, timeout_s: float) -> None:
 
 def measure(model: str, root: Path, changes: int, backlog: int, idle_s: float, heapsize: str, app: Path,
             console: Console) -> FlashRun:
-    from firelink.localsite import LocalSite
+    from firelink.site.local import LocalSite
     from tests.bench import run as bench
 
     site = LocalSite(root / model, DEVICE_ID, bench.device_config(), heapsize=heapsize,

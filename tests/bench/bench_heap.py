@@ -1,12 +1,15 @@
 """`make bench`, heap part: does the application as it ships fit the lean board, and where does
-its heap go. Three figures, all on the shipped build (firelink.build's .mpy files for the ESP32,
-bytecode only, imported by the MicroPython unix port) with the lean board's board.json:
+its heap go. Three figures, all on the shipped build with the lean board's board.json:
+firelink.board.build's .mpy files for the ESP32 (bytecode only), the package fl/ in a ROMFS image
+(firelink.board.romfs) that the unix port maps outside its heap and imports in place, as the lean
+board's ROMFS partition is (firelink.virtual.romrun; docs/memory.md):
 
 1. the smallest `-X heapsize` at which the alarm scenario passes (tests/hil/heapfit.py: boot,
    online, fire alarm acked, restore, three heartbeats, no MemoryError, one boot), found by
    bisection in steps of 4 KiB; each try is its own site (mosquitto, monitor, virtual device);
 2. the import cost of each firmware module (heap still allocated after a collection), in
-   dependency order so each figure is the module's own (tests/bench/heap_imports.py);
+   dependency order so each figure is the module's own (tests/bench/heap_imports.py), beside
+   what the same module costs imported from the filesystem (the .mpy read into RAM);
 3. what the input loop allocates per scan while nothing changes (tests/bench/heap_idle.py):
    the board's wait (fl/edgewait.py) against the wait_for_ms it replaced.
 
@@ -31,7 +34,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from firelink import boards, build, virtual
+from firelink.board import boards, build, romfs
+from firelink.virtual import device as virtual
 from tests.hil import heapfit
 from tests.tooling import ROOT, micropython_binary
 
@@ -45,6 +49,10 @@ class HeapFigures:
     runs: list[heapfit.Outcome] = field(default_factory=list)
     imports: list[tuple[str, int, int]] = field(default_factory=list)  # module, bytes, of which qstr pool
     imports_total: int = 0
+    # the same modules' cost imported from littlefs (the plain .mpy build): what ROMFS saves
+    imports_fs: dict[str, int] = field(default_factory=dict)
+    imports_fs_total: int = 0
+    romfs_bytes: int = 0
     qstr: str = ""
     idle: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> scans, total, garbage, sim_*
     errors: list[str] = field(default_factory=list)
@@ -73,7 +81,8 @@ def module_order(package: Path = FIRMWARE / "fl") -> list[str]:
         if "." in m:
             deps[m].add(m.rsplit(".", 1)[0])
     deps = {m: {d for d in ds if d in deps and d != m} for m, ds in deps.items()}
-    skip = {"fl.hal.esp32", "fl.contact_id"}  # needs the ESP32's machine module / never imported
+    # need the ESP32's machine / network modules, or are never imported
+    skip = {"fl.hal.esp32", "fl.hal.esp32_modem", "fl.contact_id"}
     order: list[str] = []
 
     def visit(m: str, path: tuple[str, ...] = ()) -> None:
@@ -97,15 +106,31 @@ def device_dir(directory: Path) -> Path:
 def run_script(script: str, cwd: Path, app: Path, *args: str, heapsize: str = "1m",
                extra_env: dict[str, str] | None = None) -> str:
     env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(app), ".frozen"]), **(extra_env or {}))
-    r = subprocess.run([micropython_binary(), "-X", f"heapsize={heapsize}", str(HERE / script), *args], cwd=cwd,
-                       env=env, capture_output=True, text=True, timeout=120)
+    image = romfs.rom_image_of(app)
+    if image is None:
+        argv = [micropython_binary(), "-X", f"heapsize={heapsize}", str(HERE / script), *args]
+    else:  # a ROM build: fl/ mapped and mounted at /rom as on the board (firelink.virtual.romrun)
+        argv = [sys.executable, "-m", "firelink.virtual.romrun", str(image), "run", "-X", f"heapsize={heapsize}", "--",
+                str(HERE / script), *args]
+    r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         raise RuntimeError(f"{script} failed (status {r.returncode}): {(r.stdout + r.stderr).strip()[-800:]}")
     return r.stdout
 
 
-def measure_imports(figs: HeapFigures, cwd: Path, app: Path) -> None:
+def import_costs(cwd: Path, app: Path) -> tuple[str, list[tuple[str, int]]]:
     out = run_script("heap_imports.py", cwd, app, extra_env={"FL_MODULES": ",".join(["asyncio", "json", *module_order()])})
+    return out, [(m.group(1), int(m.group(2))) for m in re.finditer(r"^module (\S+) (-?\d+)$", out, re.M)]
+
+
+def measure_imports(figs: HeapFigures, cwd: Path, app: Path, fs_app: Path) -> None:
+    """Import costs of the shipped build (`app`; a ROM build imports fl/ from /rom) and, for
+    comparison, of the same .mpy files imported from the filesystem (`fs_app`)."""
+    if fs_app != app:
+        _, fs_rows = import_costs(cwd, fs_app)
+        figs.imports_fs = dict(fs_rows)
+        figs.imports_fs_total = sum(n for _, n in fs_rows)
+    out, _ = import_costs(cwd, app)
     pool = 0
     for line in out.splitlines():
         m = re.match(r"^module (\S+) (-?\d+)$", line)
@@ -132,11 +157,14 @@ def measure_idle(figs: HeapFigures, cwd: Path, app: Path, window_ms: int = 3000)
 
 def measure(directory: Path, low_k: int, high_k: int, console: Console) -> HeapFigures:
     figs = HeapFigures()
-    with console.status("building the application (.mpy) as it ships"):
-        app = build.build_app(build.arch_for_chip("ESP32"), build_root=directory / "build").directory
+    with console.status("building the application (.mpy, fl/ as a ROMFS image) as it ships to the lean board"):
+        fs_app = build.build_app(build.arch_for_chip("ESP32"), build_root=directory / "build")
+        rom = romfs.romfs_split(fs_app)
+        app = rom.littlefs.directory
+        figs.romfs_bytes = rom.image_bytes
     try:
         with console.status("import cost per module"):
-            measure_imports(figs, device_dir(directory / "imports"), app)
+            measure_imports(figs, device_dir(directory / "imports"), app, fs_app.directory)
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         figs.errors.append(f"import costs: {e}")
     try:
@@ -156,7 +184,8 @@ def measure(directory: Path, low_k: int, high_k: int, console: Console) -> HeapF
 
 def tables(figs: HeapFigures) -> list[Table]:
     out = []
-    t = Table(title="Heap: the alarm scenario on the shipped build, lean board (unix port, 64-bit)",
+    t = Table(title="Heap: the alarm scenario on the shipped build, lean board (unix port, 64-bit; fl/ in a "
+                    f"{figs.romfs_bytes / 1024:.1f} KB ROMFS image, mapped outside the heap)",
               title_justify="left")
     t.add_column("")
     t.add_column("", justify="right")
@@ -169,15 +198,17 @@ def tables(figs: HeapFigures) -> list[Table]:
         t.add_row("heap_peak reported by the heartbeats (live after a collection)", f"{max(peaks) / 1024:.1f} KB")
     out.append(t)
     if figs.imports:
-        t = Table(title=f"Import cost per module, shipped .mpy build, dependencies first (bytes left allocated "
-                        f"after a collection; total {figs.imports_total / 1024:.1f} KB; qstr pool after all: {figs.qstr}). "
+        t = Table(title=f"Import cost per module, shipped build (fl/ from ROMFS), dependencies first (bytes left "
+                        f"allocated after a collection; total {figs.imports_total / 1024:.1f} KB, the same .mpy files "
+                        f"from the filesystem {figs.imports_fs_total / 1024:.1f} KB; qstr pool after all: {figs.qstr}). "
                         "The qstr pool grows in doubling steps, so a module that crosses one is charged the step",
                   title_justify="left")
         t.add_column("module")
         t.add_column("bytes", justify="right")
         t.add_column("of which names interned (qstr pool)", justify="right")
+        t.add_column("bytes from the filesystem", justify="right")
         for m, n, q in sorted(figs.imports, key=lambda r: -r[1]):
-            t.add_row(m, str(n), str(q))
+            t.add_row(m, str(n), str(q), str(figs.imports_fs.get(m, "-")))
         out.append(t)
     if figs.idle:
         t = Table(title="Input loop while nothing changes: heap per scan (GC off during the window)",
@@ -202,7 +233,8 @@ def summary_rows(figs: HeapFigures) -> list[tuple[str, str, str]]:
                                                 heapfit.kbytes(heapfit.LEAN_CAP) else "NOT met"))]
     if figs.imports:
         top = ", ".join(f"{m.removeprefix('fl.')} {n / 1024:.1f}" for m, n, _ in sorted(figs.imports, key=lambda r: -r[1])[:4])
-        rows.append(("import cost, all modules", f"{figs.imports_total / 1024:.1f} KB", f"largest (KB): {top}"))
+        rows.append(("import cost, all modules (fl/ from ROMFS)", f"{figs.imports_total / 1024:.1f} KB",
+                     f"from the filesystem {figs.imports_fs_total / 1024:.1f} KB; largest (KB): {top}"))
     g, g_old = figs.per_scan("edgewait", "garbage"), figs.per_scan("wait_for_ms", "garbage")
     if g is not None:
         rows.append(("idle garbage per input scan", f"{g:.0f} B",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.table import Table
 
-from firelink.localsite import LocalSite
+from firelink.site.local import LocalSite
 from tests.hil.dut import JigDut, VirtualDut
 from tests.hil.jig import Jig, SimJig
 

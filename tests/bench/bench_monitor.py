@@ -2,7 +2,7 @@
 
     python -m tests.bench.bench_monitor [--flood 10000] [--outage-s 5]
 
-Its own mosquitto (firelink.broker) in a temporary directory, the real monitor in this process,
+Its own mosquitto (firelink.site.broker) in a temporary directory, the real monitor in this process,
 devices as paho clients:
 
 1. flood: device A publishes --flood fire events as fast as it can (mosquitto_pub -l, QoS 1, its
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firelink.broker import Broker, free_port
-from firelink.monitor import Monitor, MonitorConfig, Sink
-from firelink.monitor_store import MonitorStore
+from firelink.centre.monitor import Monitor, MonitorConfig, Sink
+from firelink.centre.store import MonitorStore
+from firelink.site.broker import Broker, free_port
 from tests.host.mqtt_peer import Peer, RecordingSink, event_payload
 
 

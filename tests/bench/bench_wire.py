@@ -3,7 +3,7 @@ device is reported (issue 9 §5: ≤ 10 MB per device per month with TLS and TCP
 
     python -m tests.bench.bench_wire [--minutes 10] [--dir run/bench/wire] [--heapsize 256k]
 
-One site on loopback (firelink.localsite: mosquitto, the real monitor, the virtual device running
+One site on loopback (firelink.site.local: mosquitto, the real monitor, the virtual device running
 the application as it ships) with the device at its **default** configuration, except that it
 reaches the broker's mutual-TLS listener through a counting TCP proxy in this process. The proxy
 counts every byte each way and splits the stream into TLS records (5-byte headers), so each
@@ -42,9 +42,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from firelink import build
-from firelink.localsite import LocalSite, SiteError
-from firelink.monitor_devices import WENT_LOST, WENT_OFFLINE
+from firelink.board import build
+from firelink.centre.devices import WENT_LOST, WENT_OFFLINE
+from firelink.site.local import LocalSite, SiteError
 from tests.tooling import ROOT
 
 DEVICE_ID = "fl-02000000be02"  # as long as a default id: the topic's real size

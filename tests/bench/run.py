@@ -2,8 +2,8 @@
 
     python -m tests.bench.run [--dir run/bench] [--changes 200] [--backlog 1000] [--heapsize 256k] [--no-micro]
 
-One site on loopback (tests/bench is a client of firelink.localsite): mosquitto from
-`firelink.broker`, the real monitor in this process, and the virtual device (the real firmware
+One site on loopback (tests/bench is a client of firelink.site.local): mosquitto from
+`firelink.site.broker`, the real monitor in this process, and the virtual device (the real firmware
 under the MicroPython unix port, its heap capped with `-X heapsize`). The scenario, in order:
 
 1. latency: `panel_fire` alternately active and normal, one change at a time; each is timed
@@ -49,10 +49,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from firelink import build, virtual
-from firelink.localsite import LocalSite, SiteError
-from firelink.monitor_devices import WENT_ONLINE
-from firelink.monitor_store import Event
+from firelink.board import build
+from firelink.centre.devices import WENT_ONLINE
+from firelink.centre.store import Event
+from firelink.site.local import LocalSite, SiteError
+from firelink.virtual import device as virtual
 from tests.bench import bench_cell, bench_diag, bench_flash, bench_heap, bench_jig, bench_monitor, bench_wire
 from tests.tooling import ROOT, firmware_env, micropython_binary
 

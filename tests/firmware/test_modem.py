@@ -1,5 +1,5 @@
 # fl.modem's state machine against a scripted modem on an in-memory UART (the HIL suite runs it
-# against firelink.modemsim on a pty): registration denied and "no data service" are distinct
+# against firelink.virtual.modemsim on a pty): registration denied and "no data service" are distinct
 # faults, the APN comes from the SIM's operator, the signal formula, a wrong PIN tried once.
 
 from fwtest import eq, ok

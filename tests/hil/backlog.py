@@ -114,7 +114,7 @@ def expected_events(dut: Dut, since: int, first_seq: int,
 
 
 def as_expected(events: Iterable[Any]) -> list[Expected]:
-    """The centre's events (firelink.monitor_store.Event) in the same shape; `detail` only for
+    """The centre's events (firelink.centre.store.Event) in the same shape; `detail` only for
     status events (the level events' detail is logged, the reset event's is not)."""
     return [Expected(e.seq, e.code, e.q, e.cls, e.zone, e.input, e.detail if e.cls == "status" else None)
             for e in events]

@@ -1,4 +1,4 @@
-"""The receiving centre of a HIL scenario: the real `firelink.monitor.Monitor` in-process, with
+"""The receiving centre of a HIL scenario: the real `firelink.centre.monitor.Monitor` in-process, with
 its SQLite store, acknowledging every event and supervising the devices, as on site.
 
 `Centre` is also the monitor's sink, so a scenario waits on what the monitor reports (new
@@ -17,9 +17,9 @@ from typing import Any, Callable, TypeVar
 
 import paho.mqtt.client as mqtt
 
-from firelink.monitor import Monitor, MonitorConfig, MonitorWarning, Sink
-from firelink.monitor_devices import Supervision
-from firelink.monitor_store import Device, Event, MonitorStore
+from firelink.centre.devices import Supervision
+from firelink.centre.monitor import Monitor, MonitorConfig, MonitorWarning, Sink
+from firelink.centre.store import Device, Event, MonitorStore
 from tests.conftest import BrokerFixture
 
 T = TypeVar("T")

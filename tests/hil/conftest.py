@@ -23,7 +23,7 @@ device's first `online`. `centre_supervision` sets its supervision times.
 
 What a virtual device runs, from the environment:
   FL_DUT_FIRMWARE  `build` (default): the application as it ships, the .mpy files of
-                   firelink.build.build_app("xtensawin"), built once per session into a
+                   firelink.board.build.build_app("xtensawin"), built once per session into a
                    temporary directory; `source`: the firmware/ sources; or a directory.
   FL_HEAPSIZE      the unix port's heap, `256k` by default: the whole suite runs within it
                    (objects are 64-bit here, so an ESP32 needs less); `none` lifts the cap.
@@ -36,8 +36,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from firelink import virtual
-from firelink.monitor_devices import Supervision
+from firelink.centre.devices import Supervision
+from firelink.virtual import device as virtual
 from tests.conftest import BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import CAPABILITIES, Dut, JigDut, VirtualDut, make_dut

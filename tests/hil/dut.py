@@ -1,14 +1,14 @@
 """The device under test for the HIL suite: one interface over a virtual device or a board.
 
 A scenario talks to `Dut` only, so the same test runs with `--dut virtual` (the firmware
-under the unix port, firelink.virtual) and, later, `--dut /dev/ttyUSB0` (an ESP32 on a test
+under the unix port, firelink.virtual.device) and, later, `--dut /dev/ttyUSB0` (an ESP32 on a test
 jig). Nothing here assumes the device is a local process or a directory:
 
   power       start() / stop() (clean: ^C, offline) / power_cut() / power_cycle() / restart()
   the world   set_input(name, state | raw=) / set_inputs({name: state}) / set_link(path, up) / set_rssi /
               set_battery_mv / set_clock_synced
   console     log_position() / wait_for_log(pattern, timeout_s, since=) / log_text(since=)
-  files       read_file / write_file / exec_ on the device through firelink.device (mpremote)
+  files       read_file / write_file / exec_ on the device through firelink.board.device (mpremote)
 
 What a device under test can do depends on the rig: `capabilities` names it (see CAPABILITIES),
 a scenario declares what it needs with `@pytest.mark.needs(...)` and is skipped where that is
@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-from firelink import virtual
-from firelink.device import Device
+from firelink.board.device import Device
+from firelink.virtual import device as virtual
 from tests.hil.jig import Jig
 
 SOFT_REBOOT = r"MPY: soft reboot"
@@ -191,7 +191,7 @@ class Dut(abc.ABC):
 
     @contextmanager
     def repl(self, reboot: bool = True, timeout_s: float = 30.0) -> Iterator[Device]:
-        """The raw REPL through firelink.device (the firmware is interrupted), then a soft
+        """The raw REPL through firelink.board.device (the firmware is interrupted), then a soft
         reboot back to main.py."""
         self._release_port()
         try:
@@ -236,7 +236,7 @@ class Dut(abc.ABC):
 
 
 class VirtualDut(Dut):
-    """The real firmware under the unix port (firelink.virtual), in its own directory: by
+    """The real firmware under the unix port (firelink.virtual.device), in its own directory: by
     default the shipped .mpy build (virtual.app_dir), or the directory given as `firmware`."""
 
     capabilities = frozenset(CAPABILITIES) - {"link"}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firelink.unixport import micropython_binary
+from firelink.virtual.unixport import micropython_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 JIG_FIRMWARE = ROOT / "jig"

@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 
-from firelink.broker import free_port
+from firelink.site.broker import free_port
 
 MODES = ("pass", "delay", "stall", "reset", "refuse")
 _POLL_S = 0.01

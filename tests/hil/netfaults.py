@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from firelink import virtual
-from firelink.broker import free_port
+from firelink.site.broker import free_port
+from firelink.virtual import device as virtual
 from tests.hil.dut import Dut, VirtualDut, make_dut
 
 NTP_DELTA = 2208988800

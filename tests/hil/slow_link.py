@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from firelink.broker import free_port
+from firelink.site.broker import free_port
 
 
 class SlowLink:

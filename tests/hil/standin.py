@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from firelink import virtual
+from firelink.virtual import device as virtual
 from tests.hil.jig import SimJig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from firelink.broker import Broker, free_port
+from firelink.site.broker import Broker, free_port
 from tests.conftest import TEST_DEVICE, BrokerFixture
 from tests.hil.backlog import FAST_INPUTS, as_expected, expected_events, make_backlog
 from tests.hil.centre import Centre

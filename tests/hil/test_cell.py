@@ -1,4 +1,4 @@
-"""The 4G path against the modem simulator (host_tools/firelink/modemsim.py): this Linux has no
+"""The 4G path against the modem simulator (host_tools/firelink/virtual/modemsim.py): this Linux has no
 PPP, so the modem's AT side is a pty and its data session a loopback route through a fault
 proxy of its own (the Wi-Fi path has another). Real mosquitto, the real firmware build."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from firelink import modemsim
+from firelink.virtual import modemsim
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut, VirtualDut
 from tests.hil.heapfit import CELL_CAP

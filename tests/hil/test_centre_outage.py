@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from firelink.broker import Broker, free_port
+from firelink.site.broker import Broker, free_port
 from tests.conftest import TEST_DEVICE, BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut

@@ -21,10 +21,12 @@ from typing import Iterator
 
 import pytest
 
-from firelink import centre_cmd, cli, diag
-from firelink.diag import DiagError, DiagLink
-from firelink.diag_cmd import REFRESH_S, render
-from firelink.provision_settings import BrokerURL
+from firelink import cli
+from firelink.board import diag
+from firelink.board.diag import DiagError, DiagLink
+from firelink.centre import remote as centre_cmd
+from firelink.commands.diag import REFRESH_S, render
+from firelink.provision.settings import BrokerURL
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut, SerialDut
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from firelink.monitor_devices import Supervision
+from firelink.centre.devices import Supervision
 from tests.conftest import BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut

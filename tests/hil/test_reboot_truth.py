@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import pytest
 
-from firelink import virtual
-from firelink.monitor import Sink
+from firelink.centre.monitor import Sink
+from firelink.virtual import device as virtual
 from tests.conftest import BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut

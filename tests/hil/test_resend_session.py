@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from firelink.broker import free_port
+from firelink.site.broker import free_port
 from tests.conftest import BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut

@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from firelink.monitor import Monitor, MonitorConfig
-from firelink.monitor_store import MonitorStore
+from firelink.centre.monitor import Monitor, MonitorConfig
+from firelink.centre.store import MonitorStore
 from tests.host.mqtt_peer import Peer, RecordingSink, unique, wait_until
 
 

@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 
-from firelink.monitor import MonitorWarning, Sink
-from firelink.monitor_store import Device, Event
+from firelink.centre.monitor import MonitorWarning, Sink
+from firelink.centre.store import Device, Event
 
 _ids = itertools.count(1)
 

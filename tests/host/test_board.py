@@ -1,5 +1,5 @@
-"""hardware/boards/*.json: the ESP32 checks (firelink.boardcheck) with each module's pin facts,
-the generated pin maps (firelink.boarddoc) and the rule that nothing else repeats a pin number."""
+"""hardware/boards/*.json: the ESP32 checks (firelink.board.boardcheck) with each module's pin facts,
+the generated pin maps (firelink.board.boarddoc) and the rule that nothing else repeats a pin number."""
 from __future__ import annotations
 
 import copy
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from firelink import boardcheck, boarddoc, boards
-from firelink.boardcheck import CONSOLE, FLASH, INPUT_ONLY, MODULE_GPIOS, STRAPPING, Problem, check
+from firelink.board import boardcheck, boarddoc, boards
+from firelink.board.boardcheck import CONSOLE, FLASH, INPUT_ONLY, MODULE_GPIOS, STRAPPING, Problem, check
 from tests.tooling import FIRMWARE, ROOT, micropython_binary
 
 BOARD_JSON = ROOT / "hardware" / "boards" / "reference.json"
@@ -66,7 +66,10 @@ def test_the_reference_and_lean_boards() -> None:
     assert boards.names() == ["lean", "reference"] and boards.DEFAULT == "reference"
     assert (ref["module"], small["module"]) == ("ESP32-WROVER-E", "ESP32-WROOM-32")
     assert boards.firmware(ref) == boards.Firmware("ESP32_GENERIC-SPIRAM", "Generic ESP32 module with SPIRAM with ESP32")
-    assert boards.firmware(small) == boards.Firmware("ESP32_GENERIC", "Generic ESP32 module with ESP32")
+    assert boards.firmware(small) == boards.Firmware("FIRELINK_LEAN", "FireLink lean (ESP32_GENERIC with ROMFS) with ESP32",
+                                                     romfs=True)
+    assert (ROOT / "hardware" / "micropython" / "FIRELINK_LEAN" / "mpconfigboard.h").read_text().count(
+        '#define MICROPY_HW_BOARD_NAME "FireLink lean (ESP32_GENERIC with ROMFS)"') == 1
     assert boardcheck.MODULES["ESP32-WROVER-E"].psram and not boardcheck.MODULES["ESP32-WROOM-32"].psram
     # The same panel wiring on both: a site can take either board.
     assert ref["inputs"] == small["inputs"] and ref["default_inputs"] == small["default_inputs"]
@@ -389,7 +392,9 @@ def test_pinmap_says_how_it_is_made() -> None:
 def test_pinmaps_name_each_board_s_firmware_and_psram_pins() -> None:
     ref, small = boarddoc.render_board("reference"), boarddoc.render_board("lean")
     assert "MicroPython `ESP32_GENERIC-SPIRAM`" in ref and "the module's PSRAM: GPIO 16, 17" in ref
-    assert "MicroPython `ESP32_GENERIC`" in small and "PSRAM: GPIO" not in small
+    assert "MicroPython `FIRELINK_LEAN` (built with ROMFS from hardware/micropython/FIRELINK_LEAN" in small
+    assert "runs from the image's `romfs` flash partition" in small and "romfs" not in ref
+    assert "PSRAM: GPIO" not in small
     assert "errata 3.11" in ref and "errata 3.11" in small
 
 

@@ -12,7 +12,7 @@ import json
 import time
 
 from firelink import cli
-from firelink.broker import AccountError, Broker, BrokerError, acl_text, free_port, password_hash
+from firelink.site.broker import AccountError, Broker, BrokerError, acl_text, free_port, password_hash
 from tests.conftest import BrokerFixture
 
 # paho reports MQTT 3.1.1 CONNACK 5 ("not authorised", mosquitto's answer to a bad password)
@@ -73,7 +73,7 @@ def test_tls_listener_needs_the_site_ca_and_a_client_certificate(broker: BrokerF
             "keyfile": str(pk / "devices/fl-test1.key")}
     assert _connect(broker.broker.tls_port, broker.device_user, broker.device_pass, good) == 0
     wrong_ca = tmp_path / "wrong.crt"
-    from firelink import pki
+    from firelink.site import pki
     wrong_ca.write_bytes(pki.make_ca("someone else").cert_pem)
     res = _connect(broker.broker.tls_port, broker.device_user, broker.device_pass, {**good, "ca_certs": str(wrong_ca)})
     assert isinstance(res, str) and "certificate verify failed" in res
@@ -289,7 +289,7 @@ def test_revoke_marks_the_retained_status_revoked(tmp_path: Path):
 
 def test_the_ca_key_can_be_protected_or_kept_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]):
-    from firelink import pki
+    from firelink.site import pki
 
     d = tmp_path / "site"
     b = Broker(d)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from firelink import boards, build
+from firelink.board import boards, build
 from firelink.progress import RecordingReporter
 from tests.tooling import FIRMWARE, ROOT, micropython_binary
 

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from firelink import build, demo_cmd, localsite
-from firelink.broker import Broker, BrokerError
-from firelink.demo import DemoConfig, DemoError, run_demo
-from firelink.monitor_store import MonitorStore
+from firelink.board import build
+from firelink.centre.store import MonitorStore
+from firelink.commands import demo as demo_cmd
 from firelink.progress import RecordingReporter
-from firelink.virtual import VirtualDevice
+from firelink.site import local as localsite
+from firelink.site.broker import Broker, BrokerError
+from firelink.site.demo import DemoConfig, DemoError, run_demo
+from firelink.virtual.device import VirtualDevice
 
 
 @pytest.fixture(scope="module")

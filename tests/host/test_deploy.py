@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from firelink import build, flash_cmd
-from firelink.deploy import AppIncompatible, check_compatible, deploy, plan, scan_paths
-from firelink.device import (Device, DeviceInfo, DeviceTimeout, HashMismatch, NotMicroPython, RemoteFile,
-                             wait_for_repl)
-from firelink.ports import PortNotFound
+from firelink.board import build
+from firelink.board.deploy import AppIncompatible, check_compatible, deploy, plan, scan_paths
+from firelink.board.device import (Device, DeviceInfo, DeviceTimeout, HashMismatch, NotMicroPython, RemoteFile,
+                                   wait_for_repl)
+from firelink.board.ports import PortNotFound
+from firelink.commands import flash as flash_cmd
 from firelink.progress import RecordingReporter
 from tests.host.mp_pty import PtyBoard
 from tests.tooling import FIRMWARE, ROOT
@@ -83,7 +84,7 @@ def test_device_identifies_micropython_and_moves_files(pty_board: PtyBoard) -> N
 
 def test_a_damaged_transfer_is_caught_and_the_old_file_kept(pty_board: PtyBoard,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import firelink.device as device_mod
+    import firelink.board.device as device_mod
 
     (pty_board.directory / "m.py").write_bytes(b"old = 1\n")
     real = device_mod.binascii.b2a_base64
@@ -291,12 +292,12 @@ def test_flash_app_only_command(pty_board: PtyBoard, app_src: Path, tmp_path: Pa
 
 
 def test_flash_app_only_reports_a_missing_port(tmp_path: Path) -> None:
-    from firelink.cli import CommandError
+    from firelink.errors import FireLinkError
 
     parser = argparse.ArgumentParser(prog="firelink")
     flash_cmd.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["flash", "--port", "/dev/ttyUSB99", "--app-only", "--build-dir", str(tmp_path)])
-    with pytest.raises(CommandError, match=r"no such port /dev/ttyUSB99"):
+    with pytest.raises(FireLinkError, match=r"no such port /dev/ttyUSB99"):
         args.func(args)
 
 
@@ -324,8 +325,8 @@ def test_deploy_to_a_running_virtual_device_which_then_boots_the_built_app(tmp_p
     """The virtual device runs the firmware from source; deploy interrupts it (Ctrl-C, as on
     a board), puts the built app in its flash, and a power cycle running from that flash boots
     the compiled app."""
-    from firelink import virtual
-    from firelink.virtual import VirtualDevice
+    from firelink.virtual import device as virtual
+    from firelink.virtual.device import VirtualDevice
 
     flash_dir = tmp_path / "dev"
     virtual.create(flash_dir, config={"device_id": "fl-virt1"})

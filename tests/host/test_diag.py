@@ -1,4 +1,4 @@
-"""firelink.diag against the other end of a real pseudo-terminal: what a technician is told for a
+"""firelink.board.diag against the other end of a real pseudo-terminal: what a technician is told for a
 busy port, a board in its ROM bootloader, one at the REPL, a firmware too old for the protocol and
 a silent port; frames reassembled, damaged ones refused; secrets masked a second time."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from firelink import diag
+from firelink.board import diag
 
 
 @pytest.fixture

@@ -17,10 +17,11 @@ from esptool.logger import log
 from esptool.targets import CHIP_DEFS
 from esptool.util import FatalError
 
-from firelink import boards, flash, flash_cmd
-from firelink.build import build_app
-from firelink.cli import CommandError
-from firelink.device import wait_for_repl
+from firelink.board import boards, flash, romfs
+from firelink.board.build import build_app
+from firelink.board.device import wait_for_repl
+from firelink.commands import flash as flash_cmd
+from firelink.errors import FireLinkError
 from firelink.progress import RecordingReporter
 from tests.host.esp_images import chip_key, esp_image, make_firmware
 from tests.host.mp_pty import PtyBoard
@@ -409,16 +410,42 @@ def test_flash_command_from_blank_board_to_deployed_app(esptool_fake: FakeEsptoo
     assert pty_board.proc.wait(timeout=10) == 0  # rebooted into the app
 
 
+def test_flash_command_lean_board_app_to_romfs(esptool_fake: FakeEsptool, pty_board: PtyBoard, app_src: Path,
+                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The lean board: fl/ as a ROMFS image on the 'romfs' partition (a file-backed stand-in for
+    esp32.Partition, tests/host/standin/esp32.py), only main.py, boot.py and board.json on littlefs,
+    an older fl/ there removed."""
+    shutil.copy(ROOT / "tests" / "host" / "standin" / "esp32.py", pty_board.directory / "esp32.py")
+    part = pty_board.directory / "romfs.part"
+    part.write_bytes(b"\xff" * 128 * 1024)
+    (pty_board.directory / "fl").mkdir()
+    (pty_board.directory / "fl" / "app.mpy").write_bytes(b"an older app")
+    fw = _built_as(tmp_path, "FIRELINK_LEAN.bin", LEAN)
+    assert run_flash(["--board", "lean", "--port", pty_board.port, "--firmware", str(fw), "--app-dir", str(app_src),
+                      "--build-dir", str(tmp_path / "build"), "--no-erase"]) == 0
+    assert "done in" in capsys.readouterr().out
+    app = build_app("xtensawin", source=app_src, board_json=ROOT / "hardware" / "boards" / "lean.json",
+                    build_root=tmp_path / "build")
+    img = romfs.romfs_split(app).image.read_bytes()
+    assert part.read_bytes()[:len(img)] == img
+    assert romfs.listing(img) == {p: f.local.read_bytes() for p, f in app.files.items() if p.startswith("fl/")}
+    assert not (pty_board.directory / "fl").exists()
+    for name in ("main.py", "boot.py", "board.json"):
+        assert (pty_board.directory / name).read_bytes() == app.files[name].local.read_bytes()
+    assert pty_board.proc.wait(timeout=10) == 0  # rebooted into the app
+
+
 def test_flash_command_refuses_an_image_for_another_chip(esptool_fake: FakeEsptool, port: str,
                                                          tmp_path: Path) -> None:
     fw = make_firmware(tmp_path / "ESP32_GENERIC_S3.bin", "ESP32-S3")
-    with pytest.raises(CommandError, match="^image is for ESP32-S3, board is ESP32"):
+    with pytest.raises(FireLinkError, match="^image is for ESP32-S3, board is ESP32"):
         run_flash(["--port", port, "--firmware", str(fw)])
     assert "erase_flash" not in esptool_fake.names() and "write_flash" not in esptool_fake.names()
 
 
 SPIRAM = b"Generic ESP32 module with SPIRAM with ESP32\x00"
-PLAIN = b"Generic ESP32 module with ESP32\x00"
+PLAIN = b"Generic ESP32 module with ESP32\x00"  # micropython.org's ESP32_GENERIC: no ROMFS
+LEAN = b"FireLink lean (ESP32_GENERIC with ROMFS) with ESP32\x00"  # hardware/micropython/FIRELINK_LEAN
 
 
 def _built_as(tmp_path: Path, name: str, machine: bytes) -> Path:
@@ -433,14 +460,16 @@ def test_image_variant_is_read_from_the_image(tmp_path: Path) -> None:
     assert flash.image_machine(make_firmware(tmp_path / "c.bin", "ESP32"), names) is None
 
 
-@pytest.mark.parametrize("board, wrong, right", [("reference", PLAIN, SPIRAM), ("lean", SPIRAM, PLAIN)])
+@pytest.mark.parametrize("board, wrong, right", [("reference", PLAIN, SPIRAM), ("reference", LEAN, SPIRAM),
+                                                 ("lean", SPIRAM, LEAN), ("lean", PLAIN, LEAN)])
 def test_flash_command_refuses_the_other_board_s_build(esptool_fake: FakeEsptool, port: str, tmp_path: Path,
                                                        board: str, wrong: bytes, right: bytes) -> None:
     fw = _built_as(tmp_path, "fw.bin", wrong)
-    with pytest.raises(CommandError, match=r"^fw.bin is the MicroPython build .* this board takes "
-                                           r"ESP32_GENERIC(-SPIRAM)? \(") as e:
+    with pytest.raises(FireLinkError, match=r"^fw.bin is the MicroPython build .* this board takes "
+                                           r"(ESP32_GENERIC-SPIRAM|FIRELINK_LEAN) \(") as e:
         run_flash(["--board", board, "--port", port, "--firmware", str(fw)])
     assert ("SPIRAM" in str(e.value).split("this board takes")[1]) == (board == "reference")
+    assert ("build it from hardware/micropython/FIRELINK_LEAN" in str(e.value)) == (board == "lean")
     assert esptool_fake.calls == []  # refused before the board was touched
     ok = _built_as(tmp_path, "ok.bin", right)
     assert flash.check_variant(ok, right[:-1].decode(), "x", {wrong[:-1].decode(): "the other"}) is True
@@ -450,18 +479,18 @@ def test_an_ESP32_at_the_REPL_must_run_its_board_s_build() -> None:
     ref = boards.firmware(boards.load("reference"))
     flash_cmd._check_running_build("esp32", SPIRAM[:-1].decode(), ref, Path("reference.json"))
     flash_cmd._check_running_build("linux", "linux [GCC 14] version", ref, Path("reference.json"))  # the pty board
-    with pytest.raises(CommandError, match='runs MicroPython built as "Generic ESP32 module with ESP32", but '
+    with pytest.raises(FireLinkError, match='runs MicroPython built as "Generic ESP32 module with ESP32", but '
                                            "reference.json takes ESP32_GENERIC-SPIRAM"):
         flash_cmd._check_running_build("esp32", PLAIN[:-1].decode(), ref, Path("reference.json"))
 
 
 def test_flash_command_checks_the_file_before_the_board(esptool_fake: FakeEsptool, port: str,
                                                         tmp_path: Path) -> None:
-    with pytest.raises(CommandError, match="no firmware image at"):
+    with pytest.raises(FireLinkError, match="no firmware image at"):
         run_flash(["--port", port, "--firmware", str(tmp_path / "nope.bin")])
-    with pytest.raises(CommandError, match="--firmware is required") as e:
+    with pytest.raises(FireLinkError, match="--firmware is required") as e:
         run_flash(["--port", port])
-    assert e.value.status == 2
+    assert e.value.exit_code == 2
     assert esptool_fake.calls == []
 
 
@@ -470,7 +499,7 @@ def test_flash_command_no_erase_and_board_without_micropython(esptool_fake: Fake
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(flash_cmd, "REPL_WAIT_S", 1.0)
     fw = make_firmware(tmp_path / "fw.bin", "ESP32")
-    with pytest.raises(CommandError, match="does not answer as MicroPython"):
+    with pytest.raises(FireLinkError, match="does not answer as MicroPython"):
         run_flash(["--port", silent_pty, "--firmware", str(fw), "--no-erase", "--build-dir", str(tmp_path)])
     assert "erase_flash" not in esptool_fake.names() and "write_flash" in esptool_fake.names()
     assert "not erasing" in capsys.readouterr().out

@@ -14,11 +14,12 @@ from typing import Any, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from firelink import devices, devices_cmd
-from firelink.broker import broker_pids
-from firelink.broker import Broker, free_port
-from firelink.cli import CommandError
-from firelink.inventory import Inventory, InventoryError, UnknownDevice, installer_name
+from firelink.commands import devices as devices_cmd
+from firelink.errors import FireLinkError
+from firelink.site import devices
+from firelink.site.broker import Broker, free_port
+from firelink.site.broker import broker_pids
+from firelink.site.inventory import Inventory, InventoryError, UnknownDevice, installer_name
 
 INPUTS = [{"name": "panel_fire", "kind": "fire", "channel": "in1", "contact": "no", "zone": 1, "eol": False,
            "debounce_ms": 50}]
@@ -193,21 +194,21 @@ def test_cli_lists_shows_and_revokes(site_broker: Broker, inv: Inventory, capsys
     assert _cli(["devices", "show", "fl-0200000000d4", *db]) == 0
     out = capsys.readouterr().out
     assert "Kho D" in out and "panel_fire" in out and "commissioned" in out
-    with pytest.raises(CommandError, match="no device 'fl-nope'"):
+    with pytest.raises(FireLinkError, match="no device 'fl-nope'"):
         _cli(["devices", "show", "fl-nope", *db])
     # Revoking asks first; without a terminal it needs --yes.
     monkeypatch.setattr("sys.stdin", open("/dev/null"))
-    with pytest.raises(CommandError, match="add --yes"):
+    with pytest.raises(FireLinkError, match="add --yes"):
         _cli(["devices", "revoke", "fl-0200000000d4", "--broker-dir", str(site_broker.dir), *db])
     assert inv.get("fl-0200000000d4").state == "active"
-    with pytest.raises(CommandError, match="no site broker"):
+    with pytest.raises(FireLinkError, match="no site broker"):
         _cli(["devices", "revoke", "fl-0200000000d4", "--yes", "--broker-dir", str(inv.path.parent / "x"), *db])
     assert _cli(["devices", "revoke", "fl-0200000000d4", "--yes", "--installer", "lan",
                  "--broker-dir", str(site_broker.dir), *db]) == 0
     assert "the broker refuses it from now on" in capsys.readouterr().out
     assert _cli(["devices", "list", "--state", "revoked", *db]) == 0
     assert "fl-0200000000d4" in capsys.readouterr().out
-    with pytest.raises(CommandError, match="no inventory at"):
+    with pytest.raises(FireLinkError, match="no inventory at"):
         _cli(["devices", "list", "--inventory", str(inv.path.parent / "none.db")])
 
 

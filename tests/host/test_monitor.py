@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from firelink.monitor import Sink
-from firelink.monitor_devices import Supervision
-from firelink.monitor_store import MonitorStore
+from firelink.centre.devices import Supervision
+from firelink.centre.monitor import Sink
+from firelink.centre.store import MonitorStore
 from tests.host.monitor_fixtures import devices, peers, start_monitor  # noqa: F401 (fixtures)
 from tests.host.mqtt_peer import event_payload, wait_until
 

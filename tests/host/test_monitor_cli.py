@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from firelink import pki
-from firelink.monitor import Monitor, MonitorConfig, MonitorError
-from firelink.monitor_store import Device, MonitorStore
-from firelink.monitor_view import LineSink, LiveView
+from firelink.centre.monitor import Monitor, MonitorConfig, MonitorError
+from firelink.centre.store import Device, MonitorStore
+from firelink.centre.view import LineSink, LiveView
+from firelink.site import pki
 from tests.host.monitor_fixtures import devices, peers, start_monitor  # noqa: F401 (fixtures)
 from tests.host.mqtt_peer import event_payload, unique, wait_until
 

@@ -9,12 +9,12 @@ import time
 
 from rich.console import Console
 
-from firelink import monitor_store
-from firelink.monitor_devices import Supervision
-from firelink.monitor_intake import FairQueue, Incoming
-from firelink.monitor_payload import MAX_PAYLOAD
-from firelink.monitor_store import QUARANTINE_KEEP, Event, MonitorStore
-from firelink.monitor_view import LineSink, LiveView, clean
+from firelink.centre import store as monitor_store
+from firelink.centre.devices import Supervision
+from firelink.centre.intake import FairQueue, Incoming
+from firelink.centre.payload import MAX_PAYLOAD
+from firelink.centre.store import QUARANTINE_KEEP, Event, MonitorStore
+from firelink.centre.view import LineSink, LiveView, clean
 from tests.host.monitor_fixtures import devices, peers, start_monitor  # noqa: F401 (fixtures)
 from tests.host.mqtt_peer import event_payload, wait_until
 
@@ -202,7 +202,7 @@ def test_retained_event_is_flagged_not_replayed_as_a_live_alarm(devices, peers, 
         run = start_monitor(db=tmp_path / "fresh.db")  # a fresh subscriber: the broker replays it
         (ev,) = run.sink.wait(lambda s: s.events_of(dev.id))
         assert ev.retained and run.store.event(dev.id, "kept-fire").retained
-        from firelink.monitor_view import event_type
+        from firelink.centre.view import event_type
         assert event_type(ev) == "retained"
         assert any("retained" in w.reason for w in run.sink.warnings_of(dev.id))
         assert run.monitor.device(dev.id) is None or run.monitor.device(dev.id).last_heard is None

@@ -12,10 +12,10 @@ from typing import Any, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from firelink.broker import Broker, free_port
-from firelink.monitor import Monitor, MonitorConfig
-from firelink.monitor_devices import Supervision
-from firelink.monitor_store import MonitorStore
+from firelink.centre.devices import Supervision
+from firelink.centre.monitor import Monitor, MonitorConfig
+from firelink.centre.store import MonitorStore
+from firelink.site.broker import Broker, free_port
 from tests.host.mqtt_peer import RecordingSink, event_payload, wait_until
 
 OFFLINE = b'{"state": "offline"}'
@@ -123,7 +123,7 @@ def test_broker_outage_is_the_brokers_and_alarms_arrive_on_its_return(site, tmp_
 def test_retained_offline_after_a_reconnect_waits_for_the_grace(tmp_path):
     """Bookkeeping only: an `offline` replayed on the monitor's reconnect is shown only when the
     device does not come back within the grace; at the monitor's start it is shown at once."""
-    from firelink.monitor_devices import DeviceBook
+    from firelink.centre.devices import DeviceBook
 
     book = DeviceBook(Supervision(fixed_s=1000.0, offline_hold_s=2.0, reconnect_grace_s=30.0), {}, now=0.0)
     book.resume(0.0)  # first connection

@@ -6,10 +6,10 @@ import sqlite3
 
 import pytest
 
-from firelink import contact_id
-from firelink.monitor_payload import PayloadError, parse_event, parse_topic
-from firelink.monitor_devices import DeviceBook, SeqTracker, Supervision
-from firelink.monitor_store import Device, Event, MonitorStore, StoreError
+from firelink.centre import contact_id
+from firelink.centre.devices import DeviceBook, SeqTracker, Supervision
+from firelink.centre.payload import PayloadError, parse_event, parse_topic
+from firelink.centre.store import Device, Event, MonitorStore, StoreError
 from tests.tooling import FIRMWARE
 
 
@@ -147,7 +147,7 @@ def test_contact_id_table_has_the_firmware_codes():
 
 
 def test_ranges_merge_and_subtract():
-    from firelink.monitor_store import merged, subtract
+    from firelink.centre.store import merged, subtract
     assert merged([(5, 9), (1, 2), (3, 3), (8, 12), (20, 20)]) == [(1, 3), (5, 12), (20, 20)]
     ranges = merged([(4, 9), (12, 12), (20, 30)])
     assert subtract((1, 40), ranges) == [(1, 3), (10, 11), (13, 19), (31, 40)]
@@ -156,7 +156,7 @@ def test_ranges_merge_and_subtract():
 
 
 def test_seq_tracker_is_bounded_against_a_hostile_device():
-    from firelink.monitor_devices import MAX_RANGES
+    from firelink.centre.devices import MAX_RANGES
     t = SeqTracker()
     for seq in range(0, 4 * MAX_RANGES, 2):  # every other seq: a gap each time
         t.add(seq, now=0.0)

@@ -1,6 +1,6 @@
 """`firelink provision` end to end: the real firmware as a virtual device on a pseudo-terminal,
 talked to through device.py (mpremote's real transport), a mosquitto of this module's own (so
-that revoking does not disturb the session broker) and a monitoring centre (firelink.monitor)
+that revoking does not disturb the session broker) and a monitoring centre (firelink.centre.monitor)
 that acknowledges events.
 
 The boards start as `firelink flash` leaves them: the app and board.json, no config.json. One
@@ -22,15 +22,18 @@ from typing import Any, Callable, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from firelink import devices, devices_cmd, provision_cmd, report, virtual
-from firelink.broker import Broker, free_port
-from firelink.inventory import Inventory
-from firelink.monitor import Monitor, MonitorConfig
-from firelink.monitor_store import MonitorStore
+from firelink.centre.monitor import Monitor, MonitorConfig
+from firelink.centre.store import MonitorStore
+from firelink.commands import devices as devices_cmd, provision as provision_cmd
 from firelink.progress import RecordingReporter
-from firelink.provision import ProvisionError, Timeouts, provision
-from firelink.provision_settings import SettingsError, check
-from firelink.virtual import VirtualDevice
+from firelink.provision import report
+from firelink.provision.commission import ProvisionError, Timeouts, provision
+from firelink.provision.settings import SettingsError, check
+from firelink.site import devices
+from firelink.site.broker import Broker, free_port
+from firelink.site.inventory import Inventory
+from firelink.virtual import device as virtual
+from firelink.virtual.device import VirtualDevice
 
 SITE = "Kho A, 12 Lê Lợi, Q1"
 SSID = "KhoA-Office"
@@ -499,13 +502,13 @@ def test_cli_provisions_then_revoke_locks_the_board_out(site: Site, fresh_board:
 
 
 def test_cli_refuses_invalid_settings_with_status_2(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
-    from firelink.cli import CommandError
+    from firelink.errors import FireLinkError
 
-    with pytest.raises(CommandError) as info:
+    with pytest.raises(FireLinkError) as info:
         _cli(provision_cmd, ["provision", "--port", "/dev/ttyFIRELINK-NOPE", "--site", "S", "--wifi-ssid", "x" * 33,
                              "--wifi-password", "short", "--broker", "mqtts://h:99999", "--monitor-password", "x",
                              "--broker-dir", str(site.broker.dir), "--inventory", str(site.inventory.path)])
-    assert info.value.status == 2
+    assert info.value.exit_code == 2
     text = str(info.value)
     for part in ("--wifi-ssid: 33 bytes, at most 32", "--wifi-password: 5 characters", "--broker: port 99999",
                  "--port: no such port"):

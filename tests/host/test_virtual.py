@@ -17,8 +17,9 @@ from typing import Iterator
 import pytest
 from mpremote.transport_serial import SerialTransport
 
-from firelink import virtual, virtual_cmd
-from firelink.virtual import VirtualDevice
+from firelink.commands import virtual as virtual_cmd
+from firelink.virtual import device as virtual
+from firelink.virtual.device import VirtualDevice
 
 STAND_IN = """\
 import os, sys, time
@@ -181,7 +182,7 @@ def test_kill_leaves_no_orphan_processes(device: VirtualDevice) -> None:
 
 def test_device_goes_when_the_process_that_started_it_dies(tmp_path: Path, stand_in: Path) -> None:
     d = tmp_path / "dev"
-    code = (f"from firelink.virtual import VirtualDevice; import json, os\n"
+    code = (f"from firelink.virtual.device import VirtualDevice; import json, os\n"
             f"dev = VirtualDevice({str(d)!r}, firmware={str(stand_in)!r}); dev.start()\n"
             f"print(json.dumps(dev.state()), flush=True); os._exit(0)")
     r = subprocess.run([sys.executable, "-c", code], check=True, timeout=30, capture_output=True, text=True)

@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 import pytest
 
-from firelink import jigcheck
-from firelink.build import BOARD_JSON
+from firelink.board import jigcheck
+from firelink.board.build import BOARD_JSON
 
 JIG = json.loads(jigcheck.JIG_JSON.read_text())
 BOARD = json.loads(BOARD_JSON.read_text())

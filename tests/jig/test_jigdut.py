@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from firelink import virtual
+from firelink.virtual import device as virtual
 from tests.hil.dut import JigDut, MissingCapability, SerialDut, VirtualDut
 from tests.hil.jig import JIG_WIRING, Jig, SimJig
 

@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 import serial
 
-from firelink import virtual
+from firelink.virtual import device as virtual
 from tests.hil.jig import Jig, JigError, SimJig
 
 

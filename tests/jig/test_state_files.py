@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from firelink import virtual
+from firelink.virtual import device as virtual
 from tests.hil.dut import SerialDut
 
 # What provisioning and the virtual device's simulation put there, not the firmware's state.

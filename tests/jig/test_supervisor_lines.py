@@ -1,5 +1,5 @@
 """The virtual device's supervisor follows the supply, EN and BOOT lines a jig drives through
-sim/control.json (firelink.virtual_supervisor): off is off at once, the port stays, and the
+sim/control.json (firelink.virtual.supervisor): off is off at once, the port stays, and the
 next boot's reset cause says why it booted."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from firelink import virtual
+from firelink.virtual import device as virtual
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 A board object offers (see sim.py for the reference implementation):
   name                                  "esp32" | "sim"
-  board_info() -> dict                  board.json as deployed on the device (firelink.boards)
+  board_info() -> dict                  board.json as deployed on the device (firelink.board.boards)
   release_info()                        boot is over: drop the parsed board.json (heap)
   unique_id() -> bytes                  6-byte MAC
   reset_cause() -> str                  power_on | watchdog | brownout | software | hard | deepsleep | unknown

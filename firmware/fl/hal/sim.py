@@ -76,7 +76,7 @@ def _find_board_json():
     for path in (os.getenv("FL_BOARD"), "board.json"):
         if path and store.exists(path):
             return path
-    # Running from the source tree: firmware/fl/hal/sim.py -> the default board (host_tools firelink.boards)
+    # Running from the source tree: firmware/fl/hal/sim.py -> the default board (host_tools firelink.board.boards)
     here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
     return here + "/../../../hardware/boards/reference.json"
 
@@ -310,7 +310,7 @@ class _Watchdog:
 
 class _SimModemHw:
     """The modem's side of the simulated board: its UART is the pty the modem simulator
-    (host_tools/firelink/modemsim.py) serves at `modem`; PWRKEY and RESET are outputs this
+    (host_tools/firelink/virtual/modemsim.py) serves at `modem`; PWRKEY and RESET are outputs this
     writes to `sim/pins.json` (line levels, with the board's polarity), which the simulator
     watches and times like the module's pins. There is no PPP on this Linux: after CONNECT
     the simulator names, in one line (`~SIMPPP 127.0.0.1:port`, where PPP's IPCP would give an
