@@ -353,6 +353,7 @@ class PathWorld:
     def __init__(self, directory: Path, broker: tuple[str, int], board: dict[str, Any] | None = None,
                  boot_s: float = 0.5) -> None:
         self.dir = Path(directory)
+        self.broker = broker
         (self.dir / "sim").mkdir(parents=True, exist_ok=True)
         self.proxies = {"wifi": FaultProxy(broker, "wifi"), "cellular": FaultProxy(broker, "cellular")}
         modem = (board or {}).get("modem", {})
