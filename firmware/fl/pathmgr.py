@@ -267,6 +267,8 @@ class PathManager(LinkManager):
     async def _test_backup(self, backup):
         """True: a heartbeat went over backup and was acknowledged; False: it did not; None:
         put off (a fire waits and the session is not up yet: the fire goes first)."""
+        if self.fire_waiting is not None and self.fire_waiting():
+            return None  # the session is the fire's now: not moved under it
         if self.current() is not backup:
             self._move(backup)
         try:

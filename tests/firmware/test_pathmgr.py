@@ -78,6 +78,7 @@ class Session:
         self.connected = True
         self.path = m.current()
         self.moves = []
+        self.delay_ms = 20  # a reconnect's time
         m.listen(self._change)
 
     def _change(self):
@@ -85,7 +86,7 @@ class Session:
         asyncio.create_task(self._reconnect())
 
     async def _reconnect(self):
-        await asyncio.sleep_ms(20)
+        await asyncio.sleep_ms(self.delay_ms)
         p = self.m.current()
         self.moves.append(p.name)
         if self.works[p.name]:
@@ -130,10 +131,23 @@ async def test_failing_backup_test_returns_to_the_primary_and_fire_puts_it_off()
     m2, wifi2, cell2 = manager([True])
     s2 = Session(m2, {"wifi": True, "cellular": True})
     m2.mqtt, m2.heartbeat = s2, Beat(s2)
-    m2.fire_waiting = lambda: True
+    fire = [False]
+    m2.fire_waiting = lambda: fire[0]
+    s2.delay_ms = 500  # the session is still moving when the fire comes
+
+    async def alarm():
+        await asyncio.sleep_ms(10)
+        fire[0] = True
+
+    asyncio.create_task(alarm())
     eq(await m2._test_backup(cell2), None, "put off for the fire")
     await asyncio.sleep_ms(50)
     eq(m2.current(), wifi2, "the fire's session is on the primary")
+    await asyncio.sleep_ms(1200)
+    n = len(s2.moves)
+    eq(await m2._test_backup(cell2), None, "not started while a fire waits")
+    await asyncio.sleep_ms(50)
+    eq(len(s2.moves), n, "the session not moved")
 
 
 async def test_both_paths_failed_is_a_fault_even_with_both_links_up():
