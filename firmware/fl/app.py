@@ -134,8 +134,11 @@ class App:
         paths = board.paths(cfg)
         for p in paths:
             p.fault_delay_ms = cfg["path_fault_delay_s"] * 1000
-        if len(paths) > 1:
-            from fl.pathmgr import PathManager  # Wi-Fi and 4G: which carries the session
+        # Wi-Fi and 4G, or 4G alone (a site without Wi-Fi): the path manager, which also
+        # reports the modem's faults, resets and health.
+        managed = len(paths) > 1 or any(getattr(p, "modem", None) is not None for p in paths)
+        if managed:
+            from fl.pathmgr import PathManager  # which path carries the session
 
             self.links = PathManager(paths, self.health, cfg["cellular"], (cfg["broker"]["host"], cfg["broker"]["port"]),
                                      self.recorder.record)
@@ -144,13 +147,19 @@ class App:
         self.mqtt = self._make_mqtt(cfg)
         self.commands = Commands(self.recorder, self.mqtt, self.prefix + "cmd/result", app=self)
         self.sender = Sender(self.outbox, self.mqtt, self.prefix + "event", self.recorder.queued, self.health)
-        if len(paths) > 1:
+        if managed:
             self.sender.tag_path = True
             self.links.mqtt = self.mqtt
         self.heartbeat = Heartbeat(board, self.clock, self.health, self.inputs, self.links, self.outbox, self.mqtt,
                                    self.prefix + "heartbeat", cfg["heartbeat_s"], self.reset_cause)
+        if managed:
+            self.links.heartbeat = self.heartbeat  # the backup test is a heartbeat over the backup
+            self.links.fire_waiting = self._fire_waiting
         self.indicators = Indicators(board, self.health, self.mqtt, console=self.console or False)
         self.watchdog = Watchdog(board)
+
+    def _fire_waiting(self):
+        return self.outbox.depth_by_priority()[0] > 0
 
     def _status(self, state):
         ts, _ = self.clock.now()

@@ -47,19 +47,25 @@ class Heartbeat:
         self.sent = 0
         self.bytes_sent = 0
         self._heap_peak = 0
+        self._ident_sent = -1  # the link's identity generation last delivered (fl.pathmgr)
 
     def _on_fault(self, name, active, detail):
         self._changed = True
 
     def _on_change(self):
-        self._changed = True
+        if not getattr(self._links, "quiet_change", False):
+            self._changed = True
 
     def _next_s(self):
         if self._due is None:
             return self._interval_s
-        return max(0, (self._due.left() + 999) // 1000)
+        # At least 1: the scheduled one may be overdue by a loop turn (it goes within a second),
+        # and the centre reads 0 as no schedule at all.
+        return max(1, (self._due.left() + 999) // 1000)
 
-    def payload(self, counters=True, next_s=None):
+    def payload(self, counters=True, next_s=None, full=True):
+        """full: the link's whole health (the status command, and a heartbeat whose link
+        identity the centre has not had yet); else its changing fields only."""
         ts, synced = self._clock.now()
         fire, fault, status = self._outbox.depth_by_priority()
         states = self._inputs.states()
@@ -73,7 +79,7 @@ class Heartbeat:
             "fw": VERSION,
             "reset": self._reset_cause,
             "inputs": states,
-            "link": self._links.describe(),
+            "link": self._links.describe(full),
             "mains": mains,
             "battery_mv": self._board.battery_mv(),
             "outbox": {"depth": fire + fault + status, "fire": fire, "fault": fault, "status": status,
@@ -125,16 +131,22 @@ class Heartbeat:
             # Wake every second so the watchdog sees progress and a reconnect sends promptly.
             await asyncio.sleep_ms(min(1000, self._interval_ms))
 
+    async def send_now(self):
+        """A heartbeat out of schedule (fl.pathmgr's backup test); True when acknowledged."""
+        return await self._send(None)
+
     async def _send(self, next_s):
         """One heartbeat; True when acknowledged, False when not (try again), None when it
         can never be sent (wait for the next)."""
         self._changed = False  # a change from here on is news for the next one
-        body = self.payload(next_s=next_s)
+        gen = getattr(self._links, "ident_gen", 0)
+        full = gen != self._ident_sent
+        body = self.payload(next_s=next_s, full=full)
         try:
             ok = await self._mqtt.publish(self._topic, body, qos=1)
         except ValueError:
             # Too big for one packet: the counters are the part that grows.
-            body = self.payload(counters=False, next_s=next_s)
+            body = self.payload(counters=False, next_s=next_s, full=full)
             try:
                 ok = await self._mqtt.publish(self._topic, body, qos=1)
             except ValueError as e:
@@ -144,6 +156,7 @@ class Heartbeat:
         if ok:
             self.sent += 1
             self.bytes_sent += len(body)
+            self._ident_sent = gen
             self._sent_at = ticks.ms()
         elif ok is False:
             self._changed = True  # not delivered: whatever changed is still news

@@ -35,6 +35,7 @@ class Path:
         self._socks = []
         self.failures = 0
         self.down_since = None
+        self.tx_b = self.rx_b = 0  # bytes the MQTT session and probes sent/received over it
 
     async def bring_up(self, timeout_ms):
         raise NotImplementedError
@@ -107,7 +108,7 @@ class LinkManager:
                 return p
         return None
 
-    def describe(self):
+    def describe(self, full=True):
         p = self.current()
         return {"path": p.name if p else None, "signal_dbm": p.signal_dbm() if p else None}
 

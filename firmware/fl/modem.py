@@ -62,6 +62,42 @@ class Step(Exception):
         self.rung = rung
 
 
+def cpsi(v, fw):
+    """+CPSI? (after the prefix) → {"act", "band", "rsrp", "rsrq", "rssi_lte", "sinr"} for what
+    the modem gives. LTE: `LTE,Online,MCC-MNC,TAC,SCellID,PCellID,EUTRAN-BANDn,EARFCN,DLBW,ULBW,
+    RSRQ,RSRP,RSSI,RSSNR`. A76XX report offsets (RSRP = v − 140 dBm, RSRQ = (v − 40)/2 dB, RSSI
+    = v − 110 dBm, RSSNR in dB); SIM7600 tenths of dBm/dB (cellular.md). Other systems: their
+    name only."""
+    out = {}
+    f = v.split(",")
+    if not f or not f[0]:
+        return out
+    out["act"] = f[0].strip()
+    if out["act"] != "LTE" or len(f) < 14:
+        return out
+    band = f[6].strip()
+    if band.startswith("EUTRAN-BAND"):
+        out["band"] = "B" + band[11:]
+    try:
+        q, p, r, n = int(f[10]), int(f[11]), int(f[12]), int(f[13])
+    except ValueError:
+        return out
+    if "SIM76" in (fw or ""):
+        out["rsrq"], out["rsrp"], out["rssi_lte"], out["sinr"] = q // 10, p // 10, r // 10, n // 10
+    else:
+        out["rsrq"], out["rsrp"], out["rssi_lte"], out["sinr"] = (q - 40) // 2, p - 140, r - 110, n
+    return out
+
+
+def cops(v):
+    """+COPS? (after the prefix) `mode,format,"name",AcT` → (name, AcT) or (None, None)."""
+    f = v.split(",")
+    if len(f) < 3:
+        return None, None
+    act = f[3].strip() if len(f) > 3 else ""
+    return f[2].strip().strip('"'), int(act) if act.isdigit() else None
+
+
 def csq_dbm(rssi):
     """+CSQ rssi → dBm (2·rssi − 113); None for 99 (unknown)."""
     if rssi == 99 or rssi < 0 or rssi > 31:
@@ -77,7 +113,8 @@ class Modem:
         self.health = health
         self.state = "off"
         self.at = None
-        self.info = {}  # iccid, imei, imsi, operator, apn, rssi_dbm, reg, fw
+        self.info = {}  # iccid, imei, imsi_plmn, operator, apn, rssi_dbm, reg, fw, act, band, rsrp...
+        self.ident_gen = 0  # grows when identity/operator/APN/band change (a full heartbeat follows)
         self.resets = {"redial": 0, "cfun": 0, "pwrkey": 0, "reset": 0}
         self.dials = 0
         self.stopped = None  # why the modem was given up on (wrong PIN), else None
@@ -99,6 +136,26 @@ class Modem:
     def _count(self, name):
         if self.health is not None:
             self.health.count(name)
+
+    def _ident(self, key, value):
+        """Sets an identity field; a change makes the next heartbeat carry the full set."""
+        if self.info.get(key) != value:
+            self.info[key] = value
+            self.ident_gen += 1
+
+    def describe(self, full=True):
+        """The modem's health for the heartbeat (fl.pathmgr.describe). The signal is read at
+        each dial: while PPP owns the UART (the ESP32, no multiplexer) no AT command can go."""
+        i = self.info
+        d = {"dbm": i.get("rssi_dbm"), "reg": i.get("reg"), "state": self.state, "dials": self.dials}
+        for k in ("rsrp", "rsrq", "sinr"):
+            if i.get(k) is not None:
+                d[k] = i[k]
+        d["resets"] = self.resets
+        if full:
+            for k in ("op", "act", "band", "apn", "iccid", "imei", "fw"):
+                d[k] = i.get(k)
+        return d
 
     def start(self):
         if self._task is None:
@@ -277,15 +334,22 @@ class Modem:
     async def _identity(self):
         at = self.at
         try:
-            self.info["iccid"] = await at.query("AT+CICCID", "+ICCID:")
+            self._ident("iccid", await at.query("AT+CICCID", "+ICCID:"))
             imei = await at.cmd("AT+CGSN")
-            self.info["imei"] = imei[0] if imei else None
+            self._ident("imei", imei[0] if imei else None)
+            try:
+                fw = await at.query("AT+CGMR", "+CGMR:")
+            except ATTimeout:
+                raise
+            except ATError:
+                fw = None  # a module that does not say is still a module
+            self._ident("fw", fw[:32] if fw else None)
             imsi = await at.cmd("AT+CIMI")
             self.info["imsi_plmn"] = imsi[0][:5] if imsi else None
             if self.cfg.get("lte_only", True):
                 await at.cmd("AT+CNMP=38")
             apn, user, password, auth = self._apn()
-            self.info["apn"] = apn
+            self._ident("apn", apn)
             _log.info("APN %s (%s)", apn, "configured" if self.cfg.get("apn") else "from the SIM's operator")
             await at.cmd('AT+CGDCONT=1,"IP","%s"' % apn)
             if auth != "none":
@@ -344,7 +408,17 @@ class Modem:
         if dbm is not None:
             self._fault(LOW_SIGNAL, dbm < LOW_SIGNAL_DBM, "%d dBm" % dbm)
         try:
-            self.info["operator"] = await self.at.query("AT+COPS?", "+COPS:", COPS_MS)
+            v = await self.at.query("AT+CPSI?", "+CPSI:")
+            got = cpsi(v or "", self.info.get("fw"))
+            for k in ("rsrp", "rsrq", "rssi_lte", "sinr"):
+                self.info[k] = got.get(k)
+            self._ident("act", got.get("act"))
+            self._ident("band", got.get("band"))
+        except ATError:
+            pass
+        try:
+            op, _ = cops(await self.at.query("AT+COPS?", "+COPS:", COPS_MS) or "")
+            self._ident("op", op)
         except ATError:
             pass
 

@@ -534,6 +534,14 @@ class MQTTClient:
                     self._drop("path %s went down" % path.name)
                     return
                 if self._links.current() is not path:
+                    # A planned move (a better path, the backup test): DISCONNECT first, so the
+                    # broker drops the will and the centre never sees this device offline. Not
+                    # waited for: what the socket does not take at once is lost with it.
+                    try:
+                        self._stream.write(codec.DISCONNECT_PACKET)
+                        path.tx_b += 2
+                    except Exception:  # noqa: BLE001 - the drop below says what matters
+                        pass
                     self._drop("moving from %s to a preferred path" % path.name)
                     return
                 now = ticks.ms()
@@ -621,6 +629,7 @@ class MQTTClient:
         if s is None:
             raise ConnectionLost("not connected")
         self._tx_at = ticks.ms()
+        self._path.tx_b += len(pkt)
         s.write(pkt)  # asyncio's Stream writes at once and keeps only what the socket did not take
         if s.out_buf:
             await self._drain(self._write_timeout_ms)

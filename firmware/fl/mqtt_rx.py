@@ -22,6 +22,7 @@ async def _read(c, off):
     while True:
         n = await c._stream.readinto(c._rxmv[off:])
         if n:
+            c._path.rx_b += n
             return n
         if n == 0:
             raise ConnectionLost("broker closed the connection")
@@ -58,6 +59,7 @@ async def rx_loop(c, epoch):
             n = await s.readinto(mv[c._re:])
             if n:
                 c._re += n
+                c._path.rx_b += n
             elif n == 0:
                 raise ConnectionLost("broker closed the connection")
             # None: TLS had only part of a record; wait for the rest

@@ -21,8 +21,9 @@ async def broker_probe(path, host, port, timeout_ms):
     stream, raw = await path.open(addr, timeout_ms)
     try:
         stream.write(b"\xc0\x00")
+        path.tx_b += 2
         await asyncio.wait_for_ms(stream.drain(), timeout_ms)
-        await asyncio.wait_for_ms(stream.read(16), timeout_ms)
+        path.rx_b += len(await asyncio.wait_for_ms(stream.read(16), timeout_ms))
         return True
     except asyncio.TimeoutError:
         return False
@@ -36,6 +37,11 @@ async def broker_probe(path, host, port, timeout_ms):
 
 SWITCH_WINDOW_MS = 600000  # the cap on switches counts over 10 minutes
 PROBE_MS = 5000
+# The backup test moves the session to the backup and back: the backup must carry it (CONNACK,
+# SUBACK, birth) within this, or the test fails. A silent stall is found sooner: the session's
+# own CONNACK deadline demotes the backup (session_failed).
+TEST_CONNECT_MS = 30000
+TEST_RETRY_MS = 60000  # a test put off for a fire waiting, or for a session that was not up
 # Wi-Fi as primary is pinged this often (it costs no data plan): with the 10 s answer deadline
 # and the fault delay counted from the last packet heard, a silent stall is reported within
 # ~90 s (path_fault_delay_s 90 by default). The 4G backup keeps broker.ping_interval_s.
@@ -65,7 +71,13 @@ class PathManager(LinkManager):
         self._broker = broker
         self._record = record
         self.mqtt = None  # set by the app: tests wait for its session
+        self.heartbeat = None  # set by the app: the backup test is a heartbeat over the backup
+        self.fire_waiting = None  # set by the app: fn() -> True while a fire event waits to be sent
         self._test_due = True  # at boot, then every backup_test_s and after each modem reset
+        self._testing = None  # the backup path while a test moves the session onto it
+        self.quiet_change = False  # a change the test makes and undoes: no early heartbeat for it
+        self._failing = []  # names of paths whose session failed with no other path to go to
+        self.tests = self.tests_failed = 0
         for p in paths:
             if p is paths[0] and p.name == "wifi":
                 p.ping_ms = PRIMARY_PING_MS
@@ -84,6 +96,9 @@ class PathManager(LinkManager):
         return p.is_up() and p.name not in self._demoted
 
     def current(self):
+        t = self._testing
+        if t is not None and self.usable(t):
+            return t
         for p in self.paths:
             if self.usable(p):
                 return p
@@ -93,21 +108,37 @@ class PathManager(LinkManager):
                 return p
         return None
 
-    def describe(self):
+    def describe(self, full=True):
+        """The link's health. full: everything (the status command, the first heartbeat after
+        boot and after the modem's identity changed); else the fields that change, compact, so
+        the hourly heartbeat stays small on a metered path."""
+        # The path the session runs over (what this heartbeat went over), else the one meant.
         p = self.current()
+        on = self.mqtt.path_name() if self.mqtt is not None else None
+        for q in self.paths:
+            if q.name == on:
+                p = q
         d = {"path": p.name if p else None, "signal_dbm": p.signal_dbm() if p else None}
-        if len(self.paths) < 2:
-            return d
         d["paths"] = dict((q.name, "up" if self.usable(q) else "suspect" if q.is_up() else "down") for q in self.paths)
         d["switches"] = self.switches
+        # Bytes each path carried for the MQTT session and the probes (above TLS and TCP/IP).
+        d["bytes"] = dict((q.name, [q.tx_b, q.rx_b]) for q in self.paths)
+        d["tests"] = [self.tests, self.tests_failed]
         for q in self.paths:
             modem = getattr(q, "modem", None)
             if modem is not None:
-                i = modem.info
-                d["cell"] = {"dbm": i.get("rssi_dbm"), "op": i.get("operator"), "apn": i.get("apn"),
-                             "reg": i.get("reg"), "iccid": i.get("iccid"), "imei": i.get("imei"),
-                             "state": modem.state, "resets": modem.resets, "dials": modem.dials}
+                d["cell"] = modem.describe(full)
         return d
+
+    @property
+    def ident_gen(self):
+        """Grows when the modem's identity (ICCID, IMEI, firmware, operator...) changed."""
+        n = 0
+        for q in self.paths:
+            modem = getattr(q, "modem", None)
+            if modem is not None:
+                n += modem.ident_gen
+        return n
 
     def _recent_switches(self):
         while self._switch_at and not ticks.recent(self._switch_at[0], SWITCH_WINDOW_MS):
@@ -140,7 +171,13 @@ class PathManager(LinkManager):
             if q is not path and self.usable(q):
                 other = q
         if other is None:
-            return  # nowhere better to go: keep trying this one
+            # Nowhere better to go: keep trying this one, but it does not work (both paths
+            # failed, and this one's fault counts from its last sign of life).
+            if path.name not in self._failing:
+                self._failing.append(path.name)
+                path.down_since = silent_since if ticks.recent(silent_since, 3600000) else ticks.ms()
+                self._test_due = True  # once another path carries the session, test this one
+            return
         # Always allowed: a fire must never wait on a dead path. The cap holds back failbacks.
         self._note_switch()
         _log.warn("%s is up but the session over it failed (%s): moving to %s", path.name, reason, other.name)
@@ -159,9 +196,14 @@ class PathManager(LinkManager):
         if not await self.probe(p, PROBE_MS):
             self._demoted[p.name] = ticks.ms()  # another stable period before the next probe
             return
+        if p.name in self._failing:
+            self._failing.remove(p.name)
         cur = self.current()
         if cur is not None and cur is not p and self.paths.index(cur) < self.paths.index(p):
             del self._demoted[p.name]  # a better path carries the session: no switch needed
+            p.down_since = None
+            if self._health is not None and "backup_test" in self._health.faults:
+                self._test_due = True  # it answers again: the test can clear its fault now
             return
         if not self._may_switch():
             self._demoted[p.name] = ticks.ms()
@@ -186,27 +228,75 @@ class PathManager(LinkManager):
     async def run(self):
         await asyncio.gather(*([self._supervise(p) for p in self.paths] + [self._backup_tests()]))
 
+    def _backup(self):
+        """The path the session is not meant to use: the second in priority."""
+        return self.paths[1]
+
     async def _backup_tests(self):
-        """The backup path proves it reaches the broker (broker_probe) without taking the
-        session: at boot once it is up, after each modem reset, every backup_test_s. A failure
-        is the `backup_test` fault (352), reported over whichever path works."""
+        """The backup path proves it carries the session end to end: a heartbeat over it,
+        acknowledged by the broker (at boot once it is up, after each modem reset, every
+        backup_test_s). There is one MQTT session (the broker allows one per device id): the
+        test moves it onto the backup and back, each move a clean DISCONNECT so the centre sees
+        no will. A failure is the `backup_test` fault (352), reported over the primary."""
+        if len(self.paths) < 2:
+            return  # 4G alone: no backup to test (its session is the test)
         wait = ticks.Countdown(0)
         while True:
             await asyncio.sleep_ms(1000)
             self.progress += 1
-            if not (self._test_due or wait.due()) or self.mqtt is None or not self.mqtt.connected:
+            if not (self._test_due or wait.due()) or self.mqtt is None or not self.mqtt.connected \
+                    or self.heartbeat is None:
                 continue
-            cur = self.current()
-            backup = self.paths[-1] if cur is self.paths[0] else self.paths[0]
+            backup = self._backup()
             if not backup.is_up():
                 continue  # a path that is down is the path fault's business: tested once up
-            ok = await self.probe(backup, 10000)
+            ok = await self._test_backup(backup)
+            if ok is None:
+                wait.start(TEST_RETRY_MS)  # put off: not a result
+                continue
             self._test_due = False
             wait.start(self._test_every_ms)
+            self.tests += 1
+            if not ok:
+                self.tests_failed += 1
             if self._health is not None:
                 self._health.count("backup_tests")
-                self._health.set_fault("backup_test", not ok, "%s does not reach the broker" % backup.name)
+                self._health.set_fault("backup_test", not ok, "no heartbeat over %s" % backup.name)
             _log.info("backup test over %s: %s", backup.name, "ok" if ok else "FAILED")
+
+    async def _test_backup(self, backup):
+        """True: a heartbeat went over backup and was acknowledged; False: it did not; None:
+        put off (a fire waits and the session is not up yet: the fire goes first)."""
+        if self.fire_waiting is not None and self.fire_waiting():
+            return None  # the session is the fire's now: not moved under it
+        if self.current() is not backup:
+            self._move(backup)
+        try:
+            deadline = ticks.after(TEST_CONNECT_MS)
+            while not (self.mqtt.connected and self.mqtt.path_name() == backup.name):
+                if self.current() is not backup:  # demoted by its failed session, or down
+                    return False
+                if ticks.due(deadline):
+                    return False
+                if not self.mqtt.connected and self.fire_waiting is not None and self.fire_waiting():
+                    _log.info("backup test put off: a fire waits")
+                    return None
+                self.progress += 1
+                await asyncio.sleep_ms(100)
+            return await self.heartbeat.send_now() is True
+        finally:
+            if self._testing is not None:
+                self._move(None)
+
+    def _move(self, testing):
+        """The session onto the tested backup (or back): not a switch the cap counts, and not
+        news for an early heartbeat (the test sends its own)."""
+        self._testing = testing
+        self.quiet_change = True
+        try:
+            self._notify()
+        finally:
+            self.quiet_change = False
 
     def _check_all(self):
         """Both paths failed: a local fault at once (the outbox keeps its event until a path
@@ -215,13 +305,21 @@ class PathManager(LinkManager):
             return
         up = False
         for p in self.paths:
-            if self.usable(p):
+            if self.usable(p) and p.name not in self._failing:
                 up = True
                 self._ever_up = True
         if not up and (self._ever_up or not ticks.recent(self._started, 60000)):
             self._health.set_fault("paths_all", True, "no path works")
         elif up:
             self._health.set_fault("paths_all", False)
+
+    def _works(self, name):
+        """The session (or a probe) got through over the path named: it is not failing."""
+        if name in self._failing:
+            self._failing.remove(name)
+            for p in self.paths:
+                if p.name == name and name not in self._demoted:
+                    p.down_since = None
 
     def _came_up(self, p):
         if p.name in self._demoted:
@@ -230,9 +328,11 @@ class PathManager(LinkManager):
             p.down_since = None
 
     def _usable(self, p, up):
-        return up and p.name not in self._demoted
+        return up and p.name not in self._demoted and p.name not in self._failing
 
     def _report_path(self, p, up):
+        if self._failing and self.mqtt is not None and self.mqtt.connected:
+            self._works(self.mqtt.path_name())
         super()._report_path(p, up)
         self._check_all()
 

@@ -301,6 +301,18 @@ def _until(cond: Any, timeout_s: float, what: str, site: LocalSite, step_s: floa
         time.sleep(step_s)
 
 
+def device_tls(site: LocalSite, host: str, port: int) -> dict[str, Any]:
+    """The way to the broker over TLS at host:port: the site's CA and the device's certificate
+    and key (DER) put in the device's directory; returns the config's `broker` section."""
+    assert site.broker is not None
+    pk = site.broker.pki_dir
+    site.device_dir.mkdir(parents=True, exist_ok=True)
+    for name, src in (("ca.der", pk / "ca.crt.der"), ("device.der", pk / "devices" / f"{site.device_id}.crt.der"),
+                      ("device.key.der", pk / "devices" / f"{site.device_id}.key.der")):
+        (site.device_dir / name).write_bytes(src.read_bytes())
+    return {"host": host, "port": port, "tls": True}
+
+
 def measure(directory: Path, minutes: float, heapsize: str, firmware: Path, console: Console) -> WireFigures:
     site = LocalSite(directory, DEVICE_ID, {}, heapsize=heapsize, monitor_client_id="firelink-wire-monitor",
                      firmware=firmware)
@@ -311,12 +323,7 @@ def measure(directory: Path, minutes: float, heapsize: str, firmware: Path, cons
             broker = site.start_broker()
             proxy = CountingProxy(broker.bind, broker.tls_port).start()
             # Default settings but for the way to the broker: TLS, through the proxy.
-            site.device_config = {"broker": {"host": "127.0.0.1", "port": proxy.port, "tls": True}}
-            pk = broker.pki_dir
-            site.device_dir.mkdir(parents=True, exist_ok=True)
-            for name, src in (("ca.der", pk / "ca.crt.der"), ("device.der", pk / "devices" / f"{DEVICE_ID}.crt.der"),
-                              ("device.key.der", pk / "devices" / f"{DEVICE_ID}.key.der")):
-                (site.device_dir / name).write_bytes(src.read_bytes())
+            site.device_config = {"broker": device_tls(site, "127.0.0.1", proxy.port)}
             site.start_monitor()
             site.start_device()
             online_at = site.wait_online(60.0)

@@ -72,7 +72,9 @@ class Hw:
 BASE = {"AT+CPIN?": "+CPIN: READY\r\n\r\nOK", "AT+CICCID": "+ICCID: 8984\r\n\r\nOK",
         "AT+CGSN": "861234567890123\r\n\r\nOK", "AT+CIMI": "452020123456789\r\n\r\nOK",
         "AT+CSQ": "+CSQ: 25,99\r\n\r\nOK", "AT+COPS?": '+COPS: 0,0,"VinaPhone",7\r\n\r\nOK',
-        "ATD*99#": "CONNECT 150000000", "AT+CEREG?": "+CEREG: 0,1\r\n\r\nOK"}
+        "ATD*99#": "CONNECT 150000000", "AT+CEREG?": "+CEREG: 0,1\r\n\r\nOK",
+        "AT+CGMR": "+CGMR: A011B07A7670M7_F\r\n\r\nOK",
+        "AT+CPSI?": "+CPSI: LTE,Online,452-02,0x1A2B,12345678,123,EUTRAN-BAND3,1300,5,5,20,45,37,12\r\n\r\nOK"}
 
 
 async def climb(answers, secrets=None, cfg=None):
@@ -120,6 +122,46 @@ async def test_sim_missing_and_low_signal():
     eq(health.faults.get(M.SIM_FAULT), "SIM not inserted", "missing")
     m, pipe, health, err = await climb({"AT+CSQ": "+CSQ: 3,99\r\n\r\nOK"})
     eq(health.faults.get(M.LOW_SIGNAL), "-107 dBm", "low signal")
+
+
+async def test_health_fields_full_and_compact():
+    m, pipe, health, err = await climb({})
+    eq(err, None, "climbed")
+    full = m.describe(True)
+    eq({k: full[k] for k in ("op", "act", "band", "apn", "iccid", "imei", "fw")},
+       {"op": "VinaPhone", "act": "LTE", "band": "B3", "apn": "m3-world", "iccid": "8984",
+        "imei": "861234567890123", "fw": "A011B07A7670M7_F"}, "identity")
+    # A76XX offsets: RSRQ (20-40)/2 = -10 dB, RSRP 45-140 = -95 dBm, RSSNR 12 dB.
+    eq((full["dbm"], full["rsrp"], full["rsrq"], full["sinr"], full["reg"], full["state"]),
+       (-63, -95, -10, 12, 1, "data"), "signal and registration")
+    eq(full["resets"], {"redial": 0, "cfun": 0, "pwrkey": 0, "reset": 0}, "reset counts")
+    compact = m.describe(False)
+    ok("iccid" not in compact and "fw" not in compact and compact["rsrp"] == -95, "compact: %r" % compact)
+    gen = m.ident_gen
+    m._ident("band", "B3")
+    eq(m.ident_gen, gen, "no change, same generation")
+    m._ident("band", "B1")
+    eq(m.ident_gen, gen + 1, "a new band is news")
+
+
+async def test_modem_without_cgmr_or_cpsi_still_climbs():
+    m, pipe, health, err = await climb({"AT+CGMR": "ERROR", "AT+CPSI?": "ERROR"})
+    eq((err, m.state), (None, "data"), "climbed")
+    d = m.describe(True)
+    eq((d["fw"], d["band"], "rsrp" in d), (None, None, False), "what it did not say is absent")
+
+
+def test_cpsi_per_model_and_other_systems():
+    lte = "LTE,Online,452-04,0x1A2B,12345678,123,EUTRAN-BAND3,1300,5,5,%d,%d,%d,%d"
+    eq(M.cpsi(lte % (20, 45, 37, 12), "A011B07A7670M7_F"),
+       {"act": "LTE", "band": "B3", "rsrq": -10, "rsrp": -95, "rssi_lte": -73, "sinr": 12}, "A76XX offsets")
+    eq(M.cpsi(lte % (-100, -950, -730, 120), "LE20B04SIM7600M22"),
+       {"act": "LTE", "band": "B3", "rsrq": -10, "rsrp": -95, "rssi_lte": -73, "sinr": 12}, "SIM7600 tenths")
+    eq(M.cpsi("NO SERVICE,Online", None), {"act": "NO SERVICE"}, "no service")
+    eq(M.cpsi("LTE,Online,452-04,x,y,z,EUTRAN-BAND3,1300,5,5,a,b,c,d", None), {"act": "LTE", "band": "B3"},
+       "garbage numbers: what parses")
+    eq(M.cops('0,0,"Viettel",7'), ("Viettel", 7), "operator and AcT")
+    eq(M.cops("0"), (None, None), "no operator")
 
 
 def test_signal_formula():

@@ -34,6 +34,13 @@ LEAN_CAP = "160k"
 # layout varies (208k failed once when 204k was the smallest), so this holds it 12 KiB above,
 # inside LEAN_CAP. Lower it as the figure comes down; never raise it past LEAN_CAP.
 FIT_CAP = "152k"
+# The 4G path (fl.at, fl.modem, fl.pathmgr: ≈32 KB more on this port) runs on the reference
+# board (ESP32-WROVER-E, MicroPython's SPIRAM build: megabytes of heap; the lean board has no
+# room for it). Its HIL cases (tests/hil/test_cell*.py: the 1000-event outage of both paths the
+# heaviest: it passes at 288k, not at 256k) are held to this cap, ≈220 KB on a 32-bit build: under
+# a tenth of the reference board's 4 MB of PSRAM heap, so a leak or a buffer grown by mistake
+# still fails there.
+CELL_CAP = "320k"
 STEP_TIMEOUT_S = 20.0
 
 

@@ -14,6 +14,7 @@ import pytest
 from firelink.virtual import modemsim
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut, VirtualDut
+from tests.hil.heapfit import CELL_CAP
 
 # Declared, so that a rig without the simulator skips these before the device is provisioned.
 pytestmark = pytest.mark.needs("modem")
@@ -21,17 +22,19 @@ DELAY_S = 5
 
 
 @pytest.fixture
-def dut_config(dut_config: dict[str, Any]) -> dict[str, Any]:
-    # A 10 s keepalive: the ping that finds a silent stall comes after ~9.5 s of quiet.
+def dut_config(request: pytest.FixtureRequest, dut_config: dict[str, Any]) -> dict[str, Any]:
+    # A 10 s keepalive: the ping that finds a silent stall comes after ~9.5 s of quiet. A case
+    # may add keys of its own (parametrize with indirect=True).
     return {**dut_config, "path_fault_delay_s": DELAY_S, "heartbeat_s": 10,
             "broker": {**dut_config["broker"], "keepalive_s": 10},
-            "cellular": {"enabled": True, "failback_stable_s": 10, "backup_test_s": 300}}
+            "cellular": {"enabled": True, "failback_stable_s": 10, "backup_test_s": 300},
+            **getattr(request, "param", {})}
 
 
 # The 4G parts (fl.at, fl.modem, fl.pathmgr) take ≈32 KB more heap on this 64-bit port (≈22 KB
-# on the board): the reference board (PSRAM) carries them; the lean board's cap is the
-# single-path application's (tests/hil/test_heap_fit.py).
-CELL_HEAP = "320k"
+# on the board): the reference board (PSRAM) carries them, under tests/hil/heapfit.CELL_CAP; the
+# lean board's cap is the single-path application's (tests/hil/test_heap_fit.py).
+CELL_HEAP = CELL_CAP
 
 
 @pytest.fixture
@@ -69,8 +72,9 @@ def control(d: Path, **changes: Any) -> None:
     modemsim.update_control(d, changes)
 
 
-def test_cold_boot_dials_in_order(dut: Dut) -> None:
+def test_cold_boot_dials_in_order_and_tests_the_backup_with_a_heartbeat(centre: Centre, dut: Dut) -> None:
     d = world(dut)
+    dev = dut.device_id
     dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=60)
     s = wait_state(d, lambda s: s["modem"]["data"], 5, "data mode")["modem"]
     # The module was off: one PWRKEY press of the board's on time (reference: 100 ms, active low).
@@ -78,10 +82,34 @@ def test_cold_boot_dials_in_order(dut: Dut) -> None:
     # (The simulator sees the pin file change every few ms: widths are within ~10 ms.)
     assert 85 <= s["pulses"][0]["ms"] < 600, s["pulses"]
     cmds = [c for c in s["commands"] if c != "AT"]
-    want = ["ATE0", "AT+CMEE=1", "AT+CGEREP=2,1", "AT+CPIN?", "AT+CICCID", "AT+CGSN", "AT+CIMI", "AT+CNMP=38",
-            'AT+CGDCONT=1,"IP","v-internet"', "AT+CEREG?", "AT+CSQ", "AT+COPS?", "ATD*99#"]
+    want = ["ATE0", "AT+CMEE=1", "AT+CGEREP=2,1", "AT+CPIN?", "AT+CICCID", "AT+CGSN", "AT+CGMR", "AT+CIMI",
+            "AT+CNMP=38", 'AT+CGDCONT=1,"IP","v-internet"', "AT+CEREG?", "AT+CSQ", "AT+CPSI?", "AT+COPS?", "ATD*99#"]
     assert cmds == want, cmds
     assert s["data"] and s["dials"] == 1
+    # The backup test at boot: the session moves to 4G, a heartbeat goes over it (with the
+    # modem's full health: it is the first the centre gets with the modem's identity), and
+    # the session returns to Wi-Fi, each move a clean DISCONNECT: the centre never sees offline.
+    dut.wait_for_log(r"backup test over cellular: ok", timeout_s=60)
+    hb = centre.wait_message(dev, "heartbeat", lambda r: r.doc.get("link", {}).get("path") == "cellular", 10,
+                             "the backup test's heartbeat over 4G")
+    # The first heartbeat after the modem said who it is carries all of it (the test's, unless
+    # a scheduled one went over Wi-Fi in between).
+    full = centre.wait_message(dev, "heartbeat", lambda r: (r.doc["link"].get("cell") or {}).get("iccid"), 10,
+                               "a heartbeat with the modem's identity")
+    cell = full.doc["link"]["cell"]
+    assert {k: cell[k] for k in ("op", "act", "band", "apn", "iccid", "imei", "fw", "reg", "state")} == {
+        "op": "Viettel", "act": "LTE", "band": "B3", "apn": "v-internet", "iccid": "8984048000000000001",
+        "imei": "861234567890123", "fw": "A011B07A7670M7_F", "reg": 1, "state": "data"}, cell
+    # The simulated module's CSQ 20: −73 dBm; its CPSI: RSRP −95 dBm, RSRQ −10 dB, SINR 15 dB.
+    assert (cell["dbm"], cell["rsrp"], cell["rsrq"], cell["sinr"]) == (-73, -95, -10, 15), cell
+    assert cell["resets"] == {"redial": 0, "cfun": 0, "pwrkey": 0, "reset": 0}, cell
+    sent = hb.doc["link"]["bytes"]
+    assert sent["cellular"][0] > 0 and sent["wifi"][0] > 0, sent
+    back = centre.wait_message(dev, "heartbeat", lambda r: r.at > max(hb.at, full.at)
+                               and r.doc["link"]["path"] == "wifi", 20, "a heartbeat over Wi-Fi again")
+    # Later heartbeats carry what changes, not the identity (bytes on a metered path).
+    assert "iccid" not in back.doc["link"]["cell"] and back.doc["link"]["tests"] == [1, 0], back.doc["link"]
+    assert "offline" not in centre.live_statuses(dev), centre.live_statuses(dev)
 
 
 def event_docs(centre: Centre, dev: str, **fields: Any) -> list[dict[str, Any]]:
@@ -98,7 +126,7 @@ def test_primary_stall_while_idle_faults_and_heartbeats_go_over_4g(centre: Centr
     dev = dut.device_id
     centre.wait_event(dev, code="305", timeout_s=15)
     dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=60)
-    dut.wait_for_log(r"backup test over cellular: ok", timeout_s=30)
+    dut.wait_for_log(r"backup test over cellular: ok[\s\S]*connected to \S+ over wifi", timeout_s=30)
     mark = time.time()
     control(d, wifi="stall")
     # Nobody says Wi-Fi is dead: the MQTT ping finds it, the session moves to 4G, and the
@@ -117,7 +145,9 @@ def test_fire_during_a_silent_primary_stall_goes_over_4g(centre: Centre, dut: Du
     d = world(dut)
     dev = dut.device_id
     centre.wait_event(dev, code="305", timeout_s=15)
-    dut.wait_for_log(r"INFO modem: 4G data up", timeout_s=60)
+    # After the backup test at boot (a heartbeat over 4G) has brought the session back to Wi-Fi:
+    # the fire must take 4G because Wi-Fi fails, not because the test happened to be on it.
+    dut.wait_for_log(r"backup test over cellular: ok[\s\S]*connected to \S+ over wifi", timeout_s=60)
     control(d, wifi="stall")
     t0 = time.time()
     dut.set_input("panel_fire", "active")
@@ -205,7 +235,7 @@ def test_operator_drops_the_data_session_redial_nothing_lost(centre: Centre, dut
 def test_wifi_flapping_bounded_switches_no_duplicates(centre: Centre, dut: Dut) -> None:
     d = world(dut)
     dev = dut.device_id
-    dut.wait_for_log(r"backup test over cellular: ok", timeout_s=60)
+    dut.wait_for_log(r"backup test over cellular: ok[\s\S]*connected to \S+ over wifi", timeout_s=60)
     pos = dut.log_position()
     control(d, wifi="flap")  # pass and reset alternately, 5 s each
     state_ = "normal"
@@ -221,3 +251,27 @@ def test_wifi_flapping_bounded_switches_no_duplicates(centre: Centre, dut: Dut) 
     fires = [e for e in centre.events_of(dev) if e.code == "110"]
     assert len(fires) == 8 and len({e.id for e in fires}) == 8, [(e.seq, e.q) for e in fires]
     assert [e.q for e in sorted(fires, key=lambda e: e.seq)] == ["new", "restore"] * 4
+
+
+@pytest.mark.parametrize("dut_config", [{"paths": ["cellular"]}], indirect=True)
+def test_a_site_without_wifi_runs_on_4g_alone(centre: Centre, dut: Dut) -> None:
+    d = world(dut)
+    dev = dut.device_id
+    boot = wait_event_doc(centre, dev, 60, code="305", input="")
+    assert boot["path"] == "cellular", boot
+    dut.set_input("panel_fire", "active")
+    fire = wait_event_doc(centre, dev, 30, code="110", q="new")
+    assert fire["path"] == "cellular", fire
+    hb = centre.wait_message(dev, "heartbeat", lambda r: (r.doc["link"].get("cell") or {}).get("iccid"), 30,
+                             "a heartbeat with the modem's health")
+    link = hb.doc["link"]
+    assert (link["path"], link["paths"], link["cell"]["state"]) == ("cellular", {"cellular": "up"}, "data"), link
+    assert not hb.doc["faults"], hb.doc["faults"]  # no Wi-Fi configured: no Wi-Fi fault
+    assert "backup test" not in dut.log_text()  # 4G alone: its session is its test
+    # The modem's faults are reported with 4G alone too: over 4G, once it is back.
+    control(d, modem={"sim": "missing"})
+    dut.wait_for_log(r"SIM not inserted", timeout_s=30)
+    control(d, modem={"sim": "ready"})
+    fault = wait_event_doc(centre, dev, 90, code="353", q="new", input="modem_sim")
+    assert fault["path"] == "cellular", fault
+    wait_event_doc(centre, dev, 30, code="353", q="restore", input="modem_sim")

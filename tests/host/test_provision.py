@@ -151,11 +151,43 @@ def assert_untouched(board: VirtualDevice, before: dict[str, bytes], mark: int) 
 
 # --- the whole way ---
 
+def test_a_site_without_wifi_is_commissioned_over_4g_alone(site: Site, fresh_board: VirtualDevice) -> None:
+    r = site.provision(fresh_board, wifi_ssid=None, wifi_password="")
+    assert r.passed, r.checks
+    cfg = json.loads((fresh_board.dir / "config.json").read_text())
+    assert "wifi" not in cfg and cfg["paths"] == ["cellular"] and cfg["cellular"] == {"enabled": True,
+                                                                                    "apn": "v-internet"}
+    assert "wifi_password" not in json.loads((fresh_board.dir / "secrets.json").read_text())
+    # Online, heartbeat, the test alarm and its ack: all over 4G.
+    assert re.search(rf"connected to 127\.0\.0\.1:{site.broker.tls_port} over cellular with TLS", fresh_board.log_text())
+    assert " over wifi" not in fresh_board.log_text()
+    assert (r.link_path, r.faults, r.cell_paths) == ("cellular", {}, {"cellular": "up"})
+    assert r.test_alarm is not None
+    doc = next(json.loads(m.payload) for m in site.store.messages(device=str(r.device_id), kind="event")
+               if json.loads(m.payload).get("id") == r.test_alarm.event_id)
+    assert doc["path"] == "cellular", doc
+    md = Path(str(r.report_md)).read_text()
+    assert "| Wi-Fi network | none: 4G alone |" in md and "Viettel LTE B3" in md
+
+
+def test_no_wifi_needs_4g_and_the_cli_says_which_option() -> None:
+    with pytest.raises(SettingsError) as e:
+        check(SITE, None, "", "mqtts://h:8883")
+    assert e.value.problems == ["--no-wifi: a site without Wi-Fi needs 4G: give --apn APN (or --4g for the APN "
+                                "the SIM's operator implies)"]
+    assert check(SITE, None, "", "mqtts://h:8883", cellular=True).cellular
+    assert check(SITE, SSID, WIFI_PW, "mqtts://h:8883", "v-internet").cellular
+
+
+
+
 def test_a_flashed_board_is_commissioned_end_to_end(site: Site, board: VirtualDevice, provisioned: Provisioned) -> None:
     r = provisioned.result
     assert r.passed, r.checks
     assert [c.status for c in r.checks] == ["pass"] * len(report.CHECKS)
-    assert provisioned.seconds < 20
+    # Most of it is the 4G check: the simulated modem's boot, registration and dial (≈7 s) and the
+    # backup test's heartbeat over 4G after it; the Wi-Fi part took ≈2 s of it.
+    assert provisioned.seconds < 40
     steps = provisioned.reporter.steps()
     for step in ("check the settings", "check the 'monitor' account and connect to the broker", f"open the board on {board.tty()}",
                  "check config.json with the firmware's validator", "write secrets and certificates",
@@ -174,7 +206,7 @@ def test_a_flashed_board_is_commissioned_end_to_end(site: Site, board: VirtualDe
     cfg = json.loads((board.dir / "config.json").read_text())
     assert cfg["device_id"] == r.device_id and cfg["site"] == SITE
     assert cfg["broker"] == {"host": "127.0.0.1", "port": site.broker.tls_port, "tls": True}
-    assert cfg["wifi"] == {"ssid": SSID} and cfg["cellular"] == {"apn": "v-internet"}
+    assert cfg["wifi"] == {"ssid": SSID} and cfg["cellular"] == {"enabled": True, "apn": "v-internet"}
     sec = json.loads((board.dir / "secrets.json").read_text())
     assert sec["mqtt_username"] == r.device_id and sec["wifi_password"] == WIFI_PW
     password = sec["mqtt_password"]
@@ -213,6 +245,19 @@ def test_a_flashed_board_is_commissioned_end_to_end(site: Site, board: VirtualDe
     assert md.count("**PASS**") == len(report.CHECKS)
     doc = json.loads(Path(str(r.report_json)).read_text())
     assert doc["passed"] is True and doc["device_id"] == r.device_id
+
+    # 4G (--apn): a heartbeat over it reached the broker (the backup path's test at boot), and
+    # the modem's health as the simulated A7670 gives it, in the report.
+    assert "wait for a heartbeat over 4G and read the modem's health" in steps
+    assert r.check("4g").detail.startswith("a heartbeat over 4G reached the broker"), r.check("4g")
+    assert {k: r.cell.get(k) for k in ("op", "act", "band", "apn", "iccid", "imei", "fw", "reg", "state")} == {
+        "op": "Viettel", "act": "LTE", "band": "B3", "apn": "v-internet", "iccid": "8984048000000000001",
+        "imei": "861234567890123", "fw": "A011B07A7670M7_F", "reg": 1, "state": "data"}, r.cell
+    assert r.cell_paths == {"wifi": "up", "cellular": "up"}
+    for text in ("Viettel LTE B3; -73 dBm, RSRP -95 dBm, RSRQ -10 dB, SINR 15 dB (good); registered (home)",
+                 "APN v-internet; ICCID 8984048000000000001; IMEI 861234567890123; modem firmware A011B07A7670M7_F"):
+        assert text in md, text
+    assert doc["cell"]["rsrp"] == -95
     assert doc["test_alarm"]["round_trip_ms"] == pytest.approx(alarm.round_trip_ms)
     for secret in (password, WIFI_PW, site.monitor_password):
         assert secret not in md and secret not in Path(str(r.report_json)).read_text()

@@ -1,7 +1,12 @@
 """`firelink provision`: a flashed board on a USB cable -> a commissioned transmitter the centre sees.
 
     firelink provision --port /dev/ttyUSB0 --site "Kho A, 12 Le Loi" --wifi-ssid KhoA-Office \\
-        --broker mqtts://mq.example.vn:8883 [--wifi-password ...] [--apn v-internet] [--inputs inputs.json]
+        --broker mqtts://mq.example.vn:8883 [--wifi-password ...] [--apn v-internet | --4g] [--inputs inputs.json]
+    firelink provision ... --no-wifi --apn v-internet     a site without Wi-Fi: 4G alone
+
+With 4G (--apn, or --4g for the APN the SIM's operator implies) the commissioning also waits for a
+heartbeat over 4G (the backup path's test at boot) and reports the modem's health: signal
+(RSSI, RSRP, RSRQ, SINR), operator, band, registration, APN, ICCID, IMEI, modem firmware.
 
 Checks every value first, then the broker (as the monitor account), then writes the board's
 configuration, secrets and certificates atomically, registers it with the broker and the
@@ -41,10 +46,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
     p.add_argument("--site", required=True, help="the site's name as the centre shows it (1..64 characters)")
-    p.add_argument("--wifi-ssid", required=True, help="the site's Wi-Fi network (1..32 bytes)")
+    p.add_argument("--wifi-ssid", help="the site's Wi-Fi network (1..32 bytes); or --no-wifi")
+    p.add_argument("--no-wifi", action="store_true",
+                   help="the site has no Wi-Fi: 4G alone carries everything (needs --apn or --4g)")
     p.add_argument("--wifi-password", help=f"WPA2 passphrase, 8..63 characters; \"\" for an open network "
                    f"(default: ${WIFI_ENV}, else asked for)")
-    p.add_argument("--apn", help="4G APN of the SIM, e.g. v-internet (Viettel), m3-world (VinaPhone)")
+    p.add_argument("--apn", help="4G APN of the SIM, e.g. v-internet (Viettel), m3-world (VinaPhone): turns 4G on")
+    p.add_argument("--4g", dest="cellular", action="store_true",
+                   help="turn 4G on with the APN the SIM's operator implies (Vietnam's carriers)")
     p.add_argument("--broker", required=True, metavar="URL", help="mqtts://HOST:PORT (or mqtt:// on a test bench)")
     p.add_argument("--broker-dir", type=Path, default=DEFAULT_BROKER_DIR,
                    help="the site broker's directory: CA, passwords, ACL (default: %(default)s)")
@@ -88,8 +97,15 @@ def _inputs(path: Path | None) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    wifi_password = _secret(args.wifi_password, WIFI_ENV, f"Wi-Fi password for {args.wifi_ssid!r} "
-                            "(empty for an open network): ", "--wifi-password")
+    if args.no_wifi and args.wifi_ssid is not None:
+        raise UsageError("--no-wifi and --wifi-ssid: give one (a site without Wi-Fi has no network name)")
+    if not args.no_wifi and args.wifi_ssid is None:
+        raise UsageError("--wifi-ssid is needed (or --no-wifi for a site on 4G alone)")
+    if args.no_wifi and args.wifi_password is not None:
+        raise UsageError("--wifi-password with --no-wifi: a site without Wi-Fi has no Wi-Fi password")
+    wifi_password = "" if args.no_wifi else _secret(
+        args.wifi_password, WIFI_ENV, f"Wi-Fi password for {args.wifi_ssid!r} (empty for an open network): ",
+        "--wifi-password")
     monitor_password = _secret(args.monitor_password, MONITOR_ENV, f"broker password of {args.monitor_user!r}: ",
                                "--monitor-password")
     inputs = _inputs(args.inputs)
@@ -102,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             result = provision(args.port, args.site, args.wifi_ssid, wifi_password, args.broker,
                                broker=Broker(args.broker_dir), inventory=inventory,
                                monitor_user=args.monitor_user, monitor_password=monitor_password, apn=args.apn,
+                               cellular=args.cellular,
                                inputs=inputs, installer=args.installer, reports_dir=args.reports,
                                reporter=reporter, timeouts=timeouts, replace_config=args.replace_config)
     except ProvisionError as e:

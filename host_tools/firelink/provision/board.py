@@ -20,7 +20,7 @@ CERT_FILES = ("ca.der", "device.der", "device.key.der")  # the names fl/config.p
 # Renamed into place in this order: config.json last, so the old config rules until the very end.
 COMMIT_ORDER = (*CERT_FILES, "secrets.json", "config.json")
 # Keys of config.json that provisioning owns; any other key of the board's previous config is kept.
-OWNED_KEYS = ("device_id", "site", "broker", "wifi")
+OWNED_KEYS = ("device_id", "site", "broker", "wifi", "paths")
 OWNED_BROKER_KEYS = ("host", "port", "tls", "server_hostname")
 NEEDED_SECRETS = {"mqtt_username", "mqtt_password", "tls_ca", "tls_cert", "tls_key"}
 
@@ -90,14 +90,23 @@ def current_config(device: Device) -> tuple[dict[str, Any] | None, str | None]:
     return (old, None) if isinstance(old, dict) else (None, "the board's config.json is not an object: not kept")
 
 
-def build_config(device_id: str, site: str, host: str, port: int, tls: bool, ssid: str, apn: str | None,
+def build_config(device_id: str, site: str, host: str, port: int, tls: bool, ssid: str | None, apn: str | None,
                  inputs: list[dict[str, Any]] | None, comment: str,
-                 old: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
-    """The new config.json and the keys kept from `old` (tuning such as heartbeat_s; pass None to keep nothing)."""
+                 old: dict[str, Any] | None, cellular: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The new config.json and the keys kept from `old` (tuning such as heartbeat_s; pass None to keep nothing).
+    ssid None: a site without Wi-Fi, 4G alone (`paths` ["cellular"]). cellular (or an APN): 4G on,
+    with the old config's 4G tuning (backup_test_s, ...) kept."""
     config: dict[str, Any] = {"_comment": comment, "device_id": device_id, "site": site,
-                              "broker": {"host": host, "port": port, "tls": tls}, "wifi": {"ssid": ssid}}
-    if apn:
-        config["cellular"] = {"apn": apn}
+                              "broker": {"host": host, "port": port, "tls": tls}}
+    if ssid is not None:
+        config["wifi"] = {"ssid": ssid}
+    else:
+        config["paths"] = ["cellular"]
+    if cellular or apn:
+        old_cell = (old or {}).get("cellular")
+        config["cellular"] = {**(old_cell if isinstance(old_cell, dict) else {}), "enabled": True}
+        if apn:
+            config["cellular"]["apn"] = apn
     if inputs is not None:
         config["inputs"] = inputs
     kept = []

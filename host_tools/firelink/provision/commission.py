@@ -22,6 +22,9 @@ Each step is a check in the commissioning report (report.CHECKS) and a step on t
  8. heartbeat     its first heartbeat: input states, link, signal; no active health fault
  9. test alarm    `{"cmd": "test"}` on its cmd topic makes the firmware record a 601 event; the event
                   and the centre's `ack` for it must arrive in time; the round trip is measured
+10. 4g            with 4G on: a heartbeat over 4G reaches the broker (the backup test at boot, or the
+                  session itself on a site without Wi-Fi) and no modem or backup fault comes first; the
+                  modem's health (signal, operator, band, ICCID, IMEI, ...) from the `status` command
 
 Until step 5 renames the files, the board keeps its previous files byte for byte: any failure, an
 interruption or a lost cable leaves at most `*.tmp` files beside them (removed when the board still
@@ -63,6 +66,7 @@ class Timeouts:
     heartbeat_s: float = 20.0  # `online` -> first heartbeat
     command_s: float = 15.0  # test command -> the board's answer and its event
     ack_s: float = 30.0  # test event -> the centre's ack
+    cellular_s: float = 150.0  # `online` -> a heartbeat over 4G (modem boot ~11 s, registration up to 120 s)
 
 
 class ProvisionError(FireLinkError):
@@ -79,19 +83,20 @@ class _Failed(Exception):
     """A check failed for a reason found here (not raised by a library)."""
 
 
-def provision(port: str, site: str, wifi_ssid: str, wifi_password: str, broker_url: str, *,
+def provision(port: str, site: str, wifi_ssid: str | None, wifi_password: str, broker_url: str, *,
               broker: Broker, inventory: Inventory, monitor_password: str | None,
-              monitor_user: str = MONITOR_USER, apn: str | None = None, inputs: object = None,
-              installer: str | None = None, reports_dir: Path = report.DEFAULT_DIR,
+              monitor_user: str = MONITOR_USER, apn: str | None = None, cellular: bool = False,
+              inputs: object = None, installer: str | None = None, reports_dir: Path = report.DEFAULT_DIR,
               reporter: Reporter | None = None, timeouts: Timeouts = Timeouts(),
               replace_config: bool = False) -> CommissioningResult:
     """Provisions and commissions the board on `port`; see the module docstring. Returns the
     result when every check passed, else raises ProvisionError (KeyboardInterrupt passes through
-    after the board is put back and the report written)."""
+    after the board is put back and the report written). wifi_ssid None: a site without Wi-Fi
+    (4G alone); cellular or an APN: 4G on."""
     run = _Run(port, broker, inventory, monitor_user, monitor_password, reporter or Reporter(), timeouts,
                reports_dir, CommissioningResult(site=site, broker_url=broker_url, wifi_ssid=wifi_ssid,
                                                 installer=installer_name(installer), started_utc=utc_iso(),
-                                                port=port, apn=apn))
+                                                port=port, apn=apn, cellular=cellular or apn is not None))
     return run.go(wifi_password, inputs, replace_config)
 
 
@@ -125,8 +130,9 @@ class _Run:
             with ExitStack() as stack:
                 with self._check("settings", "check the settings") as c:
                     settings = self._settings(wifi_password, inputs)
-                    c.detail = f"broker {settings.broker}, Wi-Fi {settings.wifi_ssid!r}" + (
-                        f", APN {settings.apn}" if settings.apn else "")
+                    c.detail = f"broker {settings.broker}, " + (
+                        f"Wi-Fi {settings.wifi_ssid!r}" if settings.wifi_ssid is not None else "no Wi-Fi (4G alone)") + (
+                        f", APN {settings.apn}" if settings.apn else ", 4G (APN from the SIM)" if settings.cellular else "")
                 with self._check("broker", f"check the {self.monitor_user!r} account and connect to the broker") as c:
                     watch = stack.enter_context(self._connect(settings, stack))
                     c.detail = f"{self.monitor_user!r} password matches; {settings.broker} accepts {watch.username!r}"
@@ -151,6 +157,11 @@ class _Run:
                     c.detail = self._heartbeat(watch)
                 with self._check("test alarm", "send a test alarm (601) and wait for the centre's ack") as c:
                     c.detail = self._test_alarm(watch)
+                if settings.cellular:
+                    with self._check("4g", "wait for a heartbeat over 4G and read the modem's health") as c:
+                        c.detail = self._cellular(watch)
+                else:
+                    r.check("4g").status, r.check("4g").detail = report.NOT_USED, "4G not configured"
         except BaseException as e:
             self._after_failure(e)
             raise self._error(e) from e
@@ -180,7 +191,7 @@ class _Run:
         r = self.result
         problems: list[str] = []
         try:
-            settings = check(r.site, r.wifi_ssid, wifi_password, r.broker_url, r.apn, inputs)
+            settings = check(r.site, r.wifi_ssid, wifi_password, r.broker_url, r.apn, inputs, r.cellular)
         except SettingsError as e:
             problems += e.problems
             settings = None
@@ -281,7 +292,8 @@ class _Run:
         config, self._kept = board.build_config(
             str(r.device_id), settings.site, settings.broker.host, settings.broker.port, settings.broker.tls,
             settings.wifi_ssid, settings.apn, settings.inputs,
-            f"written by firelink provision on {r.started_utc} for {r.installer}", None if replace else old)
+            f"written by firelink provision on {r.started_utc} for {r.installer}", None if replace else old,
+            cellular=settings.cellular)
         if self._kept:
             self.reporter.info(f"kept from the board's previous config.json: {', '.join(self._kept)} "
                                "(--replace-config to start afresh)")
@@ -456,6 +468,46 @@ class _Run:
             device_clock_synced=event.doc.get("tsync") is True,
             record_ms=(event.at - sent) * 1000, ack_ms=(ack.at - event.at) * 1000, round_trip_ms=(ack.at - sent) * 1000)
         return f"event {event_id} acknowledged by the centre; round trip {r.test_alarm.round_trip_ms:.0f} ms"
+
+    def _cellular(self, watch: CentreWatch) -> str:
+        """The 4G result: proof that 4G carries the device's messages to the broker (a heartbeat
+        over it: the backup test's at boot, or any on a site without Wi-Fi), unless a modem or
+        backup fault comes first; then the modem's whole health from the `status` command."""
+        r = self.result
+        wait_s = self.timeouts.cellular_s
+
+        def proof(s: Any) -> bool:
+            if s.kind == "heartbeat":
+                return _dict(s.doc.get("link")).get("path") == "cellular"
+            return s.kind == "event" and s.doc.get("q") == "new" and s.doc.get("code") in ("352", "353")
+
+        seen = watch.wait_for(proof, wait_s, self._online_at)
+        self._cell_status(watch)
+        state = report.cell_text(r)
+        if seen is None:
+            raise _Failed(f"no heartbeat over 4G within {wait_s:g} s of `online` (modem: {state})"
+                          + self._console_hint())
+        if seen.kind == "event":
+            d = seen.doc
+            raise _Failed(f"4G fault {d.get('code')} {d.get('input')}: {d.get('detail') or '-'} (modem: {state})")
+        if report.cell_quality(r.cell) == "poor":
+            self._warn(f"poor 4G signal: {state}")
+        return f"a heartbeat over 4G reached the broker; {state}"
+
+    def _cell_status(self, watch: CentreWatch) -> None:
+        """The board's `status` (the heartbeat's payload in full) for the report's 4G row."""
+        r = self.result
+        ref = "prov-" + secrets.token_hex(4)
+        sent = watch.publish_cmd(str(r.device_id), {"cmd": "status", "id": ref}, self.timeouts.broker_s)
+        answer = watch.wait_for(lambda s: s.kind == "cmd_result" and s.doc.get("id") == ref,
+                                self.timeouts.command_s, sent)
+        if answer is None:
+            self._warn(f"the board did not answer `status` within {self.timeouts.command_s:g} s: "
+                       "the report's 4G row is from its heartbeats only")
+            return
+        link = _dict(_dict(answer.doc.get("status")).get("link"))
+        r.cell = _dict(link.get("cell"))
+        r.cell_paths = {str(k): str(v) for k, v in _dict(link.get("paths")).items()}
 
     # --- endings ---
     def _finish(self) -> None:

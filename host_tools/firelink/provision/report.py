@@ -19,6 +19,7 @@ from rich.text import Text
 
 DEFAULT_DIR = Path("run/reports")
 PASS, FAIL, SKIP = "pass", "fail", "skipped"
+NOT_USED = "not used"  # a check of a part the site does not have (4G not configured): not a failure
 
 # The checks of a commissioning, in order, with what each proves.
 CHECKS = (
@@ -31,6 +32,7 @@ CHECKS = (
     ("online", "after a reboot the board says `online` to the broker with its new credentials"),
     ("heartbeat", "the first heartbeat arrives: input states, link, signal; no active fault"),
     ("test alarm", "a 601 test event goes board → broker → centre, and the centre's ack comes back"),
+    ("4g", "with 4G on: a heartbeat over 4G reaches the broker, no modem fault; the modem's health is read"),
 )
 
 
@@ -57,11 +59,14 @@ class TestAlarm:
 class CommissioningResult:
     site: str
     broker_url: str
-    wifi_ssid: str
+    wifi_ssid: str | None  # None: a site without Wi-Fi (4G alone)
     installer: str
     started_utc: str
     port: str
     apn: str | None = None
+    cellular: bool = False  # 4G configured
+    cell: dict[str, Any] = field(default_factory=dict)  # the modem's health (`status` link.cell)
+    cell_paths: dict[str, str] = field(default_factory=dict)  # each path: up / suspect / down
     device_id: str | None = None
     mac: str | None = None
     firmware: str | None = None
@@ -88,7 +93,7 @@ class CommissioningResult:
 
     @property
     def passed(self) -> bool:
-        return all(c.status == PASS for c in self.checks)
+        return all(c.status in (PASS, NOT_USED) for c in self.checks)
 
     def check(self, name: str) -> Check:
         for c in self.checks:
@@ -121,6 +126,52 @@ def _signal_text(r: CommissioningResult) -> str:
     return f"{r.link_path}, {dbm} ({signal_quality(r.link_path, r.signal_dbm)})"
 
 
+REG = {0: "not searching", 1: "registered (home)", 2: "searching", 3: "registration denied", 4: "unknown",
+       5: "registered (roaming)", 6: "SMS only", 7: "SMS only (roaming)"}
+
+
+def cell_quality(cell: dict[str, Any]) -> str:
+    """good / fair / poor from the modem's RSSI (CSQ) and RSRP: good at rssi ≥ 10 (−93 dBm) and
+    RSRP ≥ −105 dBm, poor below rssi 5 (−103 dBm) or RSRP −115 dBm (cellular.md)."""
+    dbm, rsrp = cell.get("dbm"), cell.get("rsrp")
+    if not isinstance(dbm, int) and not isinstance(rsrp, int):
+        return "unknown"
+    worst = "good"
+    if isinstance(dbm, int):
+        worst = signal_quality("cellular", dbm)
+    if isinstance(rsrp, int) and worst != "poor":
+        worst = "poor" if rsrp < -115 else "fair" if rsrp < -105 else worst
+    return worst
+
+
+def cell_text(r: CommissioningResult) -> str:
+    """The 4G result in one line: operator, technology, band, signal, registration, APN, SIM and
+    module identity, as the board reported them."""
+    if not r.cellular:
+        return "not configured"
+    c = r.cell
+    if not c:
+        return "no health reported"
+
+    def v(key: str, unit: str = "") -> str | None:
+        x = c.get(key)
+        return None if x is None else f"{x}{unit}"
+
+    radio = " ".join(x for x in (v("op"), v("act"), v("band")) if x) or "no operator"
+    sig = [x for x in (v("dbm", " dBm"),) if x]
+    sig += [f"{k.upper()} {x}" for k, x in (("rsrp", v("rsrp", " dBm")), ("rsrq", v("rsrq", " dB")),
+                                             ("sinr", v("sinr", " dB"))) if x]
+    parts = [radio, (", ".join(sig) or "signal unknown") + f" ({cell_quality(c)})",
+             REG.get(c.get("reg"), f"registration {c.get('reg')}") if c.get("reg") is not None else "not registered",
+             f"modem {c.get('state')}"]
+    parts += [f"{label} {c[k]}" for label, k in (("APN", "apn"), ("ICCID", "iccid"), ("IMEI", "imei"),
+                                                 ("modem firmware", "fw")) if c.get(k)]
+    resets = c.get("resets")
+    if isinstance(resets, dict) and any(resets.values()):
+        parts.append("resets " + ", ".join(f"{k} {n}" for k, n in resets.items() if n))
+    return "; ".join(parts)
+
+
 def facts(r: CommissioningResult) -> list[tuple[str, str]]:
     """The report's header, as (label, value) rows."""
     t = r.test_alarm
@@ -132,8 +183,9 @@ def facts(r: CommissioningResult) -> list[tuple[str, str]]:
         ("Firmware", f"FireLink {r.firmware}" if r.firmware else "-"),
         ("Board", f"{r.platform}, MicroPython {r.micropython}" if r.platform else "-"),
         ("Broker", r.broker_url),
-        ("Wi-Fi network", r.wifi_ssid),
-        ("4G APN", r.apn or "-"),
+        ("Wi-Fi network", r.wifi_ssid if r.wifi_ssid is not None else "none: 4G alone"),
+        ("4G APN", r.apn or ("from the SIM's operator" if r.cellular else "-")),
+        ("4G", cell_text(r)),
         ("Credential", f"client certificate sha256 {r.cert_fingerprint}" if r.cert_fingerprint else "-"),
         ("Link and signal", _signal_text(r)),
         ("Mains / battery", f"{r.mains or '-'} / {r.battery_mv if r.battery_mv is not None else '-'} mV"),

@@ -57,22 +57,29 @@ class Settings:
     """Checked values, ready to be written to the board."""
 
     site: str
-    wifi_ssid: str
+    wifi_ssid: str | None  # None: a site without Wi-Fi (4G alone)
     wifi_password: str  # "" for an open network
     broker: BrokerURL
     apn: str | None
     inputs: list[dict[str, Any]] | None  # None: the board's default inputs
     warnings: tuple[str, ...] = ()
+    cellular: bool = False  # 4G on (with --apn, or --4g: the APN from the SIM's operator)
 
 
-def check(site: str, wifi_ssid: str, wifi_password: str, broker_url: str, apn: str | None = None,
-          inputs: object = None) -> Settings:
-    """The checked settings, or SettingsError listing every problem."""
+def check(site: str, wifi_ssid: str | None, wifi_password: str, broker_url: str, apn: str | None = None,
+          inputs: object = None, cellular: bool = False) -> Settings:
+    """The checked settings, or SettingsError listing every problem. wifi_ssid None: the site has
+    no Wi-Fi, and 4G (cellular, or an APN) must carry everything."""
     problems: list[str] = []
     warnings: list[str] = []
+    cellular = cellular or apn is not None
     _check_site(site, problems)
-    _check_ssid(wifi_ssid, problems)
-    _check_wifi_password(wifi_password, problems, warnings)
+    if wifi_ssid is not None:
+        _check_ssid(wifi_ssid, problems)
+        _check_wifi_password(wifi_password, problems, warnings)
+    elif not cellular:
+        problems.append("--no-wifi: a site without Wi-Fi needs 4G: give --apn APN (or --4g for the APN the SIM's "
+                        "operator implies)")
     url = _parse_broker(broker_url, problems, warnings)
     if apn is not None:
         _check_apn(apn, problems, warnings)
@@ -80,8 +87,8 @@ def check(site: str, wifi_ssid: str, wifi_password: str, broker_url: str, apn: s
     if problems:
         raise SettingsError(problems)
     assert url is not None
-    return Settings(site=site, wifi_ssid=wifi_ssid, wifi_password=wifi_password, broker=url, apn=apn,
-                    inputs=checked_inputs, warnings=tuple(warnings))
+    return Settings(site=site, wifi_ssid=wifi_ssid, wifi_password=wifi_password if wifi_ssid is not None else "",
+                    broker=url, apn=apn, inputs=checked_inputs, warnings=tuple(warnings), cellular=cellular)
 
 
 def _control_chars(text: str) -> list[str]:

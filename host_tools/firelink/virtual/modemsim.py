@@ -58,6 +58,9 @@ class ModemSim:
         self.imsi = "452040123456789"
         self.iccid = "8984048000000000001"
         self.imei = "861234567890123"
+        self.fw = "A011B07A7670M7_F"
+        self.operator = "Viettel"
+        self.band = 3
         self.replies: dict[str, Reply] = {}  # command → lines (None: the normal answer)
         self.dial_ok = True
         # observed
@@ -297,15 +300,14 @@ class ModemSim:
             else:
                 self.pin_tries -= 1
                 self._send("\r\n+CME ERROR: 16\r\n")
-        elif u in ("AT+CICCID", "AT+CGSN", "AT+CIMI", "AT+CSQ", "AT+COPS?", "AT+CEREG?", "AT+CPSI?"):
-            if not self._cpin_ok and u != "AT+CGSN":
+        elif u in ("AT+CICCID", "AT+CGSN", "AT+CGMR", "AT+CIMI", "AT+CSQ", "AT+COPS?", "AT+CEREG?", "AT+CPSI?"):
+            if not self._cpin_ok and u not in ("AT+CGSN", "AT+CGMR"):
                 self._send("\r\n+CME ERROR: 10\r\n" if self.sim == "missing" else "\r\n+CME ERROR: 11\r\n")
                 return
-            body = {"AT+CICCID": "+ICCID: " + self.iccid, "AT+CGSN": self.imei, "AT+CIMI": self.imsi,
-                    "AT+CSQ": f"+CSQ: {self.rssi_csq},99", "AT+COPS?": '+COPS: 0,0,"Viettel",7',
-                    "AT+CEREG?": f"+CEREG: 0,{self.reg}",
-                    "AT+CPSI?": f"+CPSI: LTE,Online,452-04,0x1A2B,12345678,123,EUTRAN-BAND3,1300,5,5,"
-                                f"{40 + self.rssi_csq},{20 + self.rssi_csq},{60 + self.rssi_csq},15"}[u]
+            body = {"AT+CICCID": "+ICCID: " + self.iccid, "AT+CGSN": self.imei, "AT+CGMR": "+CGMR: " + self.fw,
+                    "AT+CIMI": self.imsi, "AT+CSQ": f"+CSQ: {self.rssi_csq},99",
+                    "AT+COPS?": f'+COPS: 0,0,"{self.operator}",7', "AT+CEREG?": f"+CEREG: 0,{self.reg}",
+                    "AT+CPSI?": self._cpsi()}[u]
             # A real module's habit: an unsolicited code in the middle of an answer.
             extra = "\r\n+CGEV: ME PDN ACT 1\r\n" if self.rnd.random() < 0.2 else ""
             self._send("\r\n" + body + "\r\n" + extra + ok)
@@ -330,6 +332,17 @@ class ModemSim:
             self._send("\r\nERROR\r\n")
 
 
+    def _cpsi(self) -> str:
+        """A7670's LTE answer, in its offsets (RSRQ 2·dB+40, RSRP dBm+140, RSSI dBm+110, RSSNR dB),
+        the RSRP ~22 dB under the RSSI as on a loaded 10 MHz cell."""
+        if self.reg not in (1, 5):
+            return "+CPSI: NO SERVICE,Online"
+        rssi = 2 * self.rssi_csq - 113
+        rsrp = max(-140, rssi - 22)
+        return (f"+CPSI: LTE,Online,{self.imsi[:3]}-{self.imsi[3:5]},0x1A2B,12345678,123,EUTRAN-BAND{self.band},"
+                f"1300,5,5,{2 * -10 + 40},{rsrp + 140},{rssi + 110},{max(-10, min(30, self.rssi_csq - 5))}")
+
+
 class PathWorld:
     """Wi-Fi and 4G of one virtual device: two fault proxies to the broker and the modem,
     driven through `sim/paths.json` and reporting to `sim/paths_state.json`."""
@@ -340,6 +353,7 @@ class PathWorld:
     def __init__(self, directory: Path, broker: tuple[str, int], board: dict[str, Any] | None = None,
                  boot_s: float = 0.5) -> None:
         self.dir = Path(directory)
+        self.broker = broker
         (self.dir / "sim").mkdir(parents=True, exist_ok=True)
         self.proxies = {"wifi": FaultProxy(broker, "wifi"), "cellular": FaultProxy(broker, "cellular")}
         modem = (board or {}).get("modem", {})

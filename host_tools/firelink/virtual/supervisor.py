@@ -133,20 +133,31 @@ def _take_controlling_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def start_path_world(directory: Path) -> "PathWorld | None":
+def start_path_world(directory: Path, world: "PathWorld | None" = None) -> "PathWorld | None":
     """A device configured with 4G gets its modem and both paths' fault proxies
     (firelink.virtual.modemsim), for as long as the supervisor runs: the modem and the network are
-    outside the chip and outlive its reboots."""
+    outside the chip and outlive its reboots. Asked again at each boot with the world it has:
+    provisioning may have turned 4G on or off or moved the broker since (then a new world)."""
     config = read_json(directory / "config.json") or {}
-    if not (config.get("cellular") or {}).get("enabled"):
+    want = None
+    if (config.get("cellular") or {}).get("enabled"):
+        broker = config.get("broker") or {}
+        want = (str(broker.get("host", "127.0.0.1")), int(broker.get("port", 1883)))
+    if world is not None and world.broker == want:
+        return world
+    control = directory / "sim" / "control.json"
+    if world is not None:
+        world.close()
+        data = read_json(control) or {}
+        data.pop("routes", None)  # no proxy behind them any more
+        write_json_atomic(control, data)
+    if want is None:
         return None
     from firelink.virtual.modemsim import PathWorld
     from firelink.virtual.world import update_json
 
-    broker = config.get("broker") or {}
-    world = PathWorld(directory, (broker.get("host", "127.0.0.1"), int(broker.get("port", 1883))),
-                      read_json(directory / "board.json"))
-    update_json(directory / "sim" / "control.json", {"routes": world.routes()})
+    world = PathWorld(directory, want, read_json(directory / "board.json"))
+    update_json(control, {"routes": world.routes()})
     return world
 
 
@@ -220,6 +231,7 @@ class Supervisor:
             step = self._wait_released(self.reset_cause)
         try:
             while step is not None:
+                world = start_path_world(self.dir, world)
                 self._start_child(*step)
                 if self.on_ready is not None and self.boots == 1 and self._mode == "main":
                     self.on_ready(self._user_path)
