@@ -8,9 +8,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt host_tools/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# The suites run across pytest-xdist workers (PYTEST_JOBS; JIG_JOBS for make test's jig pass).
+# Their tests mostly wait (on a device, a broker, a deadline: run in one process they keep one core
+# about 20 % busy), so there are more workers than this machine's 2 cores. Tests go out one at a
+# time (--maxschedchunk 1) in the order tests/conftest.py gives them, the long HIL scenarios
+# first. PYTEST_JOBS=1: one process.
+PYTEST_JOBS ?= 4
+JIG_JOBS ?= 2
+xdist = $(if $(filter-out 0 1,$(1)),-n $(1) --maxschedchunk 1)
+XDIST = $(call xdist,$(PYTEST_JOBS))
 PLUGIN := build/fl_certbind.so
 
-.PHONY: test test-firmware test-host test-hil test-hil-jig test-hil-nojig test-hil-board demo bench pinmap board-check jig-check deps mosquitto mosquitto-dev plugin clean
+.PHONY: test test-all test-jig-pass test-firmware test-host test-hil test-hil-jig test-hil-nojig test-hil-board demo bench pinmap board-check jig-check deps mosquitto mosquitto-dev plugin clean
 
 deps: $(STAMP) mosquitto plugin
 
@@ -52,29 +61,39 @@ mosquitto-dev:
 		exit 1; \
 	fi
 
-# Every test, then the HIL scenarios that drive something a jig provides (inputs, EOL, power,
+# Every test, and the HIL scenarios that drive something a jig provides (inputs, EOL, power,
 # reset, indicators: `-m jig`) again through the simulated test jig (issue 13: the jig firmware
 # under the unix port on a pty driving the virtual device; link faults through the proxy; the
-# others would only repeat the first pass: `make test-hil-jig` runs them all), then the board
+# others would only repeat the first pass: `make test-hil-jig` runs them all), and the board
 # stand-in without a jig (`make test-hil-nojig`: the virtual device's port as `--dut`, provisioned
 # through the REPL as a board is; every scenario needing the jig skipped with its reason, the
 # rest pass, and tests/hil/standin_check.py fails the stage if it did not test what it could).
+# The stages (TEST_STAGES) run side by side, each printed whole when it ends, so that a long
+# scenario run in two of them costs its time once; make fails if any stage fails. The stand-in
+# drives one device, so its scenarios run one at a time.
+TEST_STAGES := test-all test-jig-pass test-hil-nojig
+
 test: deps
-	$(BIN)/pytest $(PYTEST_ARGS)
-	$(BIN)/pytest tests/hil --jig sim -m jig $(PYTEST_ARGS)
-	$(BIN)/python -m tests.hil.standin $(PYTEST_ARGS)
+	@echo "make test: $(TEST_STAGES) side by side; each one's output follows when it ends"
+	@$(MAKE) --no-print-directory -j$(words $(TEST_STAGES)) --output-sync=target $(TEST_STAGES)
+
+test-all: deps
+	$(BIN)/pytest $(XDIST) $(PYTEST_ARGS)
+
+test-jig-pass: deps
+	$(BIN)/pytest tests/hil --jig sim -m jig $(call xdist,$(JIG_JOBS)) $(PYTEST_ARGS)
 
 test-firmware: deps
-	$(BIN)/pytest tests/firmware $(PYTEST_ARGS)
+	$(BIN)/pytest tests/firmware $(XDIST) $(PYTEST_ARGS)
 
 test-host: deps
-	$(BIN)/pytest tests/host $(PYTEST_ARGS)
+	$(BIN)/pytest tests/host $(XDIST) $(PYTEST_ARGS)
 
 test-hil: deps
-	$(BIN)/pytest tests/hil $(PYTEST_ARGS)
+	$(BIN)/pytest tests/hil $(XDIST) $(PYTEST_ARGS)
 
 test-hil-jig: deps
-	$(BIN)/pytest tests/hil --jig sim $(PYTEST_ARGS)
+	$(BIN)/pytest tests/hil --jig sim $(XDIST) $(PYTEST_ARGS)
 
 test-hil-nojig: deps
 	$(BIN)/python -m tests.hil.standin $(PYTEST_ARGS)

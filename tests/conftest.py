@@ -43,13 +43,26 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = tempfile.mkdtemp(prefix="firelink-pytest-")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run across pytest-xdist workers (`make test`), the tests marked `slow` go out first, then
+    the HIL scenarios: each takes seconds to minutes (the 4G ones up to 90 s), so they start
+    early, side by side, and the short firmware, host and jig tests fill in around them instead
+    of a long one ending the run alone. A scenario of minutes should be marked `slow`. Each
+    worker collects the same order; a run in one process keeps the files' order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
+                                     not item.nodeid.startswith("tests/hil/")))  # stable
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _passable_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Run as root (CI, this machine), mosquitto drops to its own user and re-reads its files from
     the broker directory on every reload: the 0700 temporary directories must let it pass
     (o+x: not listable, files inside keep their own modes), as /var/lib would in the field."""
     base = tmp_path_factory.getbasetemp()
-    base.chmod(base.stat().st_mode | 0o001)
+    # Under pytest-xdist each worker's base is <the run's base>/gwN: mosquitto must pass both.
+    for d in (base, base.parent) if os.environ.get("PYTEST_XDIST_WORKER") else (base,):
+        d.chmod(d.stat().st_mode | 0o001)
     made = tmp_path_factory.mktemp
 
     def mktemp(basename: str, numbered: bool = True) -> Path:
@@ -142,8 +155,10 @@ def wait_accepted(host: str, port: int, username: str, password: str, timeout_s:
         c.loop_start()
         while not codes and time.monotonic() < deadline:
             time.sleep(0.02)
-        c.loop_stop()
+        # Disconnect first: it wakes the network thread, which then ends at once; loop_stop()
+        # alone waits out the thread's 1 s select (4 s per test with fresh_accounts).
         c.disconnect()
+        c.loop_stop()
         if codes and not codes[0].is_failure:  # type: ignore[attr-defined]
             return
         if time.monotonic() >= deadline:
@@ -162,8 +177,8 @@ def clear_retained(host: str, port: int, username: str, password: str, topic: st
     try:
         c.publish(topic, b"", qos=1, retain=True).wait_for_publish(timeout_s)
     finally:
+        c.disconnect()  # first, as in wait_accepted
         c.loop_stop()
-        c.disconnect()
 
 
 @pytest.fixture

@@ -86,14 +86,14 @@ class Monitor:
     The broker binds client ids to accounts: successive Monitors alternate between the test's two
     centre accounts, so two can be connected at once."""
 
-    def __init__(self):
+    def __init__(self, topic=PREFIX + "#"):
         self.msgs = []
         self._ev = asyncio.Event()
         who = ("FL_MONITOR", "FL_CENTRE")[_centres[0] % 2]
         _centres[0] += 1
         self.client = MQTTClient(LinkManager([_Loopback()]), "mon-" + token(), host(), port(),
                                  username=env(who + "_USER"), password=env(who + "_PASS"),
-                                 subscriptions=[(PREFIX + "#", 1)], on_message=self._on)
+                                 subscriptions=[(topic, 1)], on_message=self._on)
 
     def _on(self, topic, payload):
         self.msgs.append((topic, payload))

@@ -41,6 +41,7 @@ def dut_heapsize(dut_heapsize: str | None) -> str | None:
     return None if dut_heapsize is None else CELL_HEAP
 
 
+@pytest.mark.slow  # ≈6 min: make test's workers start it first, beside the rest
 def test_both_paths_stalled_5_min_with_1000_queued_all_delivered_in_order(centre: Centre, dut: Dut) -> None:
     t_start = time.monotonic()
     d = world(dut)

@@ -119,8 +119,8 @@ class Attacker:
         return self.subacks[n][0] if len(self.subacks) > n else None
 
     def close(self) -> None:
+        self.client.disconnect()  # before loop_stop(), which would otherwise wait out paho's 1 s select
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 def broker_log(site: BrokerFixture, since: int = 0) -> str:

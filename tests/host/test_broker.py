@@ -40,8 +40,8 @@ def _connect(port: int, user: str, password: str, tls: dict | None = None, timeo
         return str(e)
     c.loop_start()
     done.wait(timeout_s)
+    c.disconnect()  # before loop_stop(), which would otherwise wait out paho's 1 s select
     c.loop_stop()
-    c.disconnect()
     return result[0] if result else "no CONNACK"
 
 
@@ -163,8 +163,8 @@ def test_revoke_drops_the_device_s_live_tls_connection(tmp_path: Path):
         assert dropped.wait(10), "the revoked device's TLS connection stayed up"
         assert "dropped by the reload" in b.last_kick
     finally:
-        c.loop_stop()
         c.disconnect()
+        c.loop_stop()
         b.stop()
 
 
@@ -279,8 +279,8 @@ def test_revoke_marks_the_retained_status_revoked(tmp_path: Path):
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             time.sleep(0.05)
-        mon.loop_stop()
         mon.disconnect()
+        mon.loop_stop()
         dev.loop_stop()
         assert got and json.loads(got[-1])["state"] == "revoked"
     finally:

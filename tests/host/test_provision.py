@@ -583,5 +583,5 @@ def _login_refused(site: Any, client_id: str, username: str, password: str) -> b
     try:
         return bool(wait_for(lambda: codes, 5)) and codes[0].is_failure
     finally:
+        c.disconnect()  # before loop_stop(), which would otherwise wait out paho's 1 s select
         c.loop_stop()
-        c.disconnect()

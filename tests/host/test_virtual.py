@@ -329,8 +329,8 @@ def test_real_firmware_runs_drives_inputs_and_says_offline_on_stop(tmp_path: Pat
         assert "stopping (Ctrl-C)" in dev.log_text()
     finally:
         dev.kill()
-        client.loop_stop()
         client.disconnect()
+        client.loop_stop()
 
 
 def test_inputs_are_the_ones_the_firmware_watches(tmp_path: Path) -> None:
