@@ -130,7 +130,7 @@ def test_guided_walktest_shows_code_test_flag_and_latency_to_the_centre(centre: 
     out: list[int] = []
     argv = ["diag", "walktest", "--port", dut.port, "--input", "panel_fire", "--wait", "60",
             "--centre", f"mqtt://{site.host}:{site.port}", "--centre-user", site.centre_user,
-            "--centre-password", site.centre_pass]
+            f"--centre-password={site.centre_pass}"]  # one word: a generated password may start with "-"
     tool = threading.Thread(target=lambda: out.append(cli.main(argv)), daemon=True)
     tool.start()
     try:
@@ -180,7 +180,7 @@ def test_firelink_cmd_waits_for_the_result_with_its_id_and_times_out_clearly(cen
                                                                            capsys: pytest.CaptureFixture[str]) -> None:
     dev, site = dut.device_id, centre.site
     centre.wait_change(dev, "online", 20)
-    base = ["--port", str(site.port), "--username", site.centre_user, "--password", site.centre_pass]
+    base = ["--port", str(site.port), "--username", site.centre_user, f"--password={site.centre_pass}"]
     assert cli.main(["cmd", dev, "silence", *base, "--timeout", "15"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["ok"] and result["cmd"] == "silence" and result["id"].startswith("c"), result
