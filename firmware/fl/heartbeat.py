@@ -53,7 +53,7 @@ class Heartbeat:
         self._changed = True
 
     def _on_change(self):
-        if not getattr(self._links, "quiet_change", False):
+        if not self._links.quiet_change:
             self._changed = True
 
     def _next_s(self):

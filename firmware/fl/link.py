@@ -85,6 +85,11 @@ class LinkManager:
 
     `current()` is the first path (in configured priority) that is up, or None."""
 
+    # Set by fl.pathmgr during the backup test. Here so listeners read it plainly: getattr()
+    # with a default on a missing attribute builds an AttributeError on every change, which a
+    # lean board's fragmented heap may not have room for (MemoryError in the links task).
+    quiet_change = False
+
     def __init__(self, paths, check_ms=250, bring_up_timeout_ms=20000, health=None):
         self.paths = paths
         self._check_ms = check_ms

@@ -262,19 +262,19 @@ def test_random_bytes_on_the_console_lose_nothing(centre: Centre, dut: Dut, cons
 def test_diag_on_a_board_built_without_the_console_says_so(request: pytest.FixtureRequest, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """The lean board (diag_console false) has no console: `firelink diag` says exactly that, at
-    once, and the firmware runs on (docs/diag.md). Its shipped build (fl/ in ROMFS) at its heap cap."""
+    once, and the firmware runs on (docs/diag.md). Its shipped build (fl/ in ROMFS) in the board's heap (LEAN_CAP)."""
     if request.config.getoption("--dut") != "virtual":
         pytest.skip("the lean board's build runs here on the virtual device")
     from firelink.board import boards
     from firelink.virtual import device as virtual
     from firelink.virtual.world import create
-    from tests.hil.heapfit import FIT_CAP
+    from tests.hil.heapfit import LEAN_CAP
     d = tmp_path / "lean"
     create(d, {"device_id": "fl-lean-diag", "broker": {"host": "127.0.0.1", "port": 9}},
            {"mqtt_username": "fl-lean-diag", "mqtt_password": "pw-lean-diag-123"},
            board=boards.load(boards.LEAN))
     dev = virtual.VirtualDevice(d, firmware=virtual.shipped_rom_app(tmp_path / "app"))
-    dev.start(heapsize=FIT_CAP)
+    dev.start(heapsize=LEAN_CAP)  # the board's own heap (FIT_CAP is the alarm scenario's tripwire)
     try:
         t0 = time.monotonic()
         assert cli.main(["diag", "--port", str(d), "--once"]) == 2
@@ -286,6 +286,7 @@ def test_diag_on_a_board_built_without_the_console_says_so(request: pytest.Fixtu
             with DiagLink(str(d)) as link:
                 link.hello(10)
         assert dev.running()
-        assert "MemoryError" not in dev.console_log.read_text(errors="replace")
+        log = dev.console_log.read_text(errors="replace")
+        assert "MemoryError" not in log, log
     finally:
         dev.stop()
