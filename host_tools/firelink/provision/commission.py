@@ -57,6 +57,7 @@ from firelink.site.broker import CENTRE_PREFIX, Broker, BrokerError, acl_text
 from firelink.site.inventory import Inventory, InventoryError, installer_name
 
 MONITOR_USER = "monitor"
+REMOTE_INTERVAL_S = 1.1  # the board runs one remote command a second (fl/remote.py MIN_INTERVAL_MS)
 
 
 @dataclass(frozen=True)
@@ -495,16 +496,30 @@ class _Run:
         return f"a heartbeat over 4G reached the broker; {state}"
 
     def _cell_status(self, watch: CentreWatch) -> None:
-        """The board's `status` (the heartbeat's payload in full) for the report's 4G row."""
+        """The board's `status` (the heartbeat's payload in full) for the report's 4G row. The
+        board takes one command a second (fl/remote.py): a `busy` refusal, right after the test
+        alarm's command, is asked again once that second has passed. The backup test at boot
+        moves the session to 4G and back, and a command published between the two sessions is
+        not kept for the board: one left unanswered is asked again."""
         r = self.result
-        ref = "prov-" + secrets.token_hex(4)
-        sent = watch.publish_cmd(str(r.device_id), {"cmd": "status", "id": ref}, self.timeouts.broker_s)
-        answer = watch.wait_for(lambda s: s.kind == "cmd_result" and s.doc.get("id") == ref,
-                                self.timeouts.command_s, sent)
-        if answer is None:
-            self._warn(f"the board did not answer `status` within {self.timeouts.command_s:g} s: "
-                       "the report's 4G row is from its heartbeats only")
-            return
+        wait_s = max(2.0, self.timeouts.command_s / 3)
+        for attempt in range(3):
+            ref = "prov-" + secrets.token_hex(4)
+            sent = watch.publish_cmd(str(r.device_id), {"cmd": "status", "id": ref}, self.timeouts.broker_s)
+            answer = watch.wait_for(lambda s: s.kind == "cmd_result" and s.doc.get("id") == ref, wait_s, sent)
+            if answer is None:
+                if attempt < 2:
+                    continue
+                self._warn(f"the board did not answer `status` in 3 tries ({wait_s:g} s each): "
+                           "the report's 4G row is from its heartbeats only")
+                return
+            if answer.doc.get("ok") is True:
+                break
+            error = str(answer.doc.get("error") or "refused")
+            if not error.startswith("busy") or attempt == 2:
+                self._warn(f"the board refused `status` ({error}): the report's 4G row is from its heartbeats only")
+                return
+            time.sleep(REMOTE_INTERVAL_S)
         link = _dict(_dict(answer.doc.get("status")).get("link"))
         r.cell = _dict(link.get("cell"))
         r.cell_paths = {str(k): str(v) for k, v in _dict(link.get("paths")).items()}
