@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from firelink.site.broker import free_port
 from firelink.virtual import device as virtual
 from tests.hil.dut import Dut, VirtualDut, make_dut
+from tests.hil.tcp_relay import TcpRelay
 
 NTP_DELTA = 2208988800
 FIRE_ON_FLASH = r"INFO recorder: fire 110 new zone \d+ seq \d+"
@@ -100,73 +100,19 @@ def ntp_answer(req: bytes) -> bytes | None:
     return bytes(out)
 
 
-class TcpGate:
+class TcpGate(TcpRelay):
     """Stands where the broker is. `stall` (the default): accepts each connection and then
     says nothing, whatever the device sends (a broker or middlebox hung mid-handshake).
     `relay`: forwards new connections to the real broker."""
 
+    name = "tcp-gate"
+
     def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1") -> None:
-        self.target = (target_host, target_port)
+        super().__init__(target_host, target_port, host)
         self.stall = True
-        self.accepted = 0
-        self.host = host
-        self.port = free_port(host)
-        self._server = socket.create_server((self.host, self.port))
-        self._server.settimeout(0.2)
-        self._stop = threading.Event()
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept, name="tcp-gate", daemon=True)
 
-    def __enter__(self) -> TcpGate:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._server.close()
-        with self._lock:
-            for s in self._socks:
-                s.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                device, _ = self._server.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self._socks.append(device)
-                self.accepted += 1
-            if self.stall:
-                continue  # held open, never read from nor answered
-            try:
-                broker = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                device.close()
-                continue
-            broker.settimeout(None)
-            with self._lock:
-                self._socks.append(broker)
-            for a, b in ((device, broker), (broker, device)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def _hold(self, device: socket.socket) -> bool:
+        return self.stall  # held open, never read from nor answered
 
     def wait_accepted(self, n: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

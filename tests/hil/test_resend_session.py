@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pytest
 
-from firelink.site.broker import free_port
 from tests.conftest import BrokerFixture
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut
+from tests.hil.tcp_relay import TcpRelay, end_both
 
 PUBLISH, PUBACK, CONNACK = 3, 4, 2
 
@@ -71,35 +70,18 @@ def _split(buf: bytes) -> tuple[list[bytes], bytes]:
     return out, buf
 
 
-class CuttingRelay:
+class CuttingRelay(TcpRelay):
     """device <-> relay <-> mosquitto, packet by packet; `cut_on_puback_of(topic)` closes both
     sockets instead of passing on mosquitto's PUBACK for the next PUBLISH on `topic`."""
 
+    name = "cutting-relay"
+
     def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.host, self.port = "127.0.0.1", free_port()
+        super().__init__(target_host, target_port)
         self.packets: list[Packet] = []
         self.cut_at: float | None = None
         self._cut_topic: str | None = None
         self._cut_pids: set[int] = set()
-        self._lock = threading.Lock()
-        self._server = socket.create_server((self.host, self.port))
-        self._server.settimeout(0.2)
-        self._stop = threading.Event()
-        self._socks: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, name="cutting-relay", daemon=True)
-
-    def __enter__(self) -> CuttingRelay:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._server.close()
-        with self._lock:
-            for s in self._socks:
-                s.close()
 
     def cut_on_puback_of(self, topic: str) -> None:
         with self._lock:
@@ -113,25 +95,6 @@ class CuttingRelay:
         """Session present, for each CONNACK mosquitto sent."""
         with self._lock:
             return [bool(p.data[2] & 1) for p in self.packets if not p.up and p.type == CONNACK]
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                device, _ = self._server.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                broker = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                device.close()
-                continue
-            broker.settimeout(None)
-            with self._lock:
-                self._socks += [device, broker]
-            threading.Thread(target=self._pump, args=(device, broker, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(broker, device, False), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         buf = b""
@@ -157,11 +120,7 @@ class CuttingRelay:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            end_both(src, dst)
 
 
 @pytest.fixture
