@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
-
-import os
 
 import pytest
 
@@ -98,6 +97,21 @@ class BrokerFixture:
     @property
     def port(self) -> int:
         return self.broker.port
+
+
+@contextmanager
+def own_site(directory: Path) -> Iterator[BrokerFixture]:
+    """A broker of the test's own, with the device's and the monitor's accounts: for a scenario
+    that stops and restarts it, which the session's broker must never be."""
+    b = Broker(directory, port=free_port(), tls_port=free_port())
+    device, _ = b.add_device(TEST_DEVICE)
+    monitor = b.add_monitor()
+    b.start()
+    try:
+        yield BrokerFixture(b, device.username, device.password, monitor.username, monitor.password,
+                            wrong_ca_der=Path("/nonexistent"))
+    finally:
+        b.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from firelink.site.broker import Broker, free_port
-from tests.conftest import TEST_DEVICE, BrokerFixture
+from tests.conftest import BrokerFixture, own_site
 from tests.hil.backlog import FAST_INPUTS, as_expected, expected_events, make_backlog
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut
@@ -30,15 +29,8 @@ RESTART_AFTER = 10
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[BrokerFixture]:
-    b = Broker(tmp_path / "broker", port=free_port(), tls_port=free_port())
-    device, _ = b.add_device(TEST_DEVICE)
-    monitor = b.add_monitor()
-    b.start()
-    try:
-        yield BrokerFixture(b, device.username, device.password, monitor.username, monitor.password,
-                            wrong_ca_der=Path("/nonexistent"))
-    finally:
-        b.stop()
+    with own_site(tmp_path / "broker") as s:  # this scenario stops its broker
+        yield s
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from firelink.site.broker import Broker, free_port
-from tests.conftest import TEST_DEVICE, BrokerFixture
+from tests.conftest import BrokerFixture, own_site
 from tests.hil.centre import Centre
 from tests.hil.dut import Dut
 
@@ -23,15 +22,8 @@ ALARM_AFTER_RETURN_S = 2.0  # issue 9 acceptance
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[BrokerFixture]:
-    b = Broker(tmp_path / "broker", port=free_port(), tls_port=free_port())
-    device, _ = b.add_device(TEST_DEVICE)
-    monitor = b.add_monitor()
-    b.start()
-    try:
-        yield BrokerFixture(b, device.username, device.password, monitor.username, monitor.password,
-                            wrong_ca_der=Path("/nonexistent"))
-    finally:
-        b.stop()
+    with own_site(tmp_path / "broker") as s:  # this scenario stops its broker
+        yield s
 
 
 @pytest.mark.needs("inputs")
