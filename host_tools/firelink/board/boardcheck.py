@@ -453,6 +453,18 @@ def load(path: Path = BOARD_JSON) -> Any:
         return json.load(f)
 
 
+def load_or_say(path: Path) -> Any:
+    """The definition at `path` for a checker's command line; None once it has said, on stderr,
+    why it cannot be read (the checkers then exit 2)."""
+    try:
+        return load(path)
+    except OSError as e:
+        print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
+    except ValueError as e:
+        print(f"{path}: not valid JSON: {e}", file=sys.stderr)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     status = 0
@@ -460,15 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(arg) if arg.endswith(".json") else None
         try:
             path = path or boards.path(arg)
-            board = load(path)
         except boards.BoardError as e:
             print(str(e), file=sys.stderr)
             return 2
-        except OSError as e:
-            print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
-            return 2
-        except ValueError as e:
-            print(f"{path}: not valid JSON: {e}", file=sys.stderr)
+        board = load_or_say(path)
+        if board is None:
             return 2
         problems = check(board)
         for p in problems:

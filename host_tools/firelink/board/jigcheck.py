@@ -14,12 +14,11 @@ exist on the board. `warnings()` lists what the jig leaves out (scenarios needin
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from firelink.board.boardcheck import ADC_MAX, Problem, eol_bands, show
+from firelink.board.boardcheck import ADC_MAX, Problem, eol_bands, load_or_say, show
 from firelink.board.boards import REPO
 from firelink.board.build import BOARD_JSON
 
@@ -196,25 +195,16 @@ def warnings(jig: dict[str, Any], board: dict[str, Any]) -> list[str]:
     return out
 
 
-def _load(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     jig_path = Path(args[0]) if args else JIG_JSON
     board_path = Path(args[1]) if len(args) > 1 else BOARD_JSON
     docs = []
     for path in (jig_path, board_path):
-        try:
-            docs.append(_load(path))
-        except OSError as e:
-            print(f"{path}: cannot read: {e.strerror or e}", file=sys.stderr)
+        doc = load_or_say(path)
+        if doc is None:
             return 2
-        except ValueError as e:
-            print(f"{path}: not valid JSON: {e}", file=sys.stderr)
-            return 2
+        docs.append(doc)
     jig, board = docs
     problems = check(jig, board)
     for p in problems:
