@@ -54,12 +54,7 @@ def read():
 
 
 def clear():
-    import os
-    try:
-        os.remove(CRASH_FILE)
-        store.charge()
-    except OSError:
-        pass
+    store.remove(CRASH_FILE)
 
 
 def note_boot(reset_cause, boot):

@@ -126,7 +126,7 @@ def _watch_rollback(app):
     con = app.console
     if app.mqtt.connected:
         con.rollback_s = -1
-        _remove(ROLLBACK_FILE)
+        store.remove(ROLLBACK_FILE)
         changed(app, "config change confirmed online", "device")
         return
     con.rollback_s += 1
@@ -143,18 +143,9 @@ def _watch_rollback(app):
         _log.error("not online %d s after a config change: rolling back", window)
         if old:
             store.write_atomic("config.json", old)
-        _remove(ROLLBACK_FILE)
+        store.remove(ROLLBACK_FILE)
         changed(app, "config rolled back: not online within %d s" % window, "device")
         restart(app, "config rollback")
-
-
-def _remove(path):
-    import os
-    try:
-        os.remove(path)
-        store.charge()
-    except OSError:
-        pass
 
 
 # --- restart ---

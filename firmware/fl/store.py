@@ -67,6 +67,15 @@ def write_whole(path, data):
     charge(blocks_for(len(data)))
 
 
+def remove(path):
+    """Removes a file if it is there (one metadata commit); a missing file is not an error."""
+    try:
+        os.remove(path)
+    except OSError:
+        return
+    charge()
+
+
 def exists(path):
     try:
         os.stat(path)
