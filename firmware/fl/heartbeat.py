@@ -139,7 +139,7 @@ class Heartbeat:
         """One heartbeat; True when acknowledged, False when not (try again), None when it
         can never be sent (wait for the next)."""
         self._changed = False  # a change from here on is news for the next one
-        gen = getattr(self._links, "ident_gen", 0)
+        gen = self._links.ident_gen
         full = gen != self._ident_sent
         body = self.payload(next_s=next_s, full=full)
         try:

@@ -85,10 +85,14 @@ class LinkManager:
 
     `current()` is the first path (in configured priority) that is up, or None."""
 
-    # Set by fl.pathmgr during the backup test. Here so listeners read it plainly: getattr()
-    # with a default on a missing attribute builds an AttributeError on every change, which a
-    # lean board's fragmented heap may not have room for (MemoryError in the links task).
-    quiet_change = False
+    # What fl.pathmgr adds, with one path's answers, so callers use them plainly: getattr()
+    # with a default on a missing attribute builds an AttributeError each time (on every
+    # change, every heartbeat), garbage a lean board's fragmented heap can do without.
+    quiet_change = False  # set during the backup test
+    ident_gen = 0  # the modem's identity generation
+
+    def session_failed(self, path, reason="", silent_since=None):
+        """The MQTT session over `path` failed with the path up: one path has nowhere to move."""
 
     def __init__(self, paths, check_ms=250, bring_up_timeout_ms=20000, health=None):
         self.paths = paths

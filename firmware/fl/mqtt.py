@@ -694,9 +694,7 @@ class MQTTClient:
     def _path_failed(self, path):
         """Tells the link manager that the session over path failed with the path up: it may
         move to another path (fl/link.py)."""
-        fn = getattr(self._links, "session_failed", None)
-        if fn is not None:
-            fn(path, self.last_error, self.rx_at)
+        self._links.session_failed(path, self.last_error, self.rx_at)
 
     # --- waiting and bookkeeping ---
     def _on_link_change(self):
