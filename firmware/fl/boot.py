@@ -10,6 +10,17 @@ import gc
 import sys
 
 BOOT_ONLY = ("fl.config", "fl.schema", "fl.jsoncheck")
+# What the app may load long after boot: a clock to set (fl.sntp, fl.dns), a command from the
+# centre (fl.service, fl.remote), a crash to keep (fl.crash). MicroPython never frees an
+# interned name, and its name table grows by doubling: the growth a late import can cause is
+# one large block (1280 entries, ≈14 KB, on the 64-bit unix port), asked of a heap that the app
+# has fragmented by then, so a clock sync or a command could fail with MemoryError, or not,
+# by the timing of the run. Loaded once here, before the big buffers, their names are interned
+# while the heap is in one piece and their code is released again; later imports add no names.
+# (The diagnostics console's modules are not here: boards with the console have PSRAM.)
+# tests/host/test_boot_names.py checks that every module imported inside a function is here,
+# in BOOT_ONLY or in its list of modules loaded while the app starts.
+LATER = ("fl.dns", "fl.sntp", "fl.crash", "fl.service", "fl.remote")
 MQTT_PACKET = 2048  # fl.mqtt's max_packet: one transmit buffer, one receive buffer (+5: header)
 
 
@@ -33,6 +44,14 @@ def load_config(board):
     finally:
         del config
         release(BOOT_ONLY)
+
+
+def intern_later():
+    """Interns the names of LATER's modules (and their imports) and releases their code."""
+    before = set(sys.modules)
+    for name in LATER:
+        __import__(name)
+    release([m for m in sys.modules if m not in before and m.startswith("fl.")])
 
 
 def release(names):
@@ -59,6 +78,7 @@ def main():
     # now, with the code, not later into a heap the app has filled.
     import asyncio
     asyncio.gather, asyncio.Event, asyncio.StreamReader  # noqa: B018
+    intern_later()
     if loaded:
         reserve_buffers(loaded[0]["outbox_capacity"])
     from fl.app import main as run_app  # only now: the validator's RAM is free again

@@ -28,12 +28,15 @@ HEARTBEATS = 3
 # The lean board (ESP32-WROOM-32, no PSRAM) gives the app ≈110 KB with Wi-Fi and TLS up; the 64-bit
 # unix port needs ≈1/0.69 of a 32-bit build (pointers double, bytecode does not): 160k here.
 LEAN_CAP = "160k"
-# What tests/hil/test_heap_fit.py holds the shipped build to today. The lean board's build has fl/
-# in ROMFS (firelink.board.romfs: imported in place, not copied into the heap); its smallest passing heap
-# (make bench) is 140k on this machine (204k when fl/ was read from littlefs). Under load the heap's
-# layout varies (208k failed once when 204k was the smallest), so this holds it 12 KiB above,
-# inside LEAN_CAP. Lower it as the figure comes down; never raise it past LEAN_CAP.
-FIT_CAP = "152k"
+# What tests/hil/test_heap_fit.py holds the shipped build to: the lean board's own cap. The build
+# has fl/ in ROMFS (firelink.board.romfs: imported in place, not copied into the heap) and interns
+# at boot the names of the modules it loads later (fl/boot.py, LATER), so that MicroPython's name
+# table never grows by a large block while the app runs. On this port that growth is the seventh
+# name pool, ≈14 KB, now paid at boot: the smallest passing heap (make bench) went from 140k,
+# where a clock sync or a command could still push the table over the step at run time (CI met it:
+# MemoryError allocating the 1280-entry pool, every boot), to 156k. Lower it as the figure comes
+# down; never raise it past LEAN_CAP.
+FIT_CAP = LEAN_CAP
 # The 4G path (fl.at, fl.modem, fl.pathmgr: ≈32 KB more on this port) runs on the reference
 # board (ESP32-WROVER-E, MicroPython's SPIRAM build: megabytes of heap; the lean board has no
 # room for it). Its HIL cases (tests/hil/test_cell*.py: the 1000-event outage of both paths the
@@ -112,6 +115,9 @@ def alarm_at_heap(directory: Path, heapsize: str, firmware: Path) -> Outcome:
     if not out.fits and not out.why:
         out.why = (f"{out.memory_errors} MemoryError on the console, {out.boots} boots; console ends with:\n"
                    + "\n".join(console.splitlines()[-12:]))
+    if not out.fits and out.boots > 1:
+        # what the first boot did, which the tail of a boot loop no longer shows
+        out.why += "\nconsole starts with:\n" + "\n".join(console.splitlines()[:12])
     return out
 
 

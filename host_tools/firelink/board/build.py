@@ -54,7 +54,7 @@ COMPILE_TIMEOUT_S = 60
 # `-X no-source-lines` leaves out the line-number tables only (the behaviour is the same): the
 # .mpy is loaded into RAM on the board, and the tables were ≈6 % of it (5.4 KB of 84 KB for
 # the whole app, heap the lean board needs). The trade-off: a traceback from the shipped
-# build still names the file and every function on the call chain, but says "line 1";
+# build still names the module and every function on the call chain, but says "line 1";
 # the firmware tests and `firelink virtual` from sources keep the real lines.
 MPY_CROSS_FLAGS: tuple[str, ...] = ("-X", "no-source-lines")
 
@@ -210,7 +210,7 @@ def build_app(arch: str, *, source: Path = FIRMWARE_DIR, board_json: Path = BOAR
     out_dir = build_root / f"app-{arch}"
     out_dir.mkdir(parents=True, exist_ok=True)
     recipe: dict[str, object] = {"mpy_cross": version_text, "arch": arch, "flags": list(MPY_CROSS_FLAGS),
-                                 "board_json": "device_view"}
+                                 "board_json": "device_view", "source_name": "module"}
     state_path = out_dir / STATE_FILE
     old = _load_state(state_path, recipe)
     wanted = sources(source, board_json)
@@ -227,7 +227,7 @@ def build_app(arch: str, *, source: Path = FIRMWARE_DIR, board_json: Path = BOAR
         if not up_to_date:
             out.parent.mkdir(parents=True, exist_ok=True)
             if compile_it:
-                _compile(src, out, device_path[:-4] + ".py", arch)
+                _compile(src, out, module_name(device_path), arch)
             elif device_path == "board.json":
                 try:
                     _write_atomic(out, boards.device_json(boards.load(src)))
@@ -254,9 +254,19 @@ def build_app(arch: str, *, source: Path = FIRMWARE_DIR, board_json: Path = BOAR
     return build
 
 
+def module_name(device_path: str) -> str:
+    """The dotted name a .mpy is imported as ("fl/hal/sim.mpy" -> "fl.hal.sim", "fl/__init__.mpy" -> "fl")."""
+    parts = device_path[:-4].split("/")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
 def _compile(src: Path, out: Path, source_name: str, arch: str) -> None:
     tmp = out.with_name(out.name + ".tmp")
-    # -s: tracebacks on the board name the file as it is on the board ("fl/inputs.py").
+    # -s: the name a traceback gives the file. The module's dotted name ("fl.inputs"), not its
+    # path: the import has interned that name already, while a path would be one more entry in
+    # MicroPython's qstr pool per module, for the app's lifetime (docs/memory.md, "names").
     status, stdout, stderr = _run_mpy_cross(f"-march={arch}", *MPY_CROSS_FLAGS, "-s", source_name,
                                             "-o", str(tmp), str(src))
     if status != 0:
