@@ -586,14 +586,16 @@ class MQTTClient:
             self._supervising = False
 
     def _drop(self, reason, epoch=None):
-        """Closes the connection `epoch` (default: the current one) because of `reason`."""
+        """Closes the connection `epoch` (default: the current one) because of `reason` (None: a
+        close that someone else reports)."""
         if self._stream is None or (epoch is not None and epoch != self._epoch):
             return
         was = self._connected
         if self._path is not None and not self._path.is_up():
             # The link layer closed our socket: say why rather than what the socket saw (EBADF).
             reason = "path %s went down" % self._path.name
-        self._note_error(reason)
+        if reason is not None:
+            self._note_error(reason)
         self._close()
         if was:
             self.disconnects += 1

@@ -72,6 +72,10 @@ async def rx_loop(c, epoch):
         if tls is not None:
             c._fault("mqtt_tls", True, str(tls))
             c._drop(str(tls), epoch)
+        elif isinstance(e, ConnectionLost) and c._connack and c._connack[1]:
+            # The broker closes after a refusing CONNACK: expected, and fl.mqtt reports the
+            # refusal (last_error never shows the close in between).
+            c._drop(None, epoch)
         else:
             c._drop(str(e) if isinstance(e, ConnectionLost) else "receive failed: %s" % c.describe(e), epoch)
 
