@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firelink.centre.intake import MqttSettings
 from firelink.centre.monitor import Monitor, MonitorConfig, Sink
 from firelink.centre.store import MonitorStore
 from firelink.site.broker import Broker, free_port
@@ -69,8 +70,9 @@ def measure(flood: int = 10000, outage_s: float = 5.0) -> Figures:
         peers: list[Peer] = []
         store = MonitorStore(d / "monitor.db")
         sink, link = RecordingSink(), _Link()
-        monitor = Monitor(store, MonitorConfig(host=broker.bind, port=broker.port, username=mon.username,
-                                               password=mon.password, client_id="bench-monitor"), [sink, link])
+        monitor = Monitor(store, MonitorConfig(MqttSettings(host=broker.bind, port=broker.port, username=mon.username,
+                                                            password=mon.password, client_id="bench-monitor")),
+                          [sink, link])
         try:
             monitor.start(10)
             pb = Peer(broker.bind, broker.port, b.username, b.password)

@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 import paho.mqtt.client as mqtt
 
 from firelink.centre.devices import Supervision
+from firelink.centre.intake import MqttSettings
 from firelink.centre.monitor import Monitor, MonitorConfig, MonitorWarning, Sink
 from firelink.centre.store import Device, Event, MonitorStore
 from tests.conftest import BrokerFixture
@@ -49,8 +50,9 @@ class Centre(Sink):
         self.site = site
         self.client_id = f"hil-centre-{uuid.uuid4().hex[:10]}"
         self.store = MonitorStore(db)
-        cfg = MonitorConfig(host=site.host, port=site.port, username=site.monitor_user, password=site.monitor_pass,
-                            client_id=self.client_id, supervision=supervision or Supervision())
+        cfg = MonitorConfig(MqttSettings(host=site.host, port=site.port, username=site.monitor_user,
+                                         password=site.monitor_pass, client_id=self.client_id),
+                            supervision=supervision or Supervision())
         self.monitor = Monitor(self.store, cfg, [self])
         self._cond = threading.Condition()
         self.arrivals: list[Event] = []  # new events (never duplicates) in the order they arrived

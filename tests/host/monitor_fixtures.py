@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from firelink.centre.intake import MqttSettings
 from firelink.centre.monitor import Monitor, MonitorConfig
 from firelink.centre.store import MonitorStore
 from tests.host.mqtt_peer import Peer, RecordingSink, unique, wait_until
@@ -79,8 +80,8 @@ def start_monitor(broker: Any, tmp_path: Path) -> Iterator[Callable[..., Running
         store = MonitorStore(db or tmp_path / "monitor.db")
         sink = RecordingSink()
         cid = client_id or unique("monitor-test")
-        cfg = MonitorConfig(host=broker.host, port=broker.port, username=broker.monitor_user,
-                            password=broker.monitor_pass, client_id=cid, **config)
+        cfg = MonitorConfig(MqttSettings(host=broker.host, port=broker.port, username=broker.monitor_user,
+                                         password=broker.monitor_pass, client_id=cid), **config)
         monitor = Monitor(store, cfg, [sink])
         monitor.start(timeout_s=5)
         run = Running(monitor, sink, store, cid)

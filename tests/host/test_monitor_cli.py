@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from firelink.centre.intake import MqttSettings
 from firelink.centre.monitor import Monitor, MonitorConfig, MonitorError
 from firelink.centre.store import Device, MonitorStore
 from firelink.centre.view import LineSink, LiveView
@@ -137,10 +138,10 @@ def test_monitor_over_mutual_tls(broker, tmp_path, devices, peers):
     ca = broker.broker.ca()
     cred = pki.make_client(ca, "monitor")
     pki.save(cred, tmp_path, "monitor")
-    config = MonitorConfig(host=broker.host, port=broker.broker.tls_port, username=broker.monitor_user,
-                           password=broker.monitor_pass, client_id=unique("tls-monitor"), tls=True,
-                           ca=broker.broker.pki_dir / "ca.crt", cert=tmp_path / "monitor.crt",
-                           key=tmp_path / "monitor.key")
+    config = MonitorConfig(MqttSettings(host=broker.host, port=broker.broker.tls_port, username=broker.monitor_user,
+                                        password=broker.monitor_pass, client_id=unique("tls-monitor"), tls=True,
+                                        ca=broker.broker.pki_dir / "ca.crt", cert=tmp_path / "monitor.crt",
+                                        key=tmp_path / "monitor.key"))
     with MonitorStore(tmp_path / "tls.db") as store:
         monitor = Monitor(store, config)
         monitor.start(timeout_s=5)
@@ -152,7 +153,7 @@ def test_monitor_over_mutual_tls(broker, tmp_path, devices, peers):
             monitor.stop()
     # Without a client certificate the site's TLS listener refuses the monitor.
     with MonitorStore(tmp_path / "tls2.db") as store:
-        config.cert = config.key = None
+        config.mqtt.cert = config.mqtt.key = None
         with pytest.raises(MonitorError):
             Monitor(store, config).start(timeout_s=3)
 

@@ -13,6 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from firelink.centre.devices import Supervision
+from firelink.centre.intake import MqttSettings
 from firelink.centre.monitor import Monitor, MonitorConfig
 from firelink.centre.store import MonitorStore
 from firelink.site.broker import Broker, free_port
@@ -67,8 +68,8 @@ def test_broker_outage_is_the_brokers_and_alarms_arrive_on_its_return(site, tmp_
     broker, accounts, mon = site
     store = MonitorStore(tmp_path / "centre.db")
     sink = RecordingSink()
-    monitor = Monitor(store, MonitorConfig(host=broker.bind, port=broker.port, username=mon.username,
-                                           password=mon.password, client_id="centre-outage",
+    monitor = Monitor(store, MonitorConfig(MqttSettings(host=broker.bind, port=broker.port, username=mon.username,
+                                                        password=mon.password, client_id="centre-outage"),
                                            supervision=Supervision(offline_hold_s=2.0, reconnect_grace_s=30.0)),
                       [sink])
     ups: list[float] = []

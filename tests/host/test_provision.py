@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
+from firelink.centre.intake import MqttSettings
 from firelink.centre.monitor import Monitor, MonitorConfig
 from firelink.centre.store import MonitorStore
 from firelink.commands import devices as devices_cmd, provision as provision_cmd
@@ -73,8 +74,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     monitor = broker.add_monitor()
     broker.start()
     store = MonitorStore(root / "centre.db")
-    centre = Monitor(store, MonitorConfig(host=broker.bind, port=broker.port, password=monitor.password,
-                                          client_id="test-provision-centre"))
+    centre = Monitor(store, MonitorConfig(MqttSettings(host=broker.bind, port=broker.port, password=monitor.password,
+                                                       client_id="test-provision-centre")))
     centre.start()
     inventory = Inventory(root / "inventory.db")
     yield Site(root, broker, monitor.password, centre, store, inventory, root / "reports")

@@ -26,7 +26,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from operator import methodcaller
-from pathlib import Path
 from typing import Any, Callable
 
 from firelink.centre.devices import MAX_RANGES, DeviceBook, FloodMeter, Supervision
@@ -76,30 +75,20 @@ class Sink:
         """The monitor lost the broker, or got it back (detail: how long it was away)."""
 
 
-@dataclass
-class MonitorConfig:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str = "monitor"
-    password: str | None = None
+def _monitor_account() -> MqttSettings:
     # The site broker binds the client id to the account (docs/threat-model.md): it is "monitor"
     # whatever is sent; the same value here keeps logs and the broker's view in agreement.
-    client_id: str = "monitor"
-    keepalive_s: int = 30
-    tls: bool = False
-    ca: Path | None = None
-    cert: Path | None = None  # the site broker's TLS listener wants a client certificate
-    key: Path | None = None
+    return MqttSettings(client_id="monitor")
+
+
+@dataclass
+class MonitorConfig:
+    mqtt: MqttSettings = field(default_factory=_monitor_account)  # the intake's connection
     supervision: Supervision = field(default_factory=Supervision)
     gap_grace_s: float = 60.0  # a backlog arrives fire-first; a gap open this long is reported
     batch_max: int = 200
-    retry_s: float = 0.5  # reconnect attempts while the broker is away
     flood_events: int = 100  # more events than this from one device within flood_window_s is a flood
     flood_window_s: float = 2.0
-
-    def mqtt(self) -> MqttSettings:
-        return MqttSettings(self.host, self.port, self.username, self.password, self.client_id, self.keepalive_s,
-                            self.tls, self.ca, self.cert, self.key, self.retry_s)
 
 
 @dataclass
@@ -154,7 +143,7 @@ class Monitor:
         self._capped: set[str] = set()  # devices whose seq tracking hit its bound (warned once)
         self._next_clock = 0.0
         self._worker: threading.Thread | None = None
-        self._intake = intake(config.mqtt(), self._queue)
+        self._intake = intake(config.mqtt, self._queue)
 
     # --- lifecycle ---
     def start(self, timeout_s: float = 10.0) -> None:
@@ -411,7 +400,7 @@ class Monitor:
                 self._down_since = item.at
                 out.notes.append(methodcaller("on_broker", False, item.at, item.reason))
                 self._warn(out, f"monitor lost the broker ({item.reason}); device supervision paused, "
-                                "retrying every {:g} s".format(self.config.retry_s))
+                                "retrying every {:g} s".format(self.config.mqtt.retry_s))
 
     def _clocks(self, now: float, out: _Outcome) -> None:
         for d, change in self._book.expire(now):

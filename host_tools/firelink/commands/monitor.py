@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 
 from firelink.centre.devices import Supervision
+from firelink.centre.intake import MqttSettings
 from firelink.centre.monitor import Monitor, MonitorConfig, MonitorError, Sink
 from firelink.centre.store import Event, MonitorStore
 from firelink.centre.view import LineSink, LiveView
@@ -75,10 +76,11 @@ def config_from_args(args: argparse.Namespace) -> MonitorConfig:
     if args.flood_events < 1 or args.flood_window_s <= 0 or args.reconnect_grace_s < 0:
         raise UsageError("--flood-events, --flood-window-s must be positive, --reconnect-grace-s not negative")
     return MonitorConfig(
-        host=args.host, port=args.port, username=args.username,
-        password=args.password if args.password is not None else os.environ.get(PASSWORD_ENV),
-        client_id=args.client_id, tls=args.tls or bool(args.ca or args.cert), ca=args.ca, cert=args.cert,
-        key=args.key, gap_grace_s=args.gap_grace_s, flood_events=args.flood_events,
+        mqtt=MqttSettings(host=args.host, port=args.port, username=args.username,
+                          password=args.password if args.password is not None else os.environ.get(PASSWORD_ENV),
+                          client_id=args.client_id, tls=args.tls or bool(args.ca or args.cert), ca=args.ca,
+                          cert=args.cert, key=args.key),
+        gap_grace_s=args.gap_grace_s, flood_events=args.flood_events,
         flood_window_s=args.flood_window_s,
         supervision=Supervision(fixed_s=args.supervision_s, per_device=per_device,
                                 margin_s=args.supervision_margin_s, default_heartbeat_s=args.heartbeat_s,
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     except MonitorError:
         store.close()
         raise
-    err.print(f"monitoring {config.host}:{config.port} as {config.username}; store {args.db}; Ctrl-C to stop")
+    err.print(f"monitoring {config.mqtt.host}:{config.mqtt.port} as {config.mqtt.username}; store {args.db}; Ctrl-C to stop")
     signal.signal(signal.SIGTERM, _interrupt)
     deadline = None if args.exit_after_s is None else time.monotonic() + args.exit_after_s
     try:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from firelink.centre.devices import WENT_OFFLINE, WENT_ONLINE
+from firelink.centre.intake import MqttSettings
 from firelink.centre.monitor import Monitor, MonitorConfig, MonitorError, MonitorWarning, Sink
 from firelink.centre.store import Device, Event, MonitorStore, StoreError
 from firelink.errors import FireLinkError
@@ -204,8 +205,9 @@ class LocalSite:
             self.store = MonitorStore(self.db_path)
         except StoreError as e:
             raise MonitorFailed(str(e)) from e
-        config = MonitorConfig(host=self.broker.bind, port=self.broker.port, username=self.monitor_account.username,
-                               password=self.monitor_account.password, client_id=self.monitor_client_id)
+        config = MonitorConfig(MqttSettings(host=self.broker.bind, port=self.broker.port,
+                                            username=self.monitor_account.username,
+                                            password=self.monitor_account.password, client_id=self.monitor_client_id))
         monitor = Monitor(self.store, config, self.sinks)
         try:
             monitor.start(timeout_s)
