@@ -32,6 +32,9 @@ MAX_BYTES = 256  # a command is a few dozen bytes; anything larger is refused un
 MAX_REF = 32
 MIN_TEST_INTERVAL_MS = 2000
 QUEUE_SLOTS = 4
+# An answer whose session dropped before its PUBACK (the backup-path test moving the session, a
+# broker restart) is sent again once the session is back, for this long; the next command waits.
+ANSWER_WAIT_MS = 30000
 
 
 class Commands:
@@ -146,7 +149,14 @@ class Commands:
         return {"id": ref, "cmd": "test", "ok": True, "event": ev.id, "seq": ev.seq}
 
     async def _answer(self, result):
-        # Best effort: a recorded event is already on flash and reaches the centre anyway.
+        # Not through the outbox: a recorded event is already on flash and reaches the centre
+        # anyway, and an answer is worth little once the centre's wait for it is over.
         body = json.dumps(result).encode()
-        if not await self._mqtt.publish(self._topic, body, qos=1):
-            _log.warn("command result not delivered (%d bytes)", len(body))
+        deadline = ticks.after(ANSWER_WAIT_MS)
+        dup = False
+        while not await self._mqtt.publish(self._topic, body, qos=1, dup=dup):
+            left = ticks.left(deadline)
+            if not left or not await self._mqtt.wait_connected(left):
+                _log.warn("command result not delivered (%d bytes)", len(body))
+                return
+            dup = True  # under the packet id the session knows it by, if it kept it

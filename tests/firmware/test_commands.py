@@ -26,14 +26,30 @@ class FakeClock:
 
 
 class FakeMQTT:
-    def __init__(self, ok=True):
+    """Publishes succeed while `ok`; `fail_next` publishes fail first, as when the session drops
+    before the PUBACK; `back` says whether the session comes back (wait_connected)."""
+
+    def __init__(self, ok=True, fail_next=0, back=False):
         self.ok = ok
+        self.fail_next = fail_next
+        self.back = back
         self.published = []
+        self.dups = []
+        self.waits = 0
 
     async def publish(self, topic, payload, qos=1, retain=False, dup=False, timeout_ms=None):
         await asyncio.sleep_ms(1)
         self.published.append((topic, json.loads(payload), qos))
+        self.dups.append(dup)
+        if self.fail_next:
+            self.fail_next -= 1
+            return False
         return self.ok
+
+    async def wait_connected(self, timeout_ms):
+        self.waits += 1
+        await asyncio.sleep_ms(1)
+        return self.back
 
 
 def make(mqtt=None):
@@ -123,8 +139,20 @@ async def test_an_undelivered_answer_is_logged_not_raised():
     cmds, ob, m = make(FakeMQTT(ok=False))
     eq(cmds.handle(b'{"cmd": "test", "id": "x"}'), True, "queued")
     await run_all(cmds, m, 1)
-    eq(len(m.published), 1, "tried once")
+    eq((len(m.published), m.waits), (1, 1), "tried once; the session did not come back")
     eq(len(queued(ob)), 1, "the event stays queued for the sender")
+
+
+async def test_an_answer_lost_to_a_dropped_session_is_sent_again_once_it_is_back():
+    # The backup-path test moves the session to the other path and back: an answer in flight
+    # then has no PUBACK; it goes again, as a resend, once the session is up.
+    cmds, ob, m = make(FakeMQTT(fail_next=1, back=True))
+    eq(cmds.handle(b'{"cmd": "test", "id": "moved"}'), True, "queued")
+    await run_all(cmds, m, 2)
+    eq([p[1]["id"] for p in m.published], ["moved", "moved"], "the same answer twice")
+    eq(m.dups, [False, True], "the second as a resend")
+    eq(m.waits, 1, "waited for the session once")
+    eq(len(queued(ob)), 1, "one 601")
 
 
 async def test_a_burst_beyond_the_queue_is_refused_as_busy_without_allocating():

@@ -498,9 +498,9 @@ class _Run:
     def _cell_status(self, watch: CentreWatch) -> None:
         """The board's `status` (the heartbeat's payload in full) for the report's 4G row. The
         board takes one command a second (fl/remote.py): a `busy` refusal, right after the test
-        alarm's command, is asked again once that second has passed. Right after the backup test
-        at boot (the session moved to 4G and back) an answer sometimes never came (its publish
-        is best effort on the board): one left unanswered is asked again."""
+        alarm's command, is asked again once that second has passed. One left unanswered within its
+        wait is asked again too: the board resends an answer that met the backup test's session
+        move (fl/commands.py), which can take longer than one wait."""
         r = self.result
         wait_s = max(2.0, self.timeouts.command_s / 3)
         for attempt in range(3):
