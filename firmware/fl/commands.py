@@ -155,8 +155,19 @@ class Commands:
         deadline = ticks.after(ANSWER_WAIT_MS)
         dup = False
         while not await self._mqtt.publish(self._topic, body, qos=1, dup=dup):
-            left = ticks.left(deadline)
-            if not left or not await self._mqtt.wait_connected(left):
+            self.progress += 1
+            if not await self._session_back(deadline):
                 _log.warn("command result not delivered (%d bytes)", len(body))
                 return
             dup = True  # under the packet id the session knows it by, if it kept it
+
+    async def _session_back(self, deadline):
+        """Whether the MQTT session is up again before `deadline`; wakes every few seconds so
+        that the watchdog sees this task make progress while it waits."""
+        while True:
+            left = ticks.left(deadline)
+            if not left:
+                return False
+            if await self._mqtt.wait_connected(min(left, 5000)):
+                return True
+            self.progress += 1

@@ -48,7 +48,7 @@ class FakeMQTT:
 
     async def wait_connected(self, timeout_ms):
         self.waits += 1
-        await asyncio.sleep_ms(1)
+        await asyncio.sleep_ms(1 if self.back else timeout_ms)
         return self.back
 
 
@@ -135,12 +135,21 @@ async def test_tests_in_quick_succession_are_refused_as_busy():
     eq(len(queued(ob)), 1, "one 601")
 
 
-async def test_an_undelivered_answer_is_logged_not_raised():
-    cmds, ob, m = make(FakeMQTT(ok=False))
-    eq(cmds.handle(b'{"cmd": "test", "id": "x"}'), True, "queued")
-    await run_all(cmds, m, 1)
-    eq((len(m.published), m.waits), (1, 1), "tried once; the session did not come back")
-    eq(len(queued(ob)), 1, "the event stays queued for the sender")
+async def test_an_undelivered_answer_is_given_up_after_its_wait_not_raised():
+    saved = commands_mod.ANSWER_WAIT_MS
+    commands_mod.ANSWER_WAIT_MS = 60
+    try:
+        cmds, ob, m = make(FakeMQTT(ok=False))
+        eq(cmds.handle(b'{"cmd": "test", "id": "x"}'), True, "queued")
+        eq(cmds.handle(b'{"cmd": "test", "id": "y"}'), True, "queued")
+        # The session never comes back: the first answer is given up after its wait (the
+        # task goes on: the second command is run and answered, busy).
+        await run_all(cmds, m, 2)
+        eq([p[1]["id"] for p in m.published], ["x", "y"], "each tried once")
+        ok(m.waits >= 1, "waited for the session")
+        eq(len(queued(ob)), 1, "the event stays queued for the sender")
+    finally:
+        commands_mod.ANSWER_WAIT_MS = saved
 
 
 async def test_an_answer_lost_to_a_dropped_session_is_sent_again_once_it_is_back():
