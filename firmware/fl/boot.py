@@ -65,7 +65,10 @@ def release(names):
     gc.collect()
 
 
-def main():
+def start():
+    """Everything before the app, in that order: the board, the config (validated, its
+    validator released), asyncio's parts, the later modules' names, the big buffers.
+    Returns (board, loaded) for fl.app.main."""
     from fl import hal
     board = hal.load()
     try:
@@ -81,5 +84,10 @@ def main():
     intern_later()
     if loaded:
         reserve_buffers(loaded[0]["outbox_capacity"])
+    return board, loaded
+
+
+def main():
+    board, loaded = start()
     from fl.app import main as run_app  # only now: the validator's RAM is free again
     run_app(board, loaded)

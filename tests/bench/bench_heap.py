@@ -1,5 +1,5 @@
 """`make bench`, heap part: does the application as it ships fit the lean board, and where does
-its heap go. Three figures, all on the shipped build with the lean board's board.json:
+its heap go. Four figures, all on the shipped build with the lean board's board.json:
 firelink.board.build's .mpy files for the ESP32 (bytecode only), the package fl/ in a ROMFS image
 (firelink.board.romfs) that the unix port maps outside its heap and imports in place, as the lean
 board's ROMFS partition is (firelink.virtual.romrun; docs/memory.md):
@@ -11,7 +11,10 @@ board's ROMFS partition is (firelink.virtual.romrun; docs/memory.md):
    dependency order so each figure is the module's own (tests/bench/heap_imports.py), beside
    what the same module costs imported from the filesystem (the .mpy read into RAM);
 3. what the input loop allocates per scan while nothing changes (tests/bench/heap_idle.py):
-   the board's wait (fl/edgewait.py) against the wait_for_ms it replaced.
+   the board's wait (fl/edgewait.py) against the wait_for_ms it replaced;
+4. the names MicroPython has interned once the app is built as fl/boot.py builds it, and what
+   the modules the app loads later still add (tests/bench/heap_names.py; target 0: boot
+   interned them, docs/memory.md "Names").
 
 The unix port here is 64-bit: objects holding pointers are twice their ESP32 size, bytecode and
 byte buffers are not (a 32-bit build of the same port needed ≈0.69 × the heap). The lean cap
@@ -54,6 +57,7 @@ class HeapFigures:
     imports_fs_total: int = 0
     romfs_bytes: int = 0
     qstr: str = ""
+    names: tuple[int, int, int] | None = None  # interned once the app is built, pools, added by LATER's modules
     idle: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> scans, total, garbage, sim_*
     errors: list[str] = field(default_factory=list)
 
@@ -147,6 +151,15 @@ def measure_imports(figs: HeapFigures, cwd: Path, app: Path, fs_app: Path) -> No
     figs.qstr = pools[-1] if pools else ""
 
 
+def measure_names(figs: HeapFigures, cwd: Path, app: Path) -> None:
+    out = run_script("heap_names.py", cwd, app)
+    found = re.findall(r"n_pool=(\d+), n_qstr=(\d+)", out)
+    if len(found) != 2:
+        raise RuntimeError(f"heap_names.py printed no name table: {out.strip()[-300:]}")
+    (pools, boot), (_, later) = ((int(a), int(b)) for a, b in found)
+    figs.names = (boot, pools, later - boot)
+
+
 def measure_idle(figs: HeapFigures, cwd: Path, app: Path, window_ms: int = 3000) -> None:
     out = run_script("heap_idle.py", cwd, app, str(window_ms))
     for m in re.finditer(r"^(\S+) scans (\d+) total (-?\d+) garbage (-?\d+) sim_total (\d+) sim_garbage (\d+)$",
@@ -167,6 +180,11 @@ def measure(directory: Path, low_k: int, high_k: int, console: Console) -> HeapF
             measure_imports(figs, device_dir(directory / "imports"), app, fs_app.directory)
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         figs.errors.append(f"import costs: {e}")
+    try:
+        with console.status("names interned at boot"):
+            measure_names(figs, device_dir(directory / "names"), app)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        figs.errors.append(f"names: {e}")
     try:
         with console.status("idle allocation per input scan"):
             measure_idle(figs, device_dir(directory / "idle"), app)
@@ -196,6 +214,11 @@ def tables(figs: HeapFigures) -> list[Table]:
     peaks = [o.heap_peak_b for o in figs.runs if o.fits and o.heap_peak_b]
     if peaks:
         t.add_row("heap_peak reported by the heartbeats (live after a collection)", f"{max(peaks) / 1024:.1f} KB")
+    if figs.names:
+        boot, pools, later = figs.names
+        t.add_row("names interned once the app is built (MicroPython's name table; fl/boot.py)",
+                  f"{boot} in {pools} pools")
+        t.add_row("names the modules loaded later add after boot (target 0)", str(later))
     out.append(t)
     if figs.imports:
         t = Table(title=f"Import cost per module, shipped build (fl/ from ROMFS), dependencies first (bytes left "
@@ -235,6 +258,10 @@ def summary_rows(figs: HeapFigures) -> list[tuple[str, str, str]]:
         top = ", ".join(f"{m.removeprefix('fl.')} {n / 1024:.1f}" for m, n, _ in sorted(figs.imports, key=lambda r: -r[1])[:4])
         rows.append(("import cost, all modules (fl/ from ROMFS)", f"{figs.imports_total / 1024:.1f} KB",
                      f"from the filesystem {figs.imports_fs_total / 1024:.1f} KB; largest (KB): {top}"))
+    if figs.names:
+        boot, pools, later = figs.names
+        rows.append(("names interned at boot (qstr table)", str(boot),
+                     f"{pools} pools; added after boot by the modules loaded later: {later} (target 0)"))
     g, g_old = figs.per_scan("edgewait", "garbage"), figs.per_scan("wait_for_ms", "garbage")
     if g is not None:
         rows.append(("idle garbage per input scan", f"{g:.0f} B",
