@@ -5,6 +5,7 @@ the strict-JSON checker: ≈16 KB on a 32-bit board, a sixth of the lean board's
 before the application's modules are imported and is released before they load, so the boot
 peak is the larger of the two, not their sum; afterwards that RAM holds the outbox and buffers.
 Anything that imports fl.config again later (provisioning at the REPL) loads it from flash.
+The modules the app loads later are imported once here too, for their names only (LATER).
 """
 import gc
 import sys
@@ -81,7 +82,11 @@ def start():
     # now, with the code, not later into a heap the app has filled.
     import asyncio
     asyncio.gather, asyncio.Event, asyncio.StreamReader  # noqa: B018
-    intern_later()
+    try:
+        intern_later()
+    except Exception as e:  # noqa: BLE001 - the panel is watched all the same; late imports then intern
+        from fl.log import Logger
+        Logger("boot").error("interning the names of %s failed (%r): the app runs on", LATER, e)
     if loaded:
         reserve_buffers(loaded[0]["outbox_capacity"])
     return board, loaded
