@@ -68,14 +68,15 @@ async def rx_loop(c, epoch):
         c._count("mqtt_bad_packets")
         c._drop("framing lost, malformed packet from broker: %s" % e, epoch)
     except Exception as e:
+        if c._connack and c._connack[1]:
+            # The broker ends the connection after a refusing CONNACK (a close or a reset):
+            # expected, and fl.mqtt reports the refusal (last_error never shows the end first).
+            c._drop(None, epoch)
+            return
         tls = c._tls_failure(e)
         if tls is not None:
             c._fault("mqtt_tls", True, str(tls))
             c._drop(str(tls), epoch)
-        elif isinstance(e, ConnectionLost) and c._connack and c._connack[1]:
-            # The broker closes after a refusing CONNACK: expected, and fl.mqtt reports the
-            # refusal (last_error never shows the close in between).
-            c._drop(None, epoch)
         else:
             c._drop(str(e) if isinstance(e, ConnectionLost) else "receive failed: %s" % c.describe(e), epoch)
 
