@@ -6,6 +6,7 @@ import gc
 import json
 
 from fwtest import env, eq, ok
+from mqtt_peers import until
 
 from fl import commands as commands_mod
 from fl.commands import QUEUE_SLOTS, Commands
@@ -68,14 +69,6 @@ async def run_all(cmds, m, answers, timeout_ms=3000):
         await asyncio.sleep_ms(20)  # nothing more comes
     finally:
         task.cancel()
-
-
-async def until(cond, timeout_ms):
-    for _ in range(timeout_ms // 5):
-        if cond():
-            return True
-        await asyncio.sleep_ms(5)
-    return cond()
 
 
 def queued(ob):
